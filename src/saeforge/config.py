@@ -1,0 +1,184 @@
+"""Dataclass configs. They are the CLI: every field is a flag, its docstring-like `help` the help.
+
+Precedence: field default < `--config FILE` (TOML or JSON, same keys, dashes or underscores)
+< explicit flags. Validation happens in `validate()` and raises `UserError` with the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import UserError
+
+INITS = ("orthogonal", "xavier")
+RESAMPLERS = ("none",)
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its CLI help text."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """What every training command shares (DESIGN.md contract 2)."""
+
+    out: str = opt("", "output directory: metrics.jsonl, summary.json, the dictionary, checkpoints")
+    seed: int = opt(0, "seed for initialization and data order; same seed, same dictionary")
+    steps: int = opt(0, "training steps (0: derive from --tokens)")
+    tokens: int = opt(0, "training tokens, rounded up to whole batches (used when --steps is 0)")
+    dict_size: int = opt(0, "number of dictionary features (0: the command's default)")
+    init: str = opt("orthogonal", f"dictionary initialization, one of {', '.join(INITS)}")
+    rare_ratio: float = opt(0.0, "fraction of atoms taken from rare-feature vectors (informed inits)")
+    resample: str = opt("none", f"dead-feature resampling, one of {', '.join(RESAMPLERS)}")
+    l1: float = opt(5.0, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖")
+    lr: float = opt(1e-3, "Adam learning rate")
+    beta1: float = opt(0.9, "Adam β1")
+    beta2: float = opt(0.999, "Adam β2")
+    batch_size: int = opt(4096, "activations per training step")
+    unit_norm_decoder: bool = opt(False, "keep decoder rows at unit norm (tangent gradient + renormalize)")
+    log_every: int = opt(100, "write a metrics.jsonl line every N steps (the only host syncs)")
+    checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    dead_window: int = opt(0, "a feature is dead after this many tokens without firing (0: 10 batches)")
+    resume: bool = opt(False, "continue from the checkpoint in --out if there is one")
+    device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:N")
+    progress: bool = opt(True, "show a progress bar on stderr")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise UserError("--out is required: the directory the run writes into")
+        for name in ("steps", "tokens", "dict_size", "checkpoint_every", "dead_window"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.init not in INITS:
+            raise UserError(f"--init {self.init!r} is unknown; choose one of {', '.join(INITS)}")
+        if self.resample not in RESAMPLERS:
+            raise UserError(f"--resample {self.resample!r} is unknown; choose one of {', '.join(RESAMPLERS)}")
+        if not 0.0 <= self.rare_ratio <= 1.0:
+            raise UserError(f"--rare-ratio must be in [0, 1], got {self.rare_ratio}")
+        if not (math.isfinite(self.l1) and self.l1 >= 0):
+            raise UserError(f"--l1 must be a finite number >= 0, got {self.l1}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise UserError(f"--device {self.device!r} is unknown; use auto, cpu, cuda or cuda:N")
+
+    def total_steps(self) -> int:
+        if self.steps:
+            return self.steps
+        if self.tokens:
+            return -(-self.tokens // self.batch_size)
+        raise UserError("give --steps N or --tokens N")
+
+
+@dataclass
+class ToyConfig(TrainConfig):
+    """`saeforge toy`: train on fresh toy data with known features until MMCS >= target."""
+
+    d_model: int = opt(128, "dimension the ground-truth features are superposed into")
+    n_features: int = opt(512, "number of ground-truth features")
+    n_active: float = opt(5.0, "expected number of active features per sample")
+    decay: float = opt(0.99, "feature i fires with probability ∝ decay**i")
+    correlated: bool = opt(True, "modulate firing by a correlated Gaussian (the seed's setup)")
+    target_mmcs: float = opt(0.99, "stop once MMCS reaches this (0: run all --steps)")
+    check_every: int = opt(25, "read the on-device MMCS trace every N steps to decide to stop")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.d_model < 1 or self.n_features < 1:
+            raise UserError("--d-model and --n-features must be >= 1")
+        if not 0 < self.n_active <= self.n_features:
+            raise UserError(f"--n-active must be in (0, n_features], got {self.n_active}")
+        if not 0 < self.decay <= 1:
+            raise UserError(f"--decay must be in (0, 1], got {self.decay}")
+        if not 0 <= self.target_mmcs <= 1:
+            raise UserError(f"--target-mmcs must be in [0, 1], got {self.target_mmcs}")
+        if self.check_every < 1:
+            raise UserError(f"--check-every must be >= 1, got {self.check_every}")
+
+
+# Toy defaults differ from real-activation defaults: toy inputs have E‖x‖² ≈ 1.7, not d_in,
+# and ground-truth recovery wants the unit-norm decoder. Chosen by the sweep in docs/toy.md.
+TOY_DEFAULTS = dict(l1=0.03, lr=3e-3, batch_size=1024, unit_norm_decoder=True, steps=20000, log_every=100)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, overrides: dict[str, Any] | None = None) -> None:
+    """Add one flag per dataclass field; defaults are suppressed so we know what was given."""
+    hints = get_type_hints(cls)
+    defaults = {f.name: f.default for f in fields(cls)} | (overrides or {})
+    parser.add_argument("--config", metavar="FILE", help="TOML or JSON file with the same keys; flags override it")
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        typ = hints[f.name]
+        help_ = f"{f.metadata.get('help', '')} (default: {defaults[f.name]})"
+        if typ is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(flag, type=_typed(typ, flag), default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+
+
+def _typed(typ: type, flag: str):
+    def convert(text: str):
+        try:
+            if typ is int:
+                value = float(text)  # accept 1e5 for counts
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects {typ.__name__}, got {text!r}") from None
+
+    return convert
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        text = p.read_text()
+        data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a table/object of keys")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls: type, args: argparse.Namespace, overrides: dict[str, Any] | None = None):
+    """defaults (+ command overrides) < config file < flags, then validate."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = dict(overrides or {})
+    if getattr(args, "config", None):
+        file_values = read_config_file(args.config)
+        unknown = sorted(set(file_values) - set(hints))
+        if unknown:
+            raise UserError(f"config file {args.config}: unknown key(s) {', '.join(unknown)}")
+        for k, v in file_values.items():
+            typ = hints[k]
+            if typ is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+                raise UserError(f"config file {args.config}: {k} must be {typ.__name__}, got {v!r}")
+            values[k] = v
+    for f in fields(cls):
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+

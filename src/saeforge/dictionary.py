@@ -1,0 +1,204 @@
+"""The dictionary directory (DESIGN.md contract 1): save, load, and check.
+
+    cfg.json                  SAELens 6 "standard" config + saeforge's metadata
+    sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]
+    sparsity.safetensors      "sparsity": log10 firing frequency per feature (optional on load)
+
+Files are written to a temporary name and renamed into place, so an interrupted save never
+leaves a half-written file where a good one was. Only JSON and safetensors are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .sae import SparseAutoencoder
+
+CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
+# The SAELens config layout we write (its 6.x format); not a claim about the installed version.
+SAELENS_FORMAT = "6.0.0"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# SAELens metadata keys that saeforge fills from its own metadata when it knows them.
+SAELENS_METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos",
+                         "dataset_path", "model_from_pretrained_kwargs")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(sae: SparseAutoencoder, path: str | Path, *, sparsity_F: torch.Tensor | None = None,
+         input_scale: float = 1.0) -> Path:
+    """Write the dictionary directory. `input_scale` s is the factor training inputs were
+    multiplied by; it is folded in so the saved dictionary acts on raw activations:
+    W_enc·s, b_dec/s, W_dec/s (encode(s·x) and decode(f)/s are unchanged)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    s = float(input_scale)
+    weights = {
+        "W_enc": sae.W_enc.detach() * s,
+        "b_enc": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach() / s,
+        "b_dec": sae.b_dec.detach() / s,
+    }
+    dtype = next(k for k, v in DTYPES.items() if v == sae.W_enc.dtype)
+    meta = {k: v for k, v in sae.metadata.items()}
+    meta["input_scale_folded"] = s
+    sl_meta = {"sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": SAELENS_FORMAT}
+    sl_meta |= {k: meta[k] for k in SAELENS_METADATA_KEYS if k in meta}
+    cfg = {
+        "architecture": "standard",
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": sl_meta,
+        "saeforge": meta,
+    }
+    atomic_save_tensors(path / WEIGHTS, weights)
+    if sparsity_F is not None:
+        atomic_save_tensors(path / SPARSITY, {"sparsity": sparsity_F.float()})
+    atomic_write_json(path / CFG, cfg)
+    return path
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    cfg_path = path / CFG
+    if not cfg_path.is_file():
+        raise UserError(f"{path} is not a dictionary directory: {CFG} is missing")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg_path} is not valid JSON ({e}); the file is corrupt or truncated") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path} must hold a JSON object")
+    for key in ("d_in", "d_sae"):
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"{cfg_path}: {key} must be a positive integer, got {v!r}")
+    arch = cfg.get("architecture", "standard")
+    if arch != "standard":
+        raise UserError(f"{cfg_path}: architecture {arch!r} is not supported; saeforge loads 'standard' (ReLU) dictionaries")
+    act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+    if act != "relu":
+        raise UserError(f"{cfg_path}: activation_fn {act!r} is not supported; saeforge loads ReLU dictionaries")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None):
+        raise UserError(f"{cfg_path}: normalize_activations={norm!r} is not supported; re-save it with the "
+                        "normalization folded into the weights (normalize_activations 'none')")
+    return cfg
+
+
+def read_tensors(file: Path, what: str) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise UserError(f"{file.parent} is missing {file.name} ({what})")
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{file} is not a readable safetensors file ({e}); it is corrupt or truncated") from None
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> SparseAutoencoder:
+    """Load a saeforge or SAELens ("standard" architecture) dictionary directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"dictionary directory {path} does not exist")
+    cfg = _read_cfg(path)
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    tensors = read_tensors(path / WEIGHTS, "the dictionary weights")
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise UserError(f"{path / WEIGHTS}: missing tensor(s) {', '.join(missing)}; expected {', '.join(expected)}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise UserError(f"{path / WEIGHTS}: unexpected tensor(s) {', '.join(extra)}; a standard dictionary has only {', '.join(expected)}")
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise UserError(f"{path / WEIGHTS}: {name} has shape {list(t.shape)}, but cfg.json "
+                            f"(d_in={d_in}, d_sae={d_sae}) needs {list(shape)}")
+        if not t.is_floating_point():
+            raise UserError(f"{path / WEIGHTS}: {name} has dtype {t.dtype}; weights must be floating point")
+        if not torch.isfinite(t).all():
+            raise UserError(f"{path / WEIGHTS}: {name} contains NaN or infinite values")
+    cfg_dtype = cfg.get("dtype", "float32")
+    if dtype is None:
+        if cfg_dtype.removeprefix("torch.") not in DTYPES:
+            raise UserError(f"{path / CFG}: dtype {cfg_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[cfg_dtype.removeprefix("torch.")]
+    sae = SparseAutoencoder(d_in, d_sae, device=device, dtype=dtype)
+    with torch.no_grad():
+        b_enc = tensors["b_enc"].double()
+        if cfg.get("apply_b_dec_to_input", True) is False:
+            # relu(x W + b) == relu((x - b_dec) W + b + b_dec W): fold, so encode() stays one formula.
+            b_enc = b_enc + tensors["b_dec"].double() @ tensors["W_enc"].double()
+        for name, t in (("W_enc", tensors["W_enc"]), ("b_enc", b_enc), ("W_dec", tensors["W_dec"]), ("b_dec", tensors["b_dec"])):
+            getattr(sae, name).copy_(t.to(device=device, dtype=dtype))
+    meta = dict(cfg.get("saeforge") or {})
+    for k, v in (cfg.get("metadata") or {}).items():
+        meta.setdefault(k, v)
+    for k in ("model_name", "hook_name", "context_size"):  # pre-6.0 SAELens keeps these at top level
+        if k in cfg:
+            meta.setdefault(k, cfg[k])
+    if "hook_point" in cfg:
+        meta.setdefault("hook_name", cfg["hook_point"])
+    sae.metadata = meta
+    return sae
+
+
+def load_sparsity(path: str | Path) -> torch.Tensor | None:
+    """log10 firing frequency per feature, or None when the directory has no sparsity file."""
+    file = Path(path) / SPARSITY
+    if not file.exists():
+        return None
+    t = read_tensors(file, "feature log-sparsity")
+    if "sparsity" not in t:
+        raise UserError(f"{file}: missing tensor 'sparsity'")
+    return t["sparsity"]
+
+
+def log_sparsity(firing_counts_F: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """log10 of firing frequency, with never-fired features at log10(1e-10) like SAELens."""
+    freq = firing_counts_F.double() / max(n_tokens, 1)
+    return torch.log10(freq + 1e-10).float()
+
+
+__all__ = ["save", "load", "load_sparsity", "log_sparsity", "atomic_write_json", "atomic_save_tensors"]

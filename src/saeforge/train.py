@@ -1,0 +1,227 @@
+"""The training loop: Adam on MSE + λ·L1, logging, dead-feature statistics, checkpoints.
+
+The trainer consumes an iterator of activation batches x_BD and does not know where they
+come from (a model, a disk cache, toy data). Per step it runs kernels.loss_and_grads, the
+optional unit-norm projection and Adam; every value it needs later stays on the device.
+The host syncs only on logging and checkpoint steps (and when a callback asks for it).
+
+Checkpoints (`<out>/checkpoint/`): state.safetensors (weights, Adam moments, firing
+statistics, torch RNG state) + state.json (step, tokens, Adam step, config, the caller's
+extra state). A resumed run ends with exactly the weights of an uninterrupted one, provided
+the batch iterator resumes at the same step (ToyData.batches(start=step) does).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .config import TrainConfig
+from .dictionary import atomic_save_tensors, atomic_write_bytes, atomic_write_json, log_sparsity, read_tensors, save
+from .errors import UserError
+from .kernels import StepOutput, loss_and_grads
+from .sae import SparseAutoencoder
+
+CKPT = "checkpoint"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+class Trainer:
+    def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, out_dir: str | Path | None = None,
+                 input_scale: float = 1.0):
+        self.sae, self.cfg = sae, cfg
+        self.out = Path(out_dir) if out_dir else None
+        self.input_scale = input_scale
+        dev = sae.W_enc.device
+        kw: dict[str, Any] = {"fused": True} if dev.type in ("cuda", "cpu") else {}
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kw)
+        self.step = 0
+        self.tokens = 0
+        self.tokens_since_fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
+        # Firing counts measured on logging steps (the only steps that look at the codes).
+        self.firing_counts_F = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
+        self.firing_tokens = 0
+        self.extra_state: dict[str, Any] = {}  # callers' resumable state (e.g. the toy MMCS trace)
+        self.train_seconds = 0.0
+
+    @property
+    def dead_window(self) -> int:
+        return self.cfg.dead_window or 10 * self.cfg.batch_size
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, x_BD: torch.Tensor) -> StepOutput:
+        sae = self.sae
+        out = loss_and_grads(sae, x_BD, self.cfg.l1)
+        if self.cfg.unit_norm_decoder:
+            sae.remove_parallel_grad_()
+        self.opt.step()
+        if self.cfg.unit_norm_decoder:
+            sae.normalize_decoder_()
+        B = x_BD.shape[0]
+        self.tokens_since_fired_F.add_(B).masked_fill_(out.feature_sums_F > 0, 0)
+        self.step += 1
+        self.tokens += B
+        return out
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, batches: Iterator[torch.Tensor], steps: int,
+            callback: Callable[["Trainer", StepOutput], bool] | None = None) -> None:
+        """Train until `steps` total steps (counting resumed ones) or until callback returns True."""
+        cfg = self.cfg
+        bar = tqdm(total=steps, initial=self.step, disable=not cfg.progress, file=sys.stderr,
+                   desc="train", unit="step", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        stop = False
+        try:
+            while self.step < steps and not stop:
+                x_BD = next(batches)
+                out = self.train_step(x_BD)
+                if callback is not None:
+                    stop = bool(callback(self, out))
+                if self.step % cfg.log_every == 0 or self.step == steps or stop:
+                    row = self.log(x_BD, out, time.perf_counter() - t0)
+                    bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{row['l0']:.1f}", ev=f"{row['explained_variance']:.3f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out:
+                    self.save_checkpoint(extra_seconds=time.perf_counter() - t0)
+                bar.update(1)
+        finally:
+            bar.close()
+            self.train_seconds += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:
+        fired_BF = out.f_BF > 0
+        self.firing_counts_F += fired_BF.sum(0)
+        self.firing_tokens += x_BD.shape[0]
+        row = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": out.loss.item(),
+            "mse": out.mse.item(),
+            "l1": out.sparsity.item(),
+            "l0": fired_BF.sum(-1, dtype=torch.float32).mean().item(),
+            "explained_variance": metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item(),
+            "dead_fraction": metrics.dead_fraction(self.tokens_since_fired_F, self.dead_window).item(),
+            "lr": self.opt.param_groups[0]["lr"],
+            "elapsed_s": round(self.train_seconds + elapsed, 3),
+        }
+        row.update(self.extra_state.get("log", {}))
+        self.last_log = row
+        if self.out:
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return row
+
+    # ---------------------------------------------------------------- outputs
+    def dead_count(self) -> int:
+        return int((self.tokens_since_fired_F >= self.dead_window).sum())
+
+    def save_dictionary(self, path: str | Path | None = None) -> Path:
+        target = Path(path) if path else self.out
+        if target is None:
+            raise ValueError("no output directory")
+        self.sae.metadata.update(tokens_seen=self.tokens, steps=self.step, l1=self.cfg.l1,
+                                 resample=self.cfg.resample, input_scale=self.input_scale)
+        sparsity = log_sparsity(self.firing_counts_F, self.firing_tokens) if self.firing_tokens else None
+        return save(self.sae, target, sparsity_F=sparsity, input_scale=self.input_scale)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, extra_seconds: float = 0.0) -> Path:
+        """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename."""
+        assert self.out is not None
+        final, tmp, old = self.out / CKPT, self.out / f".{CKPT}.tmp", self.out / f".{CKPT}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors: dict[str, torch.Tensor] = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        adam_steps = {}
+        for name, p in self.sae.named_parameters():
+            st = self.opt.state.get(p, {})
+            if st:
+                tensors[f"adam.{name}.exp_avg"] = st["exp_avg"]
+                tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+                adam_steps[name] = float(st["step"])
+        tensors["tokens_since_fired"] = self.tokens_since_fired_F
+        tensors["firing_counts"] = self.firing_counts_F
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        atomic_save_tensors(tmp / "state.safetensors", tensors)
+        atomic_write_json(tmp / "state.json", {
+            "step": self.step, "tokens": self.tokens, "firing_tokens": self.firing_tokens,
+            "adam_steps": adam_steps, "train_seconds": self.train_seconds + extra_seconds,
+            "config": asdict(self.cfg), "metadata": self.sae.metadata, "extra": self.extra_state,
+        })
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        """Restore from <out>/checkpoint (or the previous one if a swap was interrupted)."""
+        assert self.out is not None
+        for cand in (self.out / CKPT, self.out / f".{CKPT}.old"):
+            if (cand / "state.json").is_file() and (cand / "state.safetensors").is_file():
+                break
+        else:
+            return False
+        try:
+            state = json.loads((cand / "state.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"checkpoint {cand} is corrupt ({e}); delete it to start over") from None
+        tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
+        dev = self.sae.W_enc.device
+        sd = {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}
+        for k, v in sd.items():
+            if k not in dict(self.sae.named_parameters()) or v.shape != getattr(self.sae, k).shape:
+                raise UserError(f"checkpoint {cand} does not match this run's dictionary ({k} {list(v.shape)}); "
+                                "use the same --dict-size / model, or another --out")
+        self.sae.load_state_dict(sd)
+        opt_state = {}
+        for i, (name, p) in enumerate(self.sae.named_parameters()):
+            if name in state["adam_steps"]:
+                opt_state[i] = {"step": torch.tensor(state["adam_steps"][name], dtype=torch.float32),
+                                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(dev),
+                                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(dev)}
+        sd_opt = self.opt.state_dict()
+        sd_opt["state"] = opt_state
+        self.opt.load_state_dict(sd_opt)
+        self.tokens_since_fired_F.copy_(tensors["tokens_since_fired"])
+        self.firing_counts_F.copy_(tensors["firing_counts"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.firing_tokens = state["firing_tokens"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.extra_state = state.get("extra", {})
+        self.sae.metadata.update(state.get("metadata", {}))
+        self._truncate_metrics()
+        return True
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics.jsonl lines logged after the checkpoint: the resumed run re-logs them."""
+        file = self.out / "metrics.jsonl" if self.out else None
+        if not file or not file.exists():
+            return
+        keep = [ln for ln in file.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        atomic_write_bytes(file, ("\n".join(keep) + "\n" if keep else "").encode())

@@ -66,10 +66,14 @@ class Trainer:
     def dead_window(self) -> int:
         return self.cfg.dead_window or 10 * self.cfg.batch_size
 
+    def l1_now(self) -> float:
+        w = self.cfg.l1_warmup_steps
+        return self.cfg.l1 * min(1.0, (self.step + 1) / w) if w else self.cfg.l1
+
     # ---------------------------------------------------------------- one step
     def train_step(self, x_BD: torch.Tensor) -> StepOutput:
         sae = self.sae
-        out = loss_and_grads(sae, x_BD, self.cfg.l1)
+        out = loss_and_grads(sae, x_BD, self.l1_now())
         if self.cfg.unit_norm_decoder:
             sae.remove_parallel_grad_()
         self.opt.step()
@@ -121,6 +125,7 @@ class Trainer:
             "explained_variance": metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item(),
             "dead_fraction": metrics.dead_fraction(self.tokens_since_fired_F, self.dead_window).item(),
             "lr": self.opt.param_groups[0]["lr"],
+            "l1_coefficient": self.l1_now(),
             "elapsed_s": round(self.train_seconds + elapsed, 3),
         }
         row.update(self.extra_state.get("log", {}))

@@ -1,0 +1,116 @@
+"""Training-step throughput of saeforge against baselines measured in the same process.
+
+    python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
+
+Prints tokens/s for: saeforge's step (kernels.loss_and_grads + fused Adam), the bare matrix
+products one autograd step needs (6: encoder, decoder, and their backward products, the
+"matrix-product floor"), a plain autograd torch ReLU SAE step, and SAELens's
+StandardTrainingSAE step (if sae-lens is installed), interleaved in rounds so that machine
+noise hits all of them alike; then the ratios. Also the toy generator's batch cost against
+a step on that batch (the generator must be cheaper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from saeforge.init import initialize
+from saeforge.kernels import loss_and_grads
+from saeforge.sae import SparseAutoencoder
+from saeforge.toy import ToyData
+
+
+def timed(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--d-in", type=int, default=128)
+    ap.add_argument("--features", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    D, F, B = a.d_in, a.features, a.batch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, D, generator=g)
+
+    ours = SparseAutoencoder(D, F)
+    initialize(ours, "orthogonal")
+    opt = torch.optim.Adam(ours.parameters(), lr=1e-5, fused=True)
+
+    def saeforge_step():
+        loss_and_grads(ours, x, 5.0)
+        opt.step()
+
+    plain = SparseAutoencoder(D, F)
+    initialize(plain, "orthogonal")
+    popt = torch.optim.Adam(plain.parameters(), lr=1e-5)
+
+    def autograd_step():
+        popt.zero_grad(set_to_none=True)
+        plain.loss(x, 5.0)[0].backward()
+        popt.step()
+
+    W_enc, W_dec = ours.W_enc.detach().clone(), ours.W_dec.detach().clone()
+
+    def floor():
+        a_ = x @ W_enc              # encoder forward
+        b_ = a_ @ W_dec             # decoder forward
+        c_ = b_ @ W_dec.T           # grad wrt codes
+        _ = a_.T @ b_               # grad W_dec
+        _ = x.T @ c_                # grad W_enc
+        _ = c_ @ W_enc.T            # grad through x - b_dec
+
+    runs = {"saeforge": saeforge_step, "matmul floor": floor, "autograd torch": autograd_step}
+    try:
+        from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+        from sae_lens.saes.sae import TrainStepInput
+
+        sl = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=F, l1_coefficient=5.0))
+        slopt = torch.optim.Adam(sl.parameters(), lr=1e-5)
+
+        def saelens_step():
+            slopt.zero_grad(set_to_none=True)
+            out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False))
+            out.loss.backward()
+            slopt.step()
+
+        runs["SAELens StandardTrainingSAE"] = saelens_step
+    except Exception as e:  # noqa: BLE001
+        print(f"(SAELens baseline skipped: {e})")
+
+    toy = ToyData(D, F, seed=0)
+    runs["toy batch generation"] = lambda: toy.batch(0, B)
+
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(a.rounds):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, warmup=1, repeats=a.repeats))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"d_in {D}, features {F}, batch {B}, {a.threads} threads, torch {torch.__version__}, "
+          f"median of {a.rounds} rounds x {a.repeats} steps")
+    for name, t in med.items():
+        print(f"  {name:30s} {B / t:10.0f} tokens/s   ({t * 1e3:7.1f} ms)")
+    s = med["saeforge"]
+    print(f"saeforge / matmul floor:  {med['matmul floor'] / s:.2f}x  (>= 0.75 is the target)")
+    print(f"saeforge / autograd torch: {med['autograd torch'] / s:.2f}x")
+    if "SAELens StandardTrainingSAE" in med:
+        print(f"saeforge / SAELens:       {med['SAELens StandardTrainingSAE'] / s:.2f}x  (>= 1.5 is the target)")
+    print(f"toy batch generation / saeforge step: {med['toy batch generation'] / s:.2f}  (< 1 required)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from saeforge.cli import main
+
+TOY = ["toy", "--d-model", "8", "--n-features", "16", "--steps", "5", "--no-progress"]
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--init", "bogus"], "--init 'bogus' is unknown"),
+    (["--resample", "magic"], "--resample 'magic' is unknown"),
+    (["--rare-ratio", "1.5"], "--rare-ratio must be in [0, 1]"),
+    (["--steps", "-3"], "--steps must be >= 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--l1", "nan"], "--l1 must be a finite number"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--n-active", "100"], "--n-active must be in"),
+    (["--decay", "1.5"], "--decay must be in"),
+    (["--steps", "ten"], "--steps expects int"),
+    (["--device", "tpu"], "--device 'tpu' is unknown"),
+    (["--bogus-flag", "1"], "unrecognized arguments"),
+])
+def test_bad_options_are_one_line_exit_2(tmp_path, capsys, flags, msg):
+    with pytest.raises(SystemExit) as e:
+        code = main([*TOY, "--out", str(tmp_path / "o"), *flags])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saeforge: error: ") and msg in err[0], err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_missing_out(capsys):
+    assert main(TOY) == 2
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('steps = 7\nbatch-size = 32\ntarget_mmcs = 0.0\n')
+    assert main([*TOY[:-3], "--no-progress", "--config", str(cfg), "--out", str(tmp_path / "o"), "--steps", "9"]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["steps"] == 9 and s["batch_size"] == 32
+    js = tmp_path / "c.json"
+    js.write_text(json.dumps({"steps": 4, "target_mmcs": 0}))
+    assert main([*TOY[:-3], "--no-progress", "--config", str(js), "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("steps = ", "not valid TOML"),
+    ("bogus = 3", "unknown key(s) bogus"),
+    ('steps = "many"', "steps must be int"),
+])
+def test_bad_config_file(tmp_path, capsys, content, msg):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(content)
+    assert main([*TOY, "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saeforge: error: ") and msg in err and "\n" not in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main([*TOY, "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_info_on_corrupt_directory_subprocess(tmp_path):
+    """From the real console entry point: no traceback, one line, status 2."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cfg.json").write_text("{not json")
+    r = subprocess.run([sys.executable, "-m", "saeforge", "info", str(tmp_path / "d")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("saeforge: error: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_info_describes_a_dictionary(tmp_path, capsys):
+    assert main([*TOY, "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "o")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["d_in"] == 8 and info["d_sae"] == 16 and info["metadata"]["source"] == "toy"

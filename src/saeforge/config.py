@@ -40,6 +40,8 @@ class TrainConfig:
     l1: float = opt(5.0, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖")
     l1_warmup_steps: int = opt(0, "ramp λ linearly from 0 over this many steps (keeps features alive early)")
     lr: float = opt(1e-3, "Adam learning rate")
+    lr_warmup_steps: int = opt(0, "ramp the learning rate linearly from 0 over this many steps")
+    lr_decay_steps: int = opt(0, "decay the learning rate linearly to 0 over the last N steps of the budget")
     beta1: float = opt(0.9, "Adam β1")
     beta2: float = opt(0.999, "Adam β2")
     batch_size: int = opt(4096, "activations per training step")
@@ -54,7 +56,8 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.out:
             raise UserError("--out is required: the directory the run writes into")
-        for name in ("steps", "tokens", "dict_size", "checkpoint_every", "dead_window", "l1_warmup_steps"):
+        for name in ("steps", "tokens", "dict_size", "checkpoint_every", "dead_window", "l1_warmup_steps",
+                     "lr_warmup_steps", "lr_decay_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "log_every"):
@@ -112,7 +115,7 @@ class ToyConfig(TrainConfig):
 
 # Toy defaults differ from real-activation defaults: toy inputs have E‖x‖² ≈ 1.7, not d_in,
 # and ground-truth recovery wants the unit-norm decoder. Chosen by the sweep in docs/toy.md.
-TOY_DEFAULTS = dict(l1=0.1, lr=1e-2, batch_size=1024, unit_norm_decoder=True, steps=5000, log_every=100, check_every=10)
+TOY_DEFAULTS = dict(l1=0.1, lr=3e-3, batch_size=1024, unit_norm_decoder=True, steps=5000, log_every=100, check_every=10)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, overrides: dict[str, Any] | None = None) -> None:

@@ -61,6 +61,7 @@ class Trainer:
         self.firing_tokens = 0
         self.extra_state: dict[str, Any] = {}  # callers' resumable state (e.g. the toy MMCS trace)
         self.train_seconds = 0.0
+        self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
 
     @property
     def dead_window(self) -> int:
@@ -70,12 +71,25 @@ class Trainer:
         w = self.cfg.l1_warmup_steps
         return self.cfg.l1 * min(1.0, (self.step + 1) / w) if w else self.cfg.l1
 
+    def lr_now(self) -> float:
+        """Linear warm-up from 0, constant, then linear decay to 0 over the budget's last steps."""
+        cfg, step = self.cfg, self.step
+        scale = 1.0
+        if cfg.lr_warmup_steps:
+            scale = min(scale, (step + 1) / cfg.lr_warmup_steps)
+        if cfg.lr_decay_steps and self.total_steps:
+            scale = min(scale, max(0.0, (self.total_steps - step) / cfg.lr_decay_steps))
+        return cfg.lr * scale
+
     # ---------------------------------------------------------------- one step
     def train_step(self, x_BD: torch.Tensor) -> StepOutput:
         sae = self.sae
         out = loss_and_grads(sae, x_BD, self.l1_now())
         if self.cfg.unit_norm_decoder:
             sae.remove_parallel_grad_()
+        if self.cfg.lr_warmup_steps or self.cfg.lr_decay_steps:
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_now()
         self.opt.step()
         if self.cfg.unit_norm_decoder:
             sae.normalize_decoder_()
@@ -90,6 +104,7 @@ class Trainer:
             callback: Callable[["Trainer", StepOutput], bool] | None = None) -> None:
         """Train until `steps` total steps (counting resumed ones) or until callback returns True."""
         cfg = self.cfg
+        self.total_steps = steps
         bar = tqdm(total=steps, initial=self.step, disable=not cfg.progress, file=sys.stderr,
                    desc="train", unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()

@@ -84,3 +84,13 @@ def test_info_describes_a_dictionary(tmp_path, capsys):
     assert main(["info", str(tmp_path / "o")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["d_in"] == 8 and info["d_sae"] == 16 and info["metadata"]["source"] == "toy"
+
+
+def test_out_that_holds_a_run_is_not_clobbered(tmp_path, capsys):
+    assert main([*TOY, "--out", str(tmp_path / "o")]) == 0
+    before = (tmp_path / "o" / "summary.json").read_bytes()
+    assert main([*TOY, "--out", str(tmp_path / "o")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "o" / "summary.json").read_bytes() == before
+    (tmp_path / "f").write_text("x")
+    assert main([*TOY, "--out", str(tmp_path / "f")]) == 2

@@ -62,7 +62,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_toy_run_recovers_the_features(tmp_path):
     s = _toy(tmp_path / "t", "--steps", "3000", "--batch-size", "256", "--d-model", "32", "--n-features", "64",
-             "--n-active", "3")
+             "--n-active", "3", "--lr", "1e-2")
     assert s["mmcs_initial"] < 0.6
     assert s["mmcs_final"] >= 0.99, s
     st = s["steps_to_mmcs"]

@@ -107,18 +107,16 @@ def run_toy(cfg) -> dict:
     to the step while the run may go on up to check_every - 1 steps past the target.
     """
     import time
-    from pathlib import Path
 
     from .dictionary import atomic_write_json
     from .init import initialize
     from .metrics import mmcs
     from .sae import SparseAutoencoder
-    from .train import Trainer, pick_device
+    from .train import Trainer, pick_device, prepare_out_dir
 
     t_start = time.perf_counter()
     device = pick_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(cfg.out, cfg.resume)
     steps = cfg.total_steps()
     data = ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
                    correlated=cfg.correlated, seed=cfg.seed, device=device)

@@ -44,6 +44,20 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+def prepare_out_dir(path: str | Path, resume: bool) -> Path:
+    """Create --out, refusing to clobber a previous run unless it is being resumed."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if not resume and ((out / "summary.json").exists() or (out / CKPT).exists()):
+        raise UserError(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
+    return out
+
+
 class Trainer:
     def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, out_dir: str | Path | None = None,
                  input_scale: float = 1.0):

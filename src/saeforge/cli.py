@@ -10,7 +10,8 @@ import json
 import sys
 
 from . import __version__
-from .config import TOY_DEFAULTS, ToyConfig, add_config_flags, build_config
+from .config import (TOY_DEFAULTS, TRAIN_DEFAULTS, ActivationTrainConfig, HarvestConfig, ToyConfig,
+                     add_config_flags, build_config)
 from .errors import UserError
 
 
@@ -26,6 +27,57 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     cfg = build_config(ToyConfig, args, TOY_DEFAULTS)
     summary = run_toy(cfg)
     print(json.dumps({k: summary[k] for k in ("mmcs_initial", "mmcs_final", "steps_to_mmcs", "steps", "wall_s")}))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_train
+
+    cfg = build_config(ActivationTrainConfig, args, TRAIN_DEFAULTS)
+    summary = run_train(cfg)
+    keys = ("tokens", "dict_size", "l0", "explained_variance", "ce_loss_recovered", "dead_fraction", "wall_s")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    return 0
+
+
+def _cmd_harvest(args: argparse.Namespace) -> int:
+    from .cache import run_harvest
+
+    cfg = build_config(HarvestConfig, args)
+    m = run_harvest(cfg)
+    print(json.dumps({k: m.get(k) for k in ("model", "hook", "dataset", "d_in", "rows", "contexts", "complete")}
+                     | {"shards": len(m["shards"])}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from . import data
+    from .buffer import _hook_width
+    from .dictionary import load
+    from .evals import evaluate
+    from .models import load_model, resolve_hook
+    from .train import pick_device
+
+    if args.tokens < 1:
+        raise UserError(f"--tokens must be >= 1, got {args.tokens}")
+    device = pick_device(args.device)
+    sae = load(args.path, device=device)
+    meta = sae.metadata
+    model_spec = args.model or meta.get("model_name")
+    hook = args.hook or meta.get("hook_name")
+    if not model_spec or not hook:
+        raise UserError(f"{args.path} does not record its model and hook; pass --model and --hook")
+    model = load_model(model_spec, device)
+    resolve_hook(model, hook)
+    width = _hook_width(model, hook)
+    if width != sae.d_in:
+        raise UserError(f"dictionary d_in {sae.d_in} does not match {hook} of {model_spec} (width {width}); "
+                        "is this the model it was trained on?")
+    dataset = args.dataset or meta.get("dataset_path") or "embedded"
+    held = data.contexts(model, dataset, "test", batch=args.contexts_per_pass, loop=False)
+    ev = evaluate(model, sae, hook, held, args.tokens, progress=args.progress)
+    ev.pop("firing_frequency")
+    print(json.dumps({"model": model_spec, "hook": hook, "dataset": dataset, "d_sae": sae.d_sae, **ev}))
     return 0
 
 
@@ -52,6 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      ">= --target-mmcs or --steps; writes metrics.jsonl, summary.json and the dictionary to --out.")
     add_config_flags(toy, ToyConfig, TOY_DEFAULTS)
     toy.set_defaults(func=_cmd_toy)
+    train = sub.add_parser("train", help="train a dictionary on a model's activations (the main job)",
+                           description="Train a dictionary on a model's activations (the embedded model and corpus "
+                                       "by default, or --cache), evaluate it on held-out text; writes metrics.jsonl, "
+                                       "summary.json, the dictionary and a checkpoint to --out.")
+    add_config_flags(train, ActivationTrainConfig, TRAIN_DEFAULTS)
+    train.set_defaults(func=_cmd_train)
+    harvest = sub.add_parser("harvest", help="write a model's activations to disk once (an activation cache)",
+                             description="Run the model over the dataset and write the hook's activations "
+                                         "(with their tokens) as safetensors shards plus manifest.json; rerun to resume.")
+    add_config_flags(harvest, HarvestConfig)
+    harvest.set_defaults(func=_cmd_harvest)
+    ev = sub.add_parser("eval", help="CE loss recovered, explained variance, L0 of a saved dictionary",
+                        description="Evaluate a saeforge or SAELens dictionary on held-out text of the model it was trained on.")
+    ev.add_argument("path", help="dictionary directory")
+    ev.add_argument("--tokens", type=int, default=65536, help="held-out tokens to evaluate on (default: 65536)")
+    ev.add_argument("--model", help="model (default: the one recorded in cfg.json)")
+    ev.add_argument("--hook", help="hook point (default: the one recorded in cfg.json)")
+    ev.add_argument("--dataset", help="dataset whose held-out split to use (default: recorded, else embedded)")
+    ev.add_argument("--contexts-per-pass", type=int, default=32, help="contexts per forward pass (default: 32)")
+    ev.add_argument("--device", default="auto", help="torch device (default: auto)")
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+    ev.set_defaults(func=_cmd_eval)
     info = sub.add_parser("info", help="check and describe a dictionary directory")
     info.add_argument("path", help="dictionary directory (saeforge or SAELens)")
     info.set_defaults(func=_cmd_info)

@@ -259,3 +259,107 @@ class Trainer:
             return
         keep = [ln for ln in file.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
         atomic_write_bytes(file, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+# ---------------------------------------------------------------- `saeforge train` on real activations
+def run_train(cfg) -> dict[str, Any]:
+    """Train on a model's activations (live buffer, or an activation cache), evaluate, write everything.
+
+    Flow: model (or cache) → ActivationBuffer (scale s so that E‖s·x‖² = d_in, estimated on the
+    first fill) → initializer, then b_dec = the mean of a sample → Trainer → dictionary (s folded
+    in) → evals on held-out text with the dictionary spliced in → summary.json.
+
+    Resume (`--resume`) restores weights, Adam state and statistics, and the data position
+    (contexts read, or the cache cursor): the run goes on with data it has not seen, never
+    repeating any. Its batches differ from an uninterrupted run's, because the buffer's
+    unserved rows at the checkpoint are not saved (the toy path resumes exactly).
+    """
+    from . import data
+    from .buffer import DTYPES, ActivationBuffer, ModelSource, _hook_width
+    from .cache import CacheSource, read_manifest
+    from .dictionary import atomic_write_json
+    from .init import initialize
+    from .models import default_hook, load_model, resolve_hook
+
+    t_start = time.perf_counter()
+    device = pick_device(cfg.device)
+    out = prepare_out_dir(cfg.out, cfg.resume)
+    model = None
+    if cfg.cache:
+        manifest = read_manifest(cfg.cache)
+        model_spec, hook, dataset = manifest["model"], manifest["hook"], manifest["dataset"]
+        d_in, n_ctx = int(manifest["d_in"]), int(manifest["n_ctx"])
+    else:
+        model = load_model(cfg.model, device)
+        model_spec, dataset = cfg.model, cfg.dataset
+        hook = cfg.hook or default_hook(model)
+        stop_at_layer = resolve_hook(model, hook)
+        d_in, n_ctx = _hook_width(model, hook), model.cfg.n_ctx
+    steps = cfg.total_steps()
+    sae = SparseAutoencoder(d_in, cfg.dict_size or 8 * d_in, device=device)
+    trainer = Trainer(sae, cfg, out)
+    resumed = cfg.resume and trainer.load_checkpoint()
+    if not resumed and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    position = trainer.extra_state.get("data", {}) if resumed else {}
+
+    st_dtype = DTYPES[cfg.buffer_dtype]
+    if cfg.cache:
+        source = CacheSource(cfg.cache, seed=cfg.seed, device=device, position=position)
+        carry = source.rows_per_chunk
+    else:
+        skip = position.get("contexts_read", 0)
+        stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
+                               text_column=cfg.text_column, skip=skip)
+        source = ModelSource(model, hook, stream, stop_at_layer, contexts_read=skip)
+        carry = cfg.contexts_per_pass * (n_ctx - 1)
+    rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
+    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, st_dtype, seed=cfg.seed,
+                              scale=trainer.extra_state.get("input_scale"))
+    trainer.input_scale = buffer.scale
+    trainer.extra_state["input_scale"] = buffer.scale
+
+    t_init = time.perf_counter()
+    if not resumed:
+        initialize(sae, cfg.init, seed=cfg.seed)
+        with torch.no_grad():
+            sae.b_dec.copy_(buffer.sample(16384).mean(0))
+    init_s = time.perf_counter() - t_init
+    sae.metadata.update(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True,
+                        dataset_path=dataset, seed=cfg.seed, dict_size=sae.d_sae, source="cache" if cfg.cache else "model")
+
+    def on_step(tr: Trainer, _out) -> bool:
+        if cfg.checkpoint_every and tr.step % cfg.checkpoint_every == 0:
+            tr.extra_state["data"] = source.state()
+        return False
+
+    trainer.fit(buffer, steps, callback=on_step)
+    trainer.extra_state["data"] = source.state()
+    trainer.save_checkpoint()
+    trainer.save_dictionary()
+    last = getattr(trainer, "last_log", {})
+    summary: dict[str, Any] = {
+        "model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache or None,
+        "d_in": d_in, "dict_size": sae.d_sae, "init": cfg.init, "resample": cfg.resample, "seed": cfg.seed,
+        "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": trainer.step, "tokens": trainer.tokens,
+        "input_scale": buffer.scale, "buffer_rows": rows,
+        "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),
+        "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
+    }
+    t_eval = time.perf_counter()
+    if cfg.eval_tokens:
+        from .dictionary import load
+        from .evals import evaluate
+
+        if model is None:
+            model = load_model(model_spec, device)
+        held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass,
+                             text_column=cfg.text_column, loop=False)
+        ev = evaluate(model, load(out, device=device), hook, held, cfg.eval_tokens, progress=cfg.progress)
+        ev.pop("firing_frequency")
+        summary.update(ev)
+    summary.update(init_s=round(init_s, 3), train_s=round(trainer.train_seconds, 3),
+                   eval_s=round(time.perf_counter() - t_eval, 3), wall_s=round(time.perf_counter() - t_start, 3),
+                   device=str(device))
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,91 @@
+"""Evals that need the model: the dictionary spliced into the forward pass, on held-out text.
+
+For each held-out context the model runs three times, with the hook's activation at
+positions 1.. (position 0 is BOS, never trained on; see data.py) left alone (clean),
+replaced by the dictionary's reconstruction (spliced), and replaced by zeros (zero-ablated):
+
+    CE-loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)
+
+CE is the mean next-token loss (nats) of the predictions made at positions 1..n_ctx−2. The same pass
+gives the dictionary's own figures on the held-out activations: MSE (summed over d_in, raw
+units and relative to E‖x − mean‖²), explained variance, L0, and the firing frequency of each
+feature (dead = never fired on the eval tokens).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .sae import SparseAutoencoder
+
+
+@torch.no_grad()
+def evaluate(model, sae: SparseAutoencoder, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int,
+             progress: bool = False) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    sae = sae.to(device)
+    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    sq_err = sum_x = sum_x2 = 0.0
+    l0_sum = 0.0
+    fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
+    counted = 0  # activation positions (1..n_ctx-1 of each context)
+    n_pred = 0  # predicted positions: logits at 1..n_ctx-2 (the last position has no next token)
+    bar = tqdm(total=n_tokens, disable=not progress, file=sys.stderr, desc="eval", unit="tok", dynamic_ncols=True)
+    while counted < n_tokens:
+        try:
+            tokens = next(contexts).to(device)
+        except StopIteration:
+            break
+        seen: dict[str, torch.Tensor] = {}
+
+        def record(act, hook):
+            seen["x"] = act[:, 1:].float()
+            return act
+
+        def splice(act, hook):
+            x = act[:, 1:]
+            act[:, 1:] = sae(x.to(sae.W_enc.dtype)).to(act.dtype)
+            return act
+
+        def zero(act, hook):
+            act[:, 1:] = 0
+            return act
+
+        for name, fn in (("clean", record), ("spliced", splice), ("zero", zero)):
+            loss = model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)], return_type="loss", loss_per_token=True)
+            ce[name] += loss[:, 1:].sum().item()
+        n_pred += loss[:, 1:].numel()
+        x = seen["x"].reshape(-1, sae.d_in)
+        f = sae.encode(x)
+        err = x - sae.decode(f)
+        sq_err += err.pow(2).sum().item()
+        sum_x += x.sum(0).double()
+        sum_x2 += x.double().pow(2).sum().item()
+        l0_sum += (f > 0).sum().item()
+        fired_F += (f > 0).sum(0)
+        counted += x.shape[0]
+        bar.update(x.shape[0])
+    bar.close()
+    if counted == 0:
+        from .errors import UserError
+
+        raise UserError("the held-out split gave no context to evaluate on")
+    ce = {k: v / n_pred for k, v in ce.items()}
+    total_var = sum_x2 - (sum_x.pow(2).sum().item() / counted)
+    recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else float("nan")
+    return {
+        "eval_tokens": counted,
+        "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
+        "ce_loss_recovered": recovered,
+        "mse": sq_err / counted,
+        "mse_relative": sq_err / total_var,
+        "explained_variance": 1.0 - sq_err / total_var,
+        "l0": l0_sum / counted,
+        "dead_fraction": (fired_F == 0).float().mean().item(),
+        "firing_frequency": (fired_F.double() / counted).cpu(),
+    }

@@ -1,0 +1,239 @@
+"""Load a HookedTransformer: an official TransformerLens name, a local checkpoint, or the embedded model.
+
+`load_model(spec)` understands three kinds of `spec`:
+
+- `"embedded"` (the default): saeforge's own 4-layer byte-level model, shipped inside the
+  package as `assets/tiny-stdlib-lm.safetensors` + `.json`. Its vocabulary is the 256 byte
+  values, so it needs no tokenizer download; `ByteTokenizer` makes `to_tokens` / `to_string`
+  work. It was trained by `scripts/train_tiny_lm.py` on the source files of Python's standard
+  library (see the README for its bits per byte and a sample).
+- a local directory holding `config.json` (HookedTransformerConfig fields) and
+  `model.safetensors` (a HookedTransformer state dict), e.g. written by `save_model`. An
+  optional `"tokenizer"` key in the JSON names the tokenizer: `"bytes"` or a HF tokenizer
+  name or local path (loaded with `AutoTokenizer.from_pretrained`).
+- anything else is passed to `HookedTransformer.from_pretrained` (e.g. `gelu-4l`, the
+  reference 4-layer model), which downloads from the Hugging Face hub.
+
+Only safetensors and JSON are read from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizer
+
+from .errors import UserError
+
+EMBEDDED = "embedded"
+BOS = 0  # byte 0 (NUL) never occurs in source text: it is the BOS/EOS/padding token
+
+
+class ByteTokenizer(PreTrainedTokenizer):
+    """Token id = byte value of the UTF-8 encoding; id 0 (NUL) is BOS, EOS and padding.
+
+    Behaves like a Hugging Face tokenizer with `add_bos_token=True`: `encode(text)` is
+    `[0] + list(text.encode())`, so TransformerLens sees a tokenizer that prepends BOS and
+    strips it when asked for `prepend_bos=False`. Decoding joins the bytes and decodes with
+    `errors="replace"` (a lone byte of a multi-byte character shows as U+FFFD).
+    """
+
+    vocab_files_names: dict[str, str] = {}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("bos_token", "\x00")
+        kwargs.setdefault("eos_token", "\x00")
+        kwargs.setdefault("pad_token", "\x00")
+        kwargs.setdefault("add_bos_token", True)
+        kwargs.setdefault("name_or_path", "saeforge/bytes")
+        kwargs.setdefault("clean_up_tokenization_spaces", False)
+        self.add_bos_token = kwargs["add_bos_token"]
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(i): i for i in range(256)}
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        return [chr(b) for b in text.encode("utf-8")]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return ord(token) if len(token) == 1 and ord(token) < 256 else BOS
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return chr(index)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return bytes(ord(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def build_inputs_with_special_tokens(self, ids0: list[int], ids1: list[int] | None = None) -> list[int]:
+        bos = [BOS] if self.add_bos_token else []
+        return bos + ids0 + ([] if ids1 is None else bos + ids1)
+
+    def get_special_tokens_mask(self, ids0, ids1=None, already_has_special_tokens=False):
+        if already_has_special_tokens:
+            return [int(i == BOS) for i in ids0 + (ids1 or [])]
+        bos = [1] if self.add_bos_token else []
+        return bos + [0] * len(ids0) + ([] if ids1 is None else bos + [0] * len(ids1))
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        return ()
+
+
+def embedded_config() -> dict[str, Any]:
+    """The embedded model's HookedTransformerConfig fields (kept in the asset's JSON)."""
+    return json.loads(_asset("tiny-stdlib-lm.json").read_text())["config"]
+
+
+def _asset(name: str) -> Path:
+    return Path(str(resources.files("saeforge") / "assets" / name))
+
+
+def tiny_lm_config(**overrides: Any) -> dict[str, Any]:
+    """Architecture of the embedded model (what scripts/train_tiny_lm.py trains)."""
+    cfg = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=256,
+               act_fn="gelu", normalization_type="LN", positional_embedding_type="standard",
+               model_name="saeforge-tiny-stdlib-lm", default_prepend_bos=True, seed=0)
+    cfg.update(overrides)
+    return cfg
+
+
+def build_model(config: dict[str, Any], tokenizer: str | None = "bytes", device: str | torch.device = "cpu"):
+    """A HookedTransformer from config fields, randomly initialized (weights loaded by the caller)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**{**config, "device": str(device)})
+    tok = _tokenizer(tokenizer)
+    with warnings.catch_warnings():  # TransformerLens 3 deprecates HookedTransformer in favour of its bridge
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return HookedTransformer(cfg, tokenizer=tok, move_to_device=True, default_padding_side="right")
+
+
+def _tokenizer(name: str | None):
+    if name is None:
+        return None
+    if name == "bytes":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def save_model(model, path: str | Path, tokenizer: str | None = "bytes", extra: dict[str, Any] | None = None) -> Path:
+    """Write `config.json` + `model.safetensors`, loadable by `load_model(path)`."""
+    from dataclasses import fields
+
+    from .dictionary import atomic_write_json
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = {f.name for f in fields(type(model.cfg)) if f.init}
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if k in keep and _jsonable(v) and k != "device"}
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = out / ".model.safetensors.tmp"
+    save_file(sd, str(tmp))
+    tmp.replace(out / "model.safetensors")
+    atomic_write_json(out / "config.json", {"config": cfg, "tokenizer": tokenizer, **(extra or {})})
+    return out
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu"):
+    """Load a HookedTransformer (see the module docstring for what `spec` may be), in eval mode."""
+    if spec == EMBEDDED:
+        return _load_dir(_asset("tiny-stdlib-lm.json"), _asset("tiny-stdlib-lm.safetensors"), device, EMBEDDED)
+    p = Path(spec)
+    if p.is_dir():
+        return _load_dir(p / "config.json", p / "model.safetensors", device, str(p))
+    if p.suffix in (".safetensors", ".json") or p.exists():
+        raise UserError(f"--model {spec}: a local model is a directory holding config.json and model.safetensors")
+    return _load_hub(spec, device)
+
+
+def _load_dir(cfg_file: Path, weights: Path, device, name: str):
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise UserError(f"model {name}: {f.name} is missing (expected {f})")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        config = meta["config"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"model {name}: {cfg_file.name} is not a saeforge model config ({e})") from None
+    try:
+        model = build_model(config, tokenizer=meta.get("tokenizer", "bytes"), device=device)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise UserError(f"model {name}: bad config in {cfg_file.name}: {e}") from None
+    from .dictionary import read_tensors
+
+    sd = read_tensors(weights, f"model {name} weights")
+    missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())
+    if missing or unexpected:
+        raise UserError(f"model {name}: weights do not match its config "
+                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    for k, v in model.state_dict().items():
+        if sd[k].shape != v.shape:
+            raise UserError(f"model {name}: {k} has shape {list(sd[k].shape)}, config says {list(v.shape)}")
+    model.load_state_dict(sd)
+    model.cfg.model_name = meta.get("name", config.get("model_name", name))
+    model.saeforge_name = name
+    return model.eval()
+
+
+def _load_hub(name: str, device):
+    from transformer_lens import HookedTransformer
+
+    try:
+        model = HookedTransformer.from_pretrained(name, device=str(device))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {name}: not the embedded model, not a local model directory, and the hub "
+                        f"could not provide it ({str(e).splitlines()[0][:200]})") from None
+    model.saeforge_name = name
+    return model.eval()
+
+
+def default_hook(model) -> str:
+    """`blocks.{L}.hook_resid_post` at the middle of the model (layer 2 of the 4-layer models)."""
+    return f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+
+
+def resolve_hook(model, name: str) -> int | None:
+    """Check a hook name and return the `stop_at_layer` that ends the forward right after it.
+
+    Hooks inside block L stop at L + 1; embedding hooks at 0; anything after the last block
+    (`ln_final.*`, `unembed.*`) runs the whole model (None).
+    """
+    valid = list(model.hook_dict)
+    if name not in model.hook_dict:
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) >= model.cfg.n_layers:
+            raise UserError(f"--hook {name}: layer {parts[1]} is past the model's depth "
+                            f"({model.cfg.n_layers} layers, 0..{model.cfg.n_layers - 1})")
+        per_block = sorted({n.split(".", 2)[2] for n in valid if n.startswith("blocks.0.")})
+        others = [n for n in valid if not n.startswith("blocks.")]
+        raise UserError(f"--hook {name!r} is not a hook of this model; valid: blocks.{{0..{model.cfg.n_layers - 1}}}."
+                        f"{{{','.join(per_block)}}} or {', '.join(others)}")
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        return 0
+    return None

@@ -139,6 +139,6 @@ class ActivationBuffer:
         return self.storage[rows].float().mul_(self.scale)
 
     def sample(self, n: int) -> torch.Tensor:
-        """n random rows of the current buffer (scaled, float32), for initializers and resamplers."""
-        idx = torch.randint(len(self.storage), (min(n, len(self.storage)),), generator=self.gen).to(self.device)
+        """n distinct random rows of the current buffer (scaled, float32), for initializers and resamplers."""
+        idx = torch.randperm(len(self.storage), generator=self.gen)[:n].to(self.device)
         return self.storage[idx].float().mul_(self.scale)

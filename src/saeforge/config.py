@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 from .errors import UserError
 
-INITS = ("orthogonal", "xavier")
+INITS = ("orthogonal", "xavier", "data", "svd", "average", "centroid", "outlier")  # init.METHODS
 RESAMPLERS = ("none",)
 
 

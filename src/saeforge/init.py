@@ -1,40 +1,144 @@
-"""Dictionary initializers. Every method writes unit-norm decoder rows (atoms) and sets the
-encoder consistently with them: W_enc = W_decᵀ, b_enc = 0, b_dec = 0.
+"""Dictionary initializers: the baselines, and the first seed's informed (data-based) methods.
 
-Tying the encoder to the decoder at the start means each feature's pre-activation is the
-projection of the input on its own atom, so features start out detecting what they write;
-it is what SAELens, Anthropic and sparsify also do for their baselines.
+Every method writes d_sae unit-norm decoder rows (atoms) and sets the encoder from them:
+W_enc = W_decᵀ (each feature's pre-activation starts as the projection of the input on its
+own atom: features detect what they write), b_enc = 0. b_dec is left to the caller (the
+real-activation pipeline sets it to the sample mean; the toy path keeps 0, as in the seed).
 
+Baselines (no data):
 - orthogonal: torch.nn.init.orthogonal_ on W_dec [d_sae, d_in] (orthonormal columns when
-  d_sae > d_in), rows then rescaled to unit norm: the toy replication's baseline.
-- xavier: xavier_uniform_ on W_dec, rows rescaled to unit norm: directions uniform-ish.
+  d_sae > d_in), rows rescaled to unit norm: the toy replication's baseline.
+- xavier: xavier_uniform_ on W_dec, rows rescaled to unit norm.
 
-Informed initializations from a sample of the data come with the informed-init issue.
+From a sample X [n, d_in] of the activation stream (toy or real, the same code):
+- data: atoms are d_sae distinct random rows of X, normalized.
+- svd: the seed does not say how d_sae > d_in atoms come out of an SVD that yields at most
+  d_in directions. Our reading: the first min(d_sae, d_in) atoms are the right singular
+  vectors of X (largest first; sign chosen so the sample projects positively on average),
+  and the remaining d_sae − d_in atoms are normalized random rows of X, as in `data`.
+- rare-feature collection: a fraction `rare_ratio` of the atoms (round(rare_ratio·d_sae),
+  at least 1 when rare_ratio > 0) comes from "rare-feature vectors", the rest from random
+  rows of X as in `data`:
+  - average: a random row minus the sample mean (what is left once the features common to
+    most inputs are averaged out);
+  - centroid: MiniBatchKMeans with as many clusters as rare vectors, fitted on X; from each
+    cluster, a random member minus its centroid;
+  - outlier: LocalOutlierFactor(n_neighbors=250) on X; the inputs with the lowest
+    (most negative) negative_outlier_factor_, i.e. the strongest outliers.
+  Rare vectors are normalized like every atom.
+
+The scikit-learn steps stay cheap: KMeans and LOF see at most `max_sample` rows (4096 by
+default; LOF is quadratic in it). Everything is deterministic from the seed.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .errors import UserError
 from .sae import SparseAutoencoder
 
-METHODS = ("orthogonal", "xavier")
+BASELINES = ("orthogonal", "xavier")
+DATA_METHODS = ("data", "svd")
+RARE_METHODS = ("average", "centroid", "outlier")
+METHODS = BASELINES + DATA_METHODS + RARE_METHODS
+LOF_NEIGHBORS = 250
+
+
+def needs_sample(method: str) -> bool:
+    return method not in BASELINES
+
+
+def sample_size(method: str, d_sae: int, rare_ratio: float, max_sample: int = 4096) -> int:
+    """Rows of the stream a method wants: enough distinct rows for every atom, and the bounded
+    sklearn sample on top."""
+    if method in BASELINES:
+        return 0
+    return d_sae + (max_sample if method in ("centroid", "outlier") else 0)
 
 
 @torch.no_grad()
-def initialize(sae: SparseAutoencoder, method: str, *, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    W_FD = torch.empty(sae.d_sae, sae.d_in, dtype=torch.float32)
-    if method == "orthogonal":
-        torch.nn.init.orthogonal_(W_FD, generator=g)
-    elif method == "xavier":
-        torch.nn.init.xavier_uniform_(W_FD, generator=g)
-    else:
+def initialize(sae: SparseAutoencoder, method: str, *, seed: int = 0, sample: torch.Tensor | None = None,
+               rare_ratio: float = 0.0, max_sample: int = 4096) -> None:
+    """Set the dictionary's atoms and encoder by `method` (see the module docstring)."""
+    if method not in METHODS:
         raise UserError(f"unknown init {method!r}; choose one of {', '.join(METHODS)}")
-    W_FD /= W_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if not 0.0 <= rare_ratio <= 1.0:
+        raise UserError(f"--rare-ratio must be in [0, 1], got {rare_ratio}")
+    g = torch.Generator().manual_seed(seed)
+    F, D = sae.d_sae, sae.d_in
+    if method in BASELINES:
+        W_FD = torch.empty(F, D, dtype=torch.float32)
+        if method == "orthogonal":
+            torch.nn.init.orthogonal_(W_FD, generator=g)
+        else:
+            torch.nn.init.xavier_uniform_(W_FD, generator=g)
+    else:
+        if sample is None:
+            raise UserError(f"--init {method} needs a sample of the activations")
+        X = sample.detach().to("cpu", torch.float32)
+        if X.ndim != 2 or X.shape[1] != D:
+            raise UserError(f"--init {method}: the sample has shape {list(X.shape)}, expected [n, {D}]")
+        need = F if method != "svd" else max(F - D, 0) + D
+        if method in RARE_METHODS:
+            need = max(F, LOF_NEIGHBORS + 1 if method == "outlier" else 1)
+        if len(X) < need:
+            raise UserError(f"--init {method} needs at least {need} sampled activations, got {len(X)}")
+        W_FD = _informed(X, method, F, rare_ratio, g, max_sample, seed)
+    W_FD = W_FD / W_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     sae.W_dec.copy_(W_FD)
     sae.W_enc.copy_(W_FD.T)
     sae.b_enc.zero_()
     sae.b_dec.zero_()
     sae.metadata["init"] = method
+    if method in RARE_METHODS:
+        sae.metadata["rare_ratio"] = rare_ratio
+
+
+def _random_rows(X: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    return X[torch.randperm(len(X), generator=g)[:k]]
+
+
+def _informed(X: torch.Tensor, method: str, F: int, rare_ratio: float, g: torch.Generator,
+              max_sample: int, seed: int) -> torch.Tensor:
+    D = X.shape[1]
+    if method == "data":
+        return _random_rows(X, F, g)
+    if method == "svd":
+        _, _, Vh = torch.linalg.svd(X, full_matrices=False)
+        k = min(F, D, len(Vh))
+        V = Vh[:k]
+        V = V * torch.where((X @ V.T).mean(0) >= 0, 1.0, -1.0)[:, None]
+        return torch.cat([V, _random_rows(X, F - k, g)]) if F > k else V
+    n_rare = 0 if rare_ratio == 0 else max(1, round(rare_ratio * F))
+    rare = rare_vectors(X, method, n_rare, g, max_sample, seed) if n_rare else X[:0]
+    return torch.cat([rare, _random_rows(X, F - len(rare), g)])
+
+
+def rare_vectors(X: torch.Tensor, method: str, k: int, g: torch.Generator, max_sample: int = 4096,
+                 seed: int = 0) -> torch.Tensor:
+    """k rare-feature vectors from X by `method` (average, centroid, outlier); not normalized."""
+    if method == "average":
+        return _random_rows(X, k, g) - X.mean(0)
+    S = _random_rows(X, min(len(X), max_sample), g)
+    if method == "centroid":
+        from sklearn.cluster import MiniBatchKMeans
+
+        k = min(k, len(S))
+        km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=min(1024, len(S))).fit(S.numpy())
+        labels = km.labels_
+        rs = np.random.default_rng(seed)
+        rows = []
+        for c in range(k):
+            members = np.flatnonzero(labels == c)
+            i = int(rs.choice(members)) if len(members) else int(rs.integers(len(S)))
+            rows.append(S[i] - torch.from_numpy(km.cluster_centers_[c]).float())
+        return torch.stack(rows)
+    if method == "outlier":
+        from sklearn.neighbors import LocalOutlierFactor
+
+        lof = LocalOutlierFactor(n_neighbors=min(LOF_NEIGHBORS, len(S) - 1)).fit(S.numpy())
+        order = np.argsort(lof.negative_outlier_factor_)[:k]  # most negative = strongest outliers
+        return S[torch.from_numpy(order.copy())]
+    raise ValueError(method)

@@ -109,7 +109,7 @@ def run_toy(cfg) -> dict:
     import time
 
     from .dictionary import atomic_write_json
-    from .init import initialize
+    from .init import initialize, sample_size
     from .metrics import mmcs
     from .sae import SparseAutoencoder
     from .train import Trainer, pick_device, prepare_out_dir
@@ -122,7 +122,11 @@ def run_toy(cfg) -> dict:
                    correlated=cfg.correlated, seed=cfg.seed, device=device)
     sae = SparseAutoencoder(cfg.d_model, cfg.dict_size or cfg.n_features, device=device)
     t_init = time.perf_counter()
-    initialize(sae, cfg.init, seed=cfg.seed)
+    sample = None
+    n = sample_size(cfg.init, sae.d_sae, cfg.rare_ratio)
+    if n:  # fresh draws from the same distribution (steps -1, -2, ... never train)
+        sample = torch.cat([data.batch(-(i + 1), 1024)[0] for i in range(-(-n // 1024))])[:n]
+    initialize(sae, cfg.init, seed=cfg.seed, sample=sample, rare_ratio=cfg.rare_ratio)
     init_s = time.perf_counter() - t_init
     sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed)
     trainer = Trainer(sae, cfg, out)
@@ -162,7 +166,7 @@ def run_toy(cfg) -> dict:
     last = getattr(trainer, "last_log", {})
     summary = {
         "d_model": cfg.d_model, "n_features": cfg.n_features, "dict_size": sae.d_sae,
-        "init": cfg.init, "seed": cfg.seed, "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "init": cfg.init, "rare_ratio": cfg.rare_ratio, "seed": cfg.seed, "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "n_active": cfg.n_active, "decay": cfg.decay, "correlated": cfg.correlated,
         "mmcs_initial": float(trace[0]), "mmcs_final": final, "steps_to_mmcs": reached,
         "steps": trainer.step, "tokens": trainer.tokens,

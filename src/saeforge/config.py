@@ -173,10 +173,13 @@ class HarvestConfig(ModelDataConfig):
             raise UserError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
 
-# Defaults of `saeforge train` on real activations (inputs scaled to E‖x‖² = d_in): the main
-# job finishes in minutes on 2 CPU cores. Measured in the README / closing notes of issue 3.
-TRAIN_DEFAULTS = dict(tokens=4_000_000, lr=1e-3, lr_warmup_steps=100, lr_decay_steps=200, l1_warmup_steps=200,
-                      log_every=50, checkpoint_every=200)
+# Defaults of `saeforge train` on real activations (inputs scaled to E‖x‖² = d_in), tuned so
+# the main job (embedded model, 1024 features, 4M tokens) finishes in minutes on 2 CPU cores
+# and lands at L0 ≈ 29, explained variance ≈ 0.91, CE-loss recovered ≈ 0.99 (README). The seed's
+# λ = 5 stays the TrainConfig default; at this budget it collapses the codes (EV ≈ 0.2 after
+# 2M tokens), and many small steps (batch 512, lr 1e-2) beat fewer large ones.
+TRAIN_DEFAULTS = dict(tokens=4_000_000, batch_size=512, lr=1e-2, l1=0.55, lr_warmup_steps=200, l1_warmup_steps=500,
+                      lr_decay_steps=400, log_every=100, checkpoint_every=1000)
 
 
 # Toy defaults differ from real-activation defaults: toy inputs have E‖x‖² ≈ 1.7, not d_in,

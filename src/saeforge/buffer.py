@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from .errors import UserError
+from .models import hook_width
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,7 +48,7 @@ class ModelSource:
     def __init__(self, model, hook: str, contexts: Iterator[torch.Tensor], stop_at_layer: int | None,
                  contexts_read: int = 0):
         self.model, self.hook, self.contexts, self.stop_at_layer = model, hook, contexts, stop_at_layer
-        self.d_in = _hook_width(model, hook)
+        self.d_in = hook_width(model, hook)
         self.device = next(model.parameters()).device
         self.contexts_read = contexts_read
         self.carry: torch.Tensor | None = None
@@ -81,16 +82,6 @@ class ModelSource:
             produced = tokens.shape[0] * (tokens.shape[1] - 1)
             self.rows_per_chunk = produced
             pos += produced
-
-
-def _hook_width(model, hook: str) -> int:
-    """d_in of a hook point (d_model for resid/out hooks, d_mlp for mlp.hook_post, ...)."""
-    name = hook.rsplit(".", 1)[-1]
-    if name in ("hook_pre", "hook_post", "hook_pre_linear") and ".mlp." in hook:
-        return model.cfg.d_mlp
-    if name in ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result", "hook_pattern", "hook_attn_scores"):
-        raise UserError(f"--hook {hook}: per-head hooks are not supported; use a residual, mlp or attn_out hook")
-    return model.cfg.d_model
 
 
 class ActivationBuffer:

@@ -52,10 +52,9 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import data
-    from .buffer import _hook_width
     from .dictionary import load
     from .evals import evaluate
-    from .models import load_model, resolve_hook
+    from .models import hook_width, load_model, resolve_hook
     from .train import pick_device
 
     if args.tokens < 1:
@@ -69,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{args.path} does not record its model and hook; pass --model and --hook")
     model = load_model(model_spec, device)
     resolve_hook(model, hook)
-    width = _hook_width(model, hook)
+    width = hook_width(model, hook)
     if width != sae.d_in:
         raise UserError(f"dictionary d_in {sae.d_in} does not match {hook} of {model_spec} (width {width}); "
                         "is this the model it was trained on?")

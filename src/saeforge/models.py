@@ -237,3 +237,13 @@ def resolve_hook(model, name: str) -> int | None:
     if name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
         return 0
     return None
+
+
+def hook_width(model, hook: str) -> int:
+    """d_in of a hook point (d_model for resid/out hooks, d_mlp for mlp.hook_post, ...)."""
+    name = hook.rsplit(".", 1)[-1]
+    if name in ("hook_pre", "hook_post", "hook_pre_linear") and ".mlp." in hook:
+        return model.cfg.d_mlp
+    if name in ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result", "hook_pattern", "hook_attn_scores"):
+        raise UserError(f"--hook {hook}: per-head hooks are not supported; use a residual, mlp or attn_out hook")
+    return model.cfg.d_model

@@ -275,11 +275,11 @@ def run_train(cfg) -> dict[str, Any]:
     unserved rows at the checkpoint are not saved (the toy path resumes exactly).
     """
     from . import data
-    from .buffer import DTYPES, ActivationBuffer, ModelSource, _hook_width
+    from .buffer import DTYPES, ActivationBuffer, ModelSource
     from .cache import CacheSource, read_manifest
     from .dictionary import atomic_write_json
     from .init import initialize, sample_size
-    from .models import default_hook, load_model, resolve_hook
+    from .models import default_hook, hook_width, load_model, resolve_hook
 
     t_start = time.perf_counter()
     device = pick_device(cfg.device)
@@ -294,7 +294,7 @@ def run_train(cfg) -> dict[str, Any]:
         model_spec, dataset = cfg.model, cfg.dataset
         hook = cfg.hook or default_hook(model)
         stop_at_layer = resolve_hook(model, hook)
-        d_in, n_ctx = _hook_width(model, hook), model.cfg.n_ctx
+        d_in, n_ctx = hook_width(model, hook), model.cfg.n_ctx
     steps = cfg.total_steps()
     sae = SparseAutoencoder(d_in, cfg.dict_size or 8 * d_in, device=device)
     trainer = Trainer(sae, cfg, out)

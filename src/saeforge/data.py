@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, quiet_hub_logs
 
 EMBEDDED = "embedded"
 HELDOUT_EVERY = 20
@@ -140,7 +140,8 @@ def load_documents(spec: str, split: str, seed: int):
         return _every_20th(ds, split).shuffle(seed=seed), DatasetSpec(spec, "local", "document")
     name, _, config = spec.partition(":")
     try:
-        splits = datasets.get_dataset_split_names(name, config or None)
+        with quiet_hub_logs():
+            splits = datasets.get_dataset_split_names(name, config or None)
     except Exception as e:
         raise UserError(f"--dataset {spec}: not a local path, and the hub could not provide it "
                         f"({_first_line(e)})") from None

@@ -5,6 +5,21 @@ contract 4). Library code raises it for bad input; anything else is a bug and ke
 traceback.
 """
 
+import logging
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A mistake in the user's input (option, file, shape), with a message saying how to fix it."""
+
+
+@contextmanager
+def quiet_hub_logs():
+    """Silence huggingface_hub's retry warnings, so a failed hub lookup ends in our one line."""
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -202,8 +202,11 @@ def _load_dir(cfg_file: Path, weights: Path, device, name: str):
 def _load_hub(name: str, device):
     from transformer_lens import HookedTransformer
 
+    from .errors import quiet_hub_logs
+
     try:
-        model = HookedTransformer.from_pretrained(name, device=str(device))
+        with quiet_hub_logs():
+            model = HookedTransformer.from_pretrained(name, device=str(device))
     except (OSError, ValueError) as e:
         raise UserError(f"--model {name}: not the embedded model, not a local model directory, and the hub "
                         f"could not provide it ({str(e).splitlines()[0][:200]})") from None

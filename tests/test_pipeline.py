@@ -203,8 +203,11 @@ def test_harvest_resumes_to_identical_shards(model, text_dir, tmp_path):
     torch.testing.assert_close(t["activations"], ref)
 
 
-def test_tampered_or_truncated_shard_is_refused(model, text_dir, tmp_path):
+def test_tampered_or_truncated_shard_is_refused(model, model_dir, text_dir, tmp_path, capsys):
     harvest_to(model, text_dir, tmp_path / "c", 16)
+    manifest = read_manifest(tmp_path / "c")
+    manifest["model"] = str(model_dir)
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
     shard = tmp_path / "c" / "shard_00001.safetensors"
     raw = bytearray(shard.read_bytes())
     raw[-5] ^= 0xFF
@@ -213,6 +216,8 @@ def test_tampered_or_truncated_shard_is_refused(model, text_dir, tmp_path):
     src.load_shard(0)
     with pytest.raises(UserError, match="tampered"):
         src.load_shard(1)
+    code, out, err = run_cli(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"), *TRAIN], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tampered" in err, err
     shard.write_bytes(bytes(raw[:-100]))
     with pytest.raises(UserError, match="truncated"):
         CacheSource(tmp_path / "c")

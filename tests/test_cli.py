@@ -13,6 +13,7 @@ TOY = ["toy", "--d-model", "8", "--n-features", "16", "--steps", "5", "--no-prog
     (["--init", "bogus"], "--init 'bogus' is unknown"),
     (["--resample", "magic"], "--resample 'magic' is unknown"),
     (["--rare-ratio", "1.5"], "--rare-ratio must be in [0, 1]"),
+    (["--encoder-scale", "0"], "--encoder-scale must be a finite number > 0"),
     (["--steps", "-3"], "--steps must be >= 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--l1", "nan"], "--l1 must be a finite number"),

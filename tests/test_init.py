@@ -74,3 +74,11 @@ def test_bad_settings_are_user_errors(toy):
         initialize(sae, "svd")
     with pytest.raises(UserError, match="unknown init"):
         initialize(sae, "kaiming")
+
+
+def test_encoder_scale(toy):
+    _, X = toy
+    sae = SparseAutoencoder(32, 64)
+    initialize(sae, "data", seed=0, sample=X, encoder_scale=0.1)
+    torch.testing.assert_close(sae.W_enc, 0.1 * sae.W_dec.T)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))

@@ -36,6 +36,7 @@ class TrainConfig:
     dict_size: int = opt(0, "number of dictionary features (0: the command's default)")
     init: str = opt("orthogonal", f"dictionary initialization, one of {', '.join(INITS)}")
     rare_ratio: float = opt(0.0, "fraction of atoms taken from rare-feature vectors (informed inits)")
+    encoder_scale: float = opt(1.0, "initial W_enc = encoder_scale · W_decᵀ (smaller: fewer features fire at first)")
     resample: str = opt("none", f"dead-feature resampling, one of {', '.join(RESAMPLERS)}")
     l1: float = opt(5.0, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖")
     l1_warmup_steps: int = opt(0, "ramp λ linearly from 0 over this many steps (keeps features alive early)")
@@ -69,6 +70,8 @@ class TrainConfig:
             raise UserError(f"--resample {self.resample!r} is unknown; choose one of {', '.join(RESAMPLERS)}")
         if not 0.0 <= self.rare_ratio <= 1.0:
             raise UserError(f"--rare-ratio must be in [0, 1], got {self.rare_ratio}")
+        if not (math.isfinite(self.encoder_scale) and self.encoder_scale > 0):
+            raise UserError(f"--encoder-scale must be a finite number > 0, got {self.encoder_scale}")
         if not (math.isfinite(self.l1) and self.l1 >= 0):
             raise UserError(f"--l1 must be a finite number >= 0, got {self.l1}")
         if not (math.isfinite(self.lr) and self.lr > 0):

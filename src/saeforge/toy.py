@@ -126,7 +126,8 @@ def run_toy(cfg) -> dict:
     n = sample_size(cfg.init, sae.d_sae, cfg.rare_ratio)
     if n:  # fresh draws from the same distribution (steps -1, -2, ... never train)
         sample = torch.cat([data.batch(-(i + 1), 1024)[0] for i in range(-(-n // 1024))])[:n]
-    initialize(sae, cfg.init, seed=cfg.seed, sample=sample, rare_ratio=cfg.rare_ratio)
+    initialize(sae, cfg.init, seed=cfg.seed, sample=sample, rare_ratio=cfg.rare_ratio,
+               encoder_scale=cfg.encoder_scale)
     init_s = time.perf_counter() - t_init
     sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed)
     trainer = Trainer(sae, cfg, out)
@@ -166,7 +167,7 @@ def run_toy(cfg) -> dict:
     last = getattr(trainer, "last_log", {})
     summary = {
         "d_model": cfg.d_model, "n_features": cfg.n_features, "dict_size": sae.d_sae,
-        "init": cfg.init, "rare_ratio": cfg.rare_ratio, "seed": cfg.seed, "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "init": cfg.init, "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed, "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "n_active": cfg.n_active, "decay": cfg.decay, "correlated": cfg.correlated,
         "mmcs_initial": float(trace[0]), "mmcs_final": final, "steps_to_mmcs": reached,
         "steps": trainer.step, "tokens": trainer.tokens,

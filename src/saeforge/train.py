@@ -322,7 +322,8 @@ def run_train(cfg) -> dict[str, Any]:
     t_init = time.perf_counter()
     if not resumed:
         n = sample_size(cfg.init, sae.d_sae, cfg.rare_ratio)
-        initialize(sae, cfg.init, seed=cfg.seed, sample=buffer.sample(n) if n else None, rare_ratio=cfg.rare_ratio)
+        initialize(sae, cfg.init, seed=cfg.seed, sample=buffer.sample(n) if n else None, rare_ratio=cfg.rare_ratio,
+                   encoder_scale=cfg.encoder_scale)
         with torch.no_grad():
             sae.b_dec.copy_(buffer.sample(16384).mean(0))
     init_s = time.perf_counter() - t_init
@@ -341,7 +342,7 @@ def run_train(cfg) -> dict[str, Any]:
     last = getattr(trainer, "last_log", {})
     summary: dict[str, Any] = {
         "model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache or None,
-        "d_in": d_in, "dict_size": sae.d_sae, "init": cfg.init, "rare_ratio": cfg.rare_ratio, "resample": cfg.resample, "seed": cfg.seed,
+        "d_in": d_in, "dict_size": sae.d_sae, "init": cfg.init, "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "resample": cfg.resample, "seed": cfg.seed,
         "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": trainer.step, "tokens": trainer.tokens,
         "input_scale": buffer.scale, "buffer_rows": rows,
         "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),

@@ -31,7 +31,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class Source(Protocol):
     d_in: int
-    rows_per_chunk: int  # rows one forward pass (or one shard read) produces
 
     def fill(self, storage: torch.Tensor, idx: torch.Tensor) -> None: ...
     def state(self) -> dict[str, Any]: ...
@@ -52,7 +51,6 @@ class ModelSource:
         self.device = next(model.parameters()).device
         self.contexts_read = contexts_read
         self.carry: torch.Tensor | None = None
-        self.rows_per_chunk = 0  # set on the first pass
 
     def state(self) -> dict[str, Any]:
         return {"contexts_read": self.contexts_read}
@@ -79,9 +77,7 @@ class ModelSource:
 
             self.model.run_with_hooks(tokens, fwd_hooks=[(self.hook, write)], stop_at_layer=self.stop_at_layer,
                                       return_type=None)
-            produced = tokens.shape[0] * (tokens.shape[1] - 1)
-            self.rows_per_chunk = produced
-            pos += produced
+            pos += tokens.shape[0] * (tokens.shape[1] - 1)
 
 
 class ActivationBuffer:

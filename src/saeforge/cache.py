@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .buffer import DTYPES
-from .dictionary import atomic_save_tensors, atomic_write_json, read_tensors
+from .dictionary import atomic_save_tensors, atomic_write_json
 from .errors import UserError
 
 MANIFEST = "manifest.json"
@@ -182,12 +184,17 @@ class CacheSource:
         return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset}
 
     def load_shard(self, i: int) -> dict[str, torch.Tensor]:
+        """Read a shard once: its bytes are checked against the manifest's size and sha256, then parsed."""
         s = self.manifest["shards"][i]
         f = self.dir / s["file"]
-        if not f.is_file() or f.stat().st_size != s["bytes"] or sha256(f) != s["sha256"]:
+        raw = f.read_bytes() if f.is_file() else b""
+        if len(raw) != s["bytes"] or hashlib.sha256(raw).hexdigest() != s["sha256"]:
             raise UserError(f"--cache {self.dir}: shard {s['file']} is truncated or tampered with "
                             "(its checksum does not match the manifest); harvest it again")
-        t = read_tensors(f, f"cache shard {s['file']}")
+        try:
+            t = safetensors.torch.load(raw)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise UserError(f"--cache {self.dir}: shard {s['file']} is not a readable safetensors file ({e})") from None
         if "activations" not in t or t["activations"].shape != (s["rows"], self.d_in):
             raise UserError(f"--cache {self.dir}: shard {s['file']} does not hold [{s['rows']}, {self.d_in}] activations")
         return t
@@ -207,11 +214,6 @@ class CacheSource:
                 if self.cursor == len(self.order):
                     self.cursor, self.epoch = 0, self.epoch + 1
                     self._order()
-
-    def contexts(self) -> Iterator[torch.Tensor]:
-        """The cached token contexts, shard by shard (for analysis)."""
-        for i in range(len(self.manifest["shards"])):
-            yield self.load_shard(i)["tokens"].long()
 
 
 def run_harvest(cfg) -> dict[str, Any]:

@@ -90,11 +90,6 @@ class ByteTokenizer(PreTrainedTokenizer):
         return ()
 
 
-def embedded_config() -> dict[str, Any]:
-    """The embedded model's HookedTransformerConfig fields (kept in the asset's JSON)."""
-    return json.loads(_asset("tiny-stdlib-lm.json").read_text())["config"]
-
-
 def _asset(name: str) -> Path:
     return Path(str(resources.files("saeforge") / "assets" / name))
 

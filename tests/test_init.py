@@ -86,3 +86,9 @@ def test_encoder_scale(toy):
     initialize(sae, "data", seed=0, sample=X, encoder_scale=0.1)
     torch.testing.assert_close(sae.W_enc, 0.1 * sae.W_dec.T)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+
+
+def test_cli_choices_match_the_methods():
+    from saeforge.config import INITS
+
+    assert sorted(INITS) == sorted(METHODS)

@@ -16,8 +16,8 @@ from typing import Any, get_type_hints
 
 from .errors import UserError
 
-INITS = ("orthogonal", "xavier", "data", "svd", "average", "centroid", "outlier")  # init.METHODS
-RESAMPLERS = ("none",)
+INITS = ("orthogonal", "xavier", "data", "svd", "kmeans", "mod", "average", "centroid", "outlier")  # init.METHODS
+RESAMPLERS = ("none", "anthropic", "clustered")  # resample.METHODS
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -38,6 +38,12 @@ class TrainConfig:
     rare_ratio: float = opt(0.0, "fraction of atoms taken from rare-feature vectors (informed inits)")
     encoder_scale: float = opt(1.0, "initial W_enc = encoder_scale · W_decᵀ (smaller: fewer features fire at first)")
     resample: str = opt("none", f"dead-feature resampling, one of {', '.join(RESAMPLERS)}")
+    resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)")
+    resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
+    resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling")
+    resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered")
+    resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs")
+    resample_direction: str = opt("residual", "clustered: new direction = residual (x − x̂) or centroid (x − its centroid)")
     l1: float = opt(5.0, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖")
     l1_warmup_steps: int = opt(0, "ramp λ linearly from 0 over this many steps (keeps features alive early)")
     lr: float = opt(1e-3, "Adam learning rate")
@@ -68,6 +74,12 @@ class TrainConfig:
             raise UserError(f"--init {self.init!r} is unknown; choose one of {', '.join(INITS)}")
         if self.resample not in RESAMPLERS:
             raise UserError(f"--resample {self.resample!r} is unknown; choose one of {', '.join(RESAMPLERS)}")
+        if self.resample_direction not in ("residual", "centroid"):
+            raise UserError(f"--resample-direction must be residual or centroid, got {self.resample_direction!r}")
+        for name in ("resample_every", "resample_sample", "resample_worst", "resample_clusters"):
+            if getattr(self, name) < (0 if name == "resample_every" else 1):
+                raise UserError(f"--{name.replace('_', '-')} must be >= {0 if name == 'resample_every' else 1}, "
+                                f"got {getattr(self, name)}")
         if not 0.0 <= self.rare_ratio <= 1.0:
             raise UserError(f"--rare-ratio must be in [0, 1], got {self.rare_ratio}")
         if not (math.isfinite(self.encoder_scale) and self.encoder_scale > 0):

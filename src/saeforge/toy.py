@@ -130,7 +130,12 @@ def run_toy(cfg) -> dict:
                encoder_scale=cfg.encoder_scale)
     init_s = time.perf_counter() - t_init
     sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed)
-    trainer = Trainer(sae, cfg, out)
+
+    def sampler(n: int, step: int) -> torch.Tensor:  # fresh draws, never trained on, fixed per step
+        first = 10**6 + step * 1000
+        return torch.cat([data.batch(-(first + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
+
+    trainer = Trainer(sae, cfg, out, sampler=sampler)
     trace = torch.full((steps + 1,), float("nan"), device=device)
     trace[0] = mmcs(data.features_FD, sae.W_dec)
     if cfg.resume and trainer.load_checkpoint():
@@ -172,7 +177,7 @@ def run_toy(cfg) -> dict:
         "mmcs_initial": float(trace[0]), "mmcs_final": final, "steps_to_mmcs": reached,
         "steps": trainer.step, "tokens": trainer.tokens,
         "dead_features": trainer.dead_count(), "l0": last.get("l0"),
-        "explained_variance": last.get("explained_variance"),
+        "explained_variance": last.get("explained_variance"), **trainer.resample_summary(),
         "init_s": round(init_s, 4), "train_s": round(trainer.train_seconds, 3),
         "wall_s": round(time.perf_counter() - t_start, 3), "device": str(device),
     }

@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .dictionary import atomic_save_tensors, atomic_write_bytes, atomic_write_json, log_sparsity, read_tensors, save
 from .errors import UserError
 from .kernels import StepOutput, loss_and_grads
+from .resample import Resampler, check_settings
 from .sae import SparseAutoencoder
 
 CKPT = "checkpoint"
@@ -60,7 +61,7 @@ def prepare_out_dir(path: str | Path, resume: bool) -> Path:
 
 class Trainer:
     def __init__(self, sae: SparseAutoencoder, cfg: TrainConfig, out_dir: str | Path | None = None,
-                 input_scale: float = 1.0):
+                 input_scale: float = 1.0, sampler: Callable[[int, int], torch.Tensor] | None = None):
         self.sae, self.cfg = sae, cfg
         self.out = Path(out_dir) if out_dir else None
         self.input_scale = input_scale
@@ -76,6 +77,9 @@ class Trainer:
         self.extra_state: dict[str, Any] = {}  # callers' resumable state (e.g. the toy MMCS trace)
         self.train_seconds = 0.0
         self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
+        # sampler(n, step): n activations from the training distribution, for resampling
+        self.sampler = sampler
+        self.resampler: Resampler | None = None
 
     @property
     def dead_window(self) -> int:
@@ -119,6 +123,11 @@ class Trainer:
         """Train until `steps` total steps (counting resumed ones) or until callback returns True."""
         cfg = self.cfg
         self.total_steps = steps
+        if cfg.resample != "none":
+            check_settings(cfg, steps, steps * cfg.batch_size)
+            if self.sampler is None:
+                raise UserError(f"--resample {cfg.resample} needs a source of activations to score")
+            self.resampler = Resampler(cfg, self.sampler, steps)
         bar = tqdm(total=steps, initial=self.step, disable=not cfg.progress, file=sys.stderr,
                    desc="train", unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -127,6 +136,8 @@ class Trainer:
             while self.step < steps and not stop:
                 x_BD = next(batches)
                 out = self.train_step(x_BD)
+                if self.resampler is not None:
+                    self.resampler(self)
                 if callback is not None:
                     stop = bool(callback(self, out))
                 if self.step % cfg.log_every == 0 or self.step == steps or stop:
@@ -157,6 +168,8 @@ class Trainer:
             "l1_coefficient": self.l1_now(),
             "elapsed_s": round(self.train_seconds + elapsed, 3),
         }
+        if self.resampler is not None:
+            row["resampled"] = sum(e["dead"] for e in self.extra_state.get("resample_events", []))
         row.update(self.extra_state.get("log", {}))
         self.last_log = row
         if self.out:
@@ -165,6 +178,12 @@ class Trainer:
         return row
 
     # ---------------------------------------------------------------- outputs
+    def resample_summary(self) -> dict[str, Any]:
+        events = self.extra_state.get("resample_events", [])
+        return {"resample": self.cfg.resample, "resample_events": len(events),
+                "resampled": sum(e["dead"] for e in events),
+                "resample_s": round(sum(e["seconds"] for e in events), 4)}
+
     def dead_count(self) -> int:
         return int((self.tokens_since_fired_F >= self.dead_window).sum())
 
@@ -317,6 +336,7 @@ def run_train(cfg) -> dict[str, Any]:
     buffer = ActivationBuffer(source, rows, cfg.batch_size, device, st_dtype, seed=cfg.seed,
                               scale=trainer.extra_state.get("input_scale"))
     trainer.input_scale = buffer.scale
+    trainer.sampler = lambda n, step: buffer.sample(n)
     trainer.extra_state["input_scale"] = buffer.scale
 
     t_init = time.perf_counter()
@@ -342,11 +362,11 @@ def run_train(cfg) -> dict[str, Any]:
     last = getattr(trainer, "last_log", {})
     summary: dict[str, Any] = {
         "model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache or None,
-        "d_in": d_in, "dict_size": sae.d_sae, "init": cfg.init, "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "resample": cfg.resample, "seed": cfg.seed,
+        "d_in": d_in, "dict_size": sae.d_sae, "init": cfg.init, "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed,
         "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": trainer.step, "tokens": trainer.tokens,
         "input_scale": buffer.scale, "buffer_rows": rows,
         "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),
-        "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
+        "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"), **trainer.resample_summary(),
     }
     t_eval = time.perf_counter()
     if cfg.eval_tokens:

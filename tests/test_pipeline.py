@@ -11,34 +11,7 @@ from saeforge.buffer import ActivationBuffer, ModelSource
 from saeforge.cache import CacheSource, harvest, read_manifest, sha256
 from saeforge.cli import main
 from saeforge.errors import UserError
-from saeforge.models import ByteTokenizer, build_model, load_model, resolve_hook, save_model, tiny_lm_config
-
-SMALL = dict(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    m = build_model(tiny_lm_config(**SMALL))
-    return save_model(m, tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return load_model(str(model_dir))
-
-
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-    """25 small documents of real Python source, as .txt files."""
-    import argparse
-
-    src = open(argparse.__file__).read().splitlines()
-    d = tmp_path_factory.mktemp("text")
-    for i in range(25):
-        (d / f"doc{i:02d}.txt").write_text("\n".join(src[i * 40: i * 40 + 30]) + "\n")
-    return d
-
+from saeforge.models import ByteTokenizer, load_model, resolve_hook
 
 def run_cli(args, capsys):
     code = main(args)

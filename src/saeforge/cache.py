@@ -152,7 +152,7 @@ class CacheSource:
     """Streams a cache's shards into an ActivationBuffer; holds one shard in memory at a time."""
 
     def __init__(self, path: str | Path, seed: int = 0, rank: int = 0, world: int = 1, device="cpu",
-                 position: dict[str, Any] | None = None):
+                 position: dict[str, Any] | None = None, shards: list[int] | None = None):
         self.dir = Path(path)
         self.manifest = m = read_manifest(self.dir)
         if not m.get("shards"):
@@ -168,7 +168,8 @@ class CacheSource:
                 raise UserError(f"--cache {self.dir}: shard {s['file']} is truncated or altered "
                                 f"({f.stat().st_size} bytes, manifest says {s['bytes']}); harvest it again")
         self.d_in = int(m["d_in"])
-        self.mine = [i for i in range(len(m["shards"])) if i % world == rank] or list(range(len(m["shards"])))
+        pool = list(range(len(m["shards"]))) if shards is None else shards  # `shards`: a subset (e.g. held out)
+        self.mine = [i for i in pool if i % world == rank] or pool
         self.seed, self.device = seed, torch.device(device)
         self.rows_per_chunk = max(s["rows"] for s in m["shards"])
         pos = position or {}

@@ -10,7 +10,7 @@ import json
 import sys
 
 from . import __version__
-from .config import (TOY_DEFAULTS, TRAIN_DEFAULTS, ActivationTrainConfig, HarvestConfig, ToyConfig,
+from .config import (TOY_DEFAULTS, TRAIN_DEFAULTS, ActivationTrainConfig, HarvestConfig, SweepConfig, ToyConfig,
                      add_config_flags, build_config)
 from .errors import UserError
 
@@ -47,6 +47,16 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
     m = run_harvest(cfg)
     print(json.dumps({k: m.get(k) for k in ("model", "hook", "dataset", "d_in", "rows", "contexts", "complete")}
                      | {"shards": len(m["shards"])}))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    cfg = build_config(SweepConfig, args)
+    rows = run_sweep(cfg)
+    if not cfg.suggest:
+        print(json.dumps({"runs": len(rows), "results": f"{cfg.out}/runs.jsonl", "fits": f"{cfg.out}/fits.json"}))
     return 0
 
 
@@ -114,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(with their tokens) as safetensors shards plus manifest.json; rerun to resume.")
     add_config_flags(harvest, HarvestConfig)
     harvest.set_defaults(func=_cmd_harvest)
+    sweep = sub.add_parser("sweep", help="scaling-law sweep: dictionary sizes × steps (× λ) from one activation cache",
+                           description="Train a grid of dictionary sizes × step counts (× L1 coefficients) from one "
+                                       "activation cache, measure each run on held-out activations, fit the "
+                                       "compute-optimal frontier; resumable. --suggest FLOPS reads a finished sweep.")
+    add_config_flags(sweep, SweepConfig)
+    sweep.set_defaults(func=_cmd_sweep)
     ev = sub.add_parser("eval", help="CE loss recovered, explained variance, L0 of a saved dictionary",
                         description="Evaluate a saeforge or SAELens dictionary on held-out text of the model it was trained on.")
     ev.add_argument("path", help="dictionary directory")

@@ -193,6 +193,43 @@ class HarvestConfig(ModelDataConfig):
 # and lands at L0 ≈ 29, explained variance ≈ 0.91, CE-loss recovered ≈ 0.99 (README). The seed's
 # λ = 5 stays the TrainConfig default; at this budget it collapses the codes (EV ≈ 0.2 after
 # 2M tokens), and many small steps (batch 512, lr 1e-2) beat fewer large ones.
+@dataclass
+class SweepConfig:
+    """`saeforge sweep`: dictionary sizes × training steps (× λ) from one activation cache."""
+
+    cache: str = opt("", "activation cache to train every run from (saeforge harvest)")
+    eval_cache: str = opt("", "held-out activation cache (harvest --split test); default: the cache's last shard, "
+                              "kept out of training")
+    out: str = opt("", "sweep directory: runs.jsonl (one row per finished run), fits.json, plots")
+    sizes: str = opt("256,512,1024,2048,4096", "dictionary sizes, comma-separated")
+    steps: str = opt("250,500,1000,2000,4000", "training step counts, comma-separated")
+    l1s: str = opt("5", "L1 coefficients λ, comma-separated (several: the L0 analysis picks the best per cell)")
+    alpha: float = opt(0.1, "α of the L0-based loss MSE + α·L0")
+    eval_rows: int = opt(65536, "held-out activations every run is measured on")
+    batch_size: int = opt(512, "activations per training step")
+    lr: float = opt(1e-2, "Adam learning rate (linear decay to 0 over the last 20% of each run)")
+    init: str = opt("orthogonal", f"dictionary initialization, one of {', '.join(INITS)}")
+    seed: int = opt(0, "seed of every run (init and data order)")
+    suggest: float = opt(0.0, "print the predicted compute-optimal size and steps at this FLOP budget and exit")
+    device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:N")
+    progress: bool = opt(True, "show a progress bar over the grid on stderr")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise UserError("--out is required: the sweep directory")
+        if not self.suggest and not self.cache:
+            raise UserError("--cache is required: the activation cache the runs train on (saeforge harvest)")
+        if self.suggest < 0 or not math.isfinite(self.suggest):
+            raise UserError(f"--suggest must be a FLOP budget > 0, got {self.suggest}")
+        if self.init not in INITS:
+            raise UserError(f"--init {self.init!r} is unknown; choose one of {', '.join(INITS)}")
+        for name in ("batch_size", "eval_rows"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise UserError("--lr must be > 0 and --alpha >= 0")
+
+
 TRAIN_DEFAULTS = dict(tokens=4_000_000, batch_size=512, lr=1e-2, l1=0.55, lr_warmup_steps=200, l1_warmup_steps=500,
                       lr_decay_steps=400, log_every=100, checkpoint_every=1000)
 

@@ -1,0 +1,386 @@
+"""Scaling laws for dictionary learning: FLOP accounting, the sweep, the compute-optimal frontier.
+
+FLOPs of a run (a multiply-add counts 2). Per token, the encoder (x − b_dec)·W_enc and the
+decoder f·W_dec are 2·d·F each: forward 4dF; the backward pass costs twice the forward
+(gradients w.r.t. the input side and the weights): 8dF; so training costs 12·d·F per token
+(Kaplan's 6·N with N = 2dF weights; biases, ReLU, Adam and the decoder renormalization are
+O(F + dF/B) per token and left out). A run of S steps of B tokens costs 12·d·F·B·S, plus its
+init (`init_flops`) and resampling (4dF per scored input, forward only).
+
+The analysis follows the IsoFLOP method (Hoffmann et al. 2022), which the seed's grid allows
+directly: with sizes and step counts on the same geometric ladder, every diagonal of the
+grid (F·S constant) is one FLOP budget C. On each budget with at least 3 runs, a parabola
+in log F through log loss gives the compute-optimal size F*(C) (its vertex, kept inside the
+sizes run) and loss L*(C); S*(C) = C / (12·d·B·F*). A budget whose vertex falls on the
+smallest or largest size only bounds its optimum and is left out of the fits. Power laws y = k·C^e are least-squares
+lines in log-log space; their confidence intervals come from a bootstrap over the budgets'
+points (pairs resampled with replacement, 2,000 times, 2.5 and 97.5 percentiles).
+
+Losses (held-out, in the trainer's normalized units, E‖x‖² = d_in):
+- "l1": MSE + λ·L1 with the λ the run was trained with (the seed's MSE + 5·L1);
+- "l0": MSE + α·L0; per (F, S) the λ of the grid that minimizes it is chosen, as the seed does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+
+def train_flops(d_in: int, d_sae: int, tokens: int) -> float:
+    return 12.0 * d_in * d_sae * tokens
+
+
+def init_flops(method: str, d_in: int, d_sae: int, n_sample: int, iters: int = 20, mod_iters: int = 10) -> float:
+    """The initializer's arithmetic: k-means is 2·n·F·d per Lloyd iteration; MOD adds the
+    code projections, AᵀA (n·topk²·2) and the F³/3 solve per round; the others are ~free."""
+    if method == "kmeans":
+        return 2.0 * n_sample * d_sae * d_in * iters
+    if method == "mod":
+        return init_flops("kmeans", d_in, d_sae, n_sample) + mod_iters * (2.0 * n_sample * d_sae * d_in + d_sae ** 3 / 3)
+    if method == "svd":
+        return 4.0 * n_sample * d_in * d_in
+    return 0.0
+
+
+def resample_flops(d_in: int, d_sae: int, scored_inputs: int) -> float:
+    return 4.0 * d_in * d_sae * scored_inputs
+
+
+# ---------------------------------------------------------------- fitting
+def fit_power_law(x, y) -> tuple[float, float]:
+    """(k, e) of y = k·x^e by least squares in log-log space."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if len(lx) < 2 or np.ptp(lx) == 0:
+        raise ValueError("a power law needs at least two distinct x values")
+    e, logk = np.polyfit(lx, ly, 1)
+    return float(math.exp(logk)), float(e)
+
+
+def bootstrap_power_law(x, y, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Fit plus a pairs-bootstrap 95% interval of the exponent and coefficient."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    k, e = fit_power_law(x, y)
+    rs = np.random.default_rng(seed)
+    es, ks = [], []
+    for _ in range(n_boot):
+        i = rs.integers(0, len(x), len(x))
+        if np.ptp(np.log(x[i])) == 0:
+            continue
+        kb, eb = fit_power_law(x[i], y[i])
+        es.append(eb)
+        ks.append(kb)
+    lo, hi = (np.percentile(es, [2.5, 97.5]) if es else (float("nan"), float("nan")))
+    klo, khi = (np.percentile(ks, [2.5, 97.5]) if ks else (float("nan"), float("nan")))
+    return {"k": k, "e": e, "e_lo": float(lo), "e_hi": float(hi), "k_lo": float(klo), "k_hi": float(khi), "n": len(x)}
+
+
+def isoflop_optima(runs: list[dict], loss_key: str, d_in: int, batch: int, min_points: int = 3) -> list[dict]:
+    """Per FLOP budget (grid diagonal), the parabola-vertex optimum in log F. `runs` rows have
+    d_sae, steps, flops and loss_key. Budgets are grouped by rounding log2(F·S)."""
+    groups: dict[int, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(round(math.log2(r["d_sae"] * r["steps"]) * 4), []).append(r)
+    out = []
+    for _, rs in sorted(groups.items()):
+        if len({r["d_sae"] for r in rs}) < min_points:
+            continue
+        lf = np.log([r["d_sae"] for r in rs])
+        ll = np.log([r[loss_key] for r in rs])
+        C = float(np.median([r["flops"] for r in rs]))
+        a, b, c = np.polyfit(lf, ll, 2)
+        best = int(np.argmin(ll))
+        if a > 0:  # a valley: its vertex, kept inside the sizes run
+            v = float(np.clip(-b / (2 * a), lf.min(), lf.max()))
+            loss = float(math.exp(a * v * v + b * v + c))
+        else:  # no valley: the best run
+            v, loss = float(lf[best]), float(math.exp(ll[best]))
+        F = math.exp(v)
+        out.append({"flops": C, "d_sae": F, "steps": C / (12.0 * d_in * batch * F), "loss": min(loss, float(np.exp(ll[best]))),
+                    "points": len(rs), "interior": bool(lf.min() < v < lf.max())})
+    return out
+
+
+def frontier(runs: list[dict], loss_key: str) -> list[dict]:
+    """Runs that no cheaper-or-equal run beats: the lowest loss reachable at each FLOP budget."""
+    best, out = math.inf, []
+    for r in sorted(runs, key=lambda r: (r["flops"], r[loss_key])):
+        if r[loss_key] < best:
+            best = r[loss_key]
+            out.append(r)
+    return out
+
+
+def l0_choice(runs: list[dict], alpha: float) -> list[dict]:
+    """Per (F, S), the run (λ) minimizing MSE + α·L0, with that loss as 'loss_l0'."""
+    cells: dict[tuple[int, int], dict] = {}
+    for r in runs:
+        r = dict(r, loss_l0=r["mse"] + alpha * r["l0"])
+        k = (r["d_sae"], r["steps"])
+        if k not in cells or r["loss_l0"] < cells[k]["loss_l0"]:
+            cells[k] = r
+    return list(cells.values())
+
+
+def analyze(runs: list[dict], d_in: int, batch: int, alpha: float, n_boot: int = 2000) -> dict[str, Any]:
+    """Fits for every λ of the grid (L1 loss) and for the L0 loss; see the module docstring."""
+    res: dict[str, Any] = {"l1": {}, "l0": None}
+    for lam in sorted({r["l1"] for r in runs}):
+        rs = [r for r in runs if r["l1"] == lam]
+        res["l1"][lam] = fits(rs, "loss_l1", d_in, batch, n_boot)
+    res["l0"] = fits(l0_choice(runs, alpha), "loss_l0", d_in, batch, n_boot)
+    return res
+
+
+def fits(rs: list[dict], key: str, d_in: int, batch: int, n_boot: int) -> dict[str, Any]:
+    everything = isoflop_optima(rs, key, d_in, batch)
+    # an optimum pinned to the smallest or largest size only bounds the true one: left out of the fits
+    opt = [o for o in everything if o["interior"]]
+    out: dict[str, Any] = {"optima": opt, "edge_optima": [o for o in everything if not o["interior"]],
+                           "frontier": frontier(rs, key)}
+    if len(opt) >= 2:
+        C = [o["flops"] for o in opt]
+        out["loss_vs_flops"] = bootstrap_power_law(C, [o["loss"] for o in opt], n_boot)
+        out["features_vs_flops"] = bootstrap_power_law(C, [o["d_sae"] for o in opt], n_boot)
+        out["steps_vs_flops"] = bootstrap_power_law(C, [o["steps"] for o in opt], n_boot)
+        out["steps_vs_features"] = bootstrap_power_law([o["d_sae"] for o in opt], [o["steps"] for o in opt], n_boot)
+    return out
+
+
+def suggest(result: dict[str, Any], flops: float, lam: float | None = None) -> dict[str, Any]:
+    """Predicted compute-optimal size and steps (with 95% intervals) at a FLOP budget."""
+    table = result["l1"]
+    if not table:
+        raise UserError("the sweep has no finished runs to fit")
+    lam = lam if lam is not None else sorted(table)[len(table) // 2]
+    f = table.get(lam)
+    if f is None or "features_vs_flops" not in f:
+        raise UserError(f"the sweep has too few FLOP budgets with 3 or more sizes to fit (λ = {lam}); "
+                        "add sizes or step counts")
+
+    out = {"flops": flops, "l1": lam}
+    for name, key in (("d_sae", "features_vs_flops"), ("steps", "steps_vs_flops"), ("loss", "loss_vs_flops")):
+        p = f[key]
+        C = np.array([o["flops"] for o in f["optima"]])
+        c0 = float(np.exp(np.log(C).mean()))  # pivot: the intervals widen away from the data
+        y0 = p["k"] * c0 ** p["e"]
+        mid = p["k"] * flops ** p["e"]
+        ends = sorted(y0 * (flops / c0) ** e for e in (p["e_lo"], p["e_hi"]))
+        out[name] = {"value": mid, "lo": min(ends[0], mid), "hi": max(ends[1], mid), "exponent": p["e"]}
+    return out
+
+
+# ---------------------------------------------------------------- the grid
+def parse_grid(text: str, name: str, kind=int) -> list:
+    try:
+        vals = [kind(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UserError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise UserError(f"--{name} is empty")
+    if any(v <= 0 for v in vals):
+        raise UserError(f"--{name} values must be > 0, got {text!r}")
+    if len(set(vals)) != len(vals):
+        raise UserError(f"--{name} repeats a value: {text!r}")
+    return sorted(vals)
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption: that run is redone
+    return rows
+
+
+# ---------------------------------------------------------------- running the grid
+def run_sweep(cfg) -> list[dict]:
+    """Train every (size, steps, λ) of the grid from the cache, measure each on held-out
+    activations, append one JSON row per finished run to <out>/runs.jsonl (a finished run is
+    never redone), then fit and plot. With --suggest, only read the finished sweep."""
+    import os
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from .cache import CacheSource, read_manifest
+
+    out = Path(cfg.out)
+    sizes = parse_grid(cfg.sizes, "sizes")
+    steps = parse_grid(cfg.steps, "steps")
+    l1s = parse_grid(cfg.l1s, "l1s", float)
+    if cfg.suggest:
+        rows = read_results(out / "runs.jsonl")
+        if not rows:
+            raise UserError(f"--suggest: {out / 'runs.jsonl'} holds no finished run; run the sweep first")
+        res = analyze(rows, rows[0]["d_in"], rows[0]["batch_size"], cfg.alpha, n_boot=500)
+        s = suggest(res, cfg.suggest)
+        print(json.dumps(s))
+        return rows
+    manifest = read_manifest(cfg.cache)
+    n_shards = len(manifest["shards"])
+    if cfg.eval_cache:
+        eval_src, train_shards = CacheSource(cfg.eval_cache), None
+    else:
+        if n_shards < 2:
+            raise UserError(f"--cache {cfg.cache} has {n_shards} shard; hold-out needs 2 or more, or give --eval-cache")
+        eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
+    from .train import pick_device
+
+    device = pick_device(cfg.device)
+    X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)
+    results = out / "runs.jsonl"
+    finished = read_results(results)
+    if results.exists() and len(finished) != len([x for x in results.read_text().splitlines() if x.strip()]):
+        from .dictionary import atomic_write_bytes  # drop a line cut by an interruption before appending
+
+        atomic_write_bytes(results, "".join(json.dumps(r) + "\n" for r in finished).encode())
+    done = {(r["d_sae"], r["steps"], r["l1"]) for r in read_results(results)}
+    grid = [(F, S, lam) for lam in l1s for F in sizes for S in steps]
+    bar = tqdm(total=len(grid), initial=sum(g in done for g in grid), disable=not cfg.progress, file=sys.stderr,
+               desc="sweep", unit="run", dynamic_ncols=True)
+    for F, S, lam in grid:
+        if (F, S, lam) in done:
+            continue
+        row = train_one(cfg, F, S, lam, device, train_shards, X_eval)
+        with open(results, "a") as fh:  # one whole line per finished run
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        bar.update(1)
+        bar.set_postfix(F=F, S=S, l1=lam, loss=f"{row['loss_l1']:.3f}")
+    bar.close()
+    rows = read_results(results)
+    rows = [r for r in rows if (r["d_sae"], r["steps"], r["l1"]) in set(grid)]
+    res = analyze(rows, int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
+    (out / "fits.json").write_text(json.dumps(jsonable(res), indent=1))
+    plot(res, rows, out)
+    return rows
+
+
+def train_one(cfg, F: int, S: int, lam: float, device, train_shards, X_eval) -> dict:
+    import time
+
+    import torch
+
+    from .buffer import ActivationBuffer
+    from .cache import CacheSource
+    from .config import TrainConfig
+    from .init import initialize, sample_size
+    from .sae import SparseAutoencoder
+    from .train import Trainer
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    tcfg = TrainConfig(out="", seed=cfg.seed, steps=S, init=cfg.init, l1=lam, lr=cfg.lr, batch_size=cfg.batch_size,
+                       l1_warmup_steps=max(1, S // 10), lr_decay_steps=max(1, S // 5), log_every=S, progress=False,
+                       device=str(device))
+    source = CacheSource(cfg.cache, seed=cfg.seed, device=device, shards=train_shards)
+    d = source.d_in
+    rows = ActivationBuffer.rows_for(128.0, d, torch.float32, carry_rows=source.rows_per_chunk)
+    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
+    sae = SparseAutoencoder(d, F, device=device)
+    n = sample_size(cfg.init, F, 0.0)
+    t_init = time.perf_counter()
+    initialize(sae, cfg.init, seed=cfg.seed, sample=buffer.sample(n) if n else None)
+    with torch.no_grad():
+        sae.b_dec.copy_(buffer.sample(16384).mean(0))
+    init_s = time.perf_counter() - t_init
+    trainer = Trainer(sae, tcfg, None, input_scale=buffer.scale)
+    trainer.fit(buffer, S)
+    with torch.no_grad():
+        x = X_eval * buffer.scale
+        mse = l1 = l0 = 0.0
+        fired = torch.zeros(F, dtype=torch.bool, device=device)
+        norms = sae.W_dec.norm(dim=1)
+        for i in range(0, len(x), 8192):
+            f_BF = sae.encode(x[i:i + 8192])
+            err = sae.decode(f_BF) - x[i:i + 8192]
+            mse += err.pow(2).sum().item()
+            l1 += (f_BF * norms).sum().item()
+            l0 += (f_BF > 0).sum().item()
+            fired |= (f_BF > 0).any(0)
+        n = len(x)
+        mse, l1, l0 = mse / n, l1 / n, l0 / n
+        var = (x - x.mean(0)).pow(2).sum().item() / n
+    tokens = trainer.tokens
+    f_train, f_init = train_flops(d, F, tokens), init_flops(cfg.init, d, F, sample_size(cfg.init, F, 0.0))
+    return {"d_sae": F, "steps": S, "l1": lam, "d_in": d, "batch_size": cfg.batch_size, "tokens": tokens,
+            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr,
+            "mse": mse, "l1_norm": l1, "l0": l0, "loss_l1": mse + lam * l1, "explained_variance": 1 - mse / var,
+            "dead_fraction": 1 - fired.float().mean().item(), "eval_rows": n, "init_s": round(init_s, 3),
+            "seconds": round(time.perf_counter() - t0, 3), "seed": cfg.seed}
+
+
+def jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return o
+
+
+def plot(res: dict, rows: list[dict], out: Path) -> list[Path]:
+    """The seed's figures: loss against FLOPs per size (with the frontier and its fit), and
+    the optimal size and steps against FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for lam, f in res["l1"].items():
+        rs = [r for r in rows if r["l1"] == lam]
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+        cmap = plt.get_cmap("viridis")
+        sizes = sorted({r["d_sae"] for r in rs})
+        for i, F in enumerate(sizes):
+            pts = sorted((r["flops"], r["loss_l1"]) for r in rs if r["d_sae"] == F)
+            axes[0].plot(*zip(*pts), marker="o", ms=3, lw=1, color=cmap(i / max(1, len(sizes) - 1)), label=f"{F} features")
+        if f["optima"]:
+            C = np.array([o["flops"] for o in f["optima"]])
+            axes[0].plot(C, [o["loss"] for o in f["optima"]], "k*", ms=9, label="IsoFLOP optimum")
+        if "loss_vs_flops" in f:
+            p = f["loss_vs_flops"]
+            Cs = np.geomspace(min(r["flops"] for r in rs), max(r["flops"] for r in rs), 50)
+            axes[0].plot(Cs, p["k"] * Cs ** p["e"], "k--", lw=1,
+                         label=f"L* ∝ C^{p['e']:.3f} [{p['e_lo']:.3f}, {p['e_hi']:.3f}]")
+        axes[0].set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"held-out MSE + {lam:g}·L1",
+                    title="loss against compute")
+        axes[0].legend(fontsize=7)
+        for ax, key, name in ((axes[1], "d_sae", "features_vs_flops"), (axes[2], "steps", "steps_vs_flops")):
+            if f["optima"]:
+                C = np.array([o["flops"] for o in f["optima"]])
+                ax.plot(C, [o[key] for o in f["optima"]], "ko", label="IsoFLOP optimum")
+            if name in f:
+                p = f[name]
+                Cs = np.geomspace(C.min(), C.max(), 50)
+                ax.plot(Cs, p["k"] * Cs ** p["e"], "k--", lw=1, label=f"∝ C^{p['e']:.3f} [{p['e_lo']:.3f}, {p['e_hi']:.3f}]")
+            ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"compute-optimal {key}",
+                   title=f"optimal {'features' if key == 'd_sae' else 'steps'} against compute")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"scaling-l1-{lam:g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

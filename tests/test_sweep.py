@@ -1,0 +1,106 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from saeforge.cli import main
+from saeforge.errors import UserError
+from saeforge.sweep import analyze, bootstrap_power_law, fit_power_law, parse_grid, suggest, train_flops
+
+D, B = 128, 512
+
+
+def synthetic_runs(alpha=0.5, beta=0.3, A=40.0, Bc=25.0, noise=0.0, l1=5.0, seed=0):
+    """Loss = A·F^-α + B·S^-β on a √2 ladder: the optimum at budget C = 12·d·B·F·S has
+    F* ∝ C^(β/(α+β)), S* ∝ C^(α/(α+β)), L* ∝ C^(-αβ/(α+β))."""
+    rs = np.random.default_rng(seed)
+    runs = []
+    for i in range(13):
+        for j in range(13):
+            F, S = 64 * 2 ** (i / 2), 100 * 2 ** (j / 2)
+            loss = (A * F ** -alpha + Bc * S ** -beta) * math.exp(noise * rs.normal())
+            runs.append({"d_sae": F, "steps": S, "l1": l1, "flops": train_flops(D, F, B * S), "loss_l1": loss,
+                         "mse": loss, "l0": 1.0})
+    return runs
+
+
+def test_fit_power_law_is_exact_on_a_power_law():
+    x = np.geomspace(1, 1e6, 20)
+    k, e = fit_power_law(x, 3.0 * x ** -0.25)
+    assert abs(e + 0.25) < 1e-9 and abs(k - 3.0) < 1e-6
+    b = bootstrap_power_law(x, 3.0 * x ** -0.25 * np.exp(np.random.default_rng(0).normal(0, 0.05, 20)), n_boot=300)
+    assert b["e_lo"] < -0.25 < b["e_hi"]
+
+
+@pytest.mark.parametrize("alpha,beta,Bc", [(0.5, 0.3, 25.0), (0.3, 0.6, 400.0)])
+def test_isoflop_analysis_recovers_known_exponents(alpha, beta, Bc):
+    res = analyze(synthetic_runs(alpha, beta, Bc=Bc), D, B, alpha=0.1, n_boot=200)["l1"][5.0]
+    assert len(res["optima"]) >= 5
+    assert abs(res["features_vs_flops"]["e"] - beta / (alpha + beta)) < 0.05, res["features_vs_flops"]
+    assert abs(res["steps_vs_flops"]["e"] - alpha / (alpha + beta)) < 0.05, res["steps_vs_flops"]
+    assert abs(res["loss_vs_flops"]["e"] + alpha * beta / (alpha + beta)) < 0.03, res["loss_vs_flops"]
+    assert abs(res["steps_vs_features"]["e"] - alpha / beta) < 0.15, res["steps_vs_features"]
+
+
+def test_exponents_survive_noise_and_intervals_cover_them():
+    res = analyze(synthetic_runs(noise=0.01, seed=3), D, B, alpha=0.1, n_boot=500)["l1"][5.0]
+    f = res["features_vs_flops"]
+    assert f["e_lo"] <= f["e"] <= f["e_hi"]
+    assert f["e_lo"] - 0.05 < 0.375 < f["e_hi"] + 0.05, f
+
+
+def test_suggest_predicts_on_the_fitted_law():
+    res = analyze(synthetic_runs(), D, B, alpha=0.1, n_boot=200)
+    C = 1e15
+    s = suggest(res, C)
+    f = res["l1"][5.0]["features_vs_flops"]
+    assert math.isclose(s["d_sae"]["value"], f["k"] * C ** f["e"])
+    assert s["d_sae"]["lo"] <= s["d_sae"]["value"] <= s["d_sae"]["hi"]
+    assert s["steps"]["lo"] <= s["steps"]["value"] <= s["steps"]["hi"]
+
+
+def test_malformed_grids_are_user_errors(tmp_path, capsys):
+    for text, msg in (("256,abc", "comma-separated"), ("0,256", "> 0"), ("256,256", "repeats"), ("", "empty")):
+        with pytest.raises(UserError, match=msg):
+            parse_grid(text, "sizes")
+    cache = tmp_path / "nocache"
+    for flags, msg in ((["--sizes", "64,x"], "comma-separated"), (["--steps", "-5"], "> 0"), ([], "no such directory")):
+        code = main(["sweep", "--cache", str(cache), "--out", str(tmp_path / "sw"), "--no-progress", *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("saeforge: error:") and msg in err[0], err
+    code = main(["sweep", "--out", str(tmp_path / "empty"), "--suggest", "1e12"])
+    assert code == 2 and "no finished run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cache(model_dir, text_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweepcache") / "cache"
+    assert main(["harvest", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "8000",
+                 "--contexts-per-shard", "16", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_tiny_real_sweep_runs_end_to_end_and_resumes(cache, tmp_path, capsys):
+    out = tmp_path / "sw"
+    args = ["sweep", "--cache", str(cache), "--out", str(out), "--batch-size", "64", "--no-progress", "--l1s", "0.5"]
+    assert main([*args, "--sizes", "32,64", "--steps", "10,20"]) == 0
+    first = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(first) == 4
+    for r in first:
+        assert r["tokens"] == 64 * r["steps"] and r["flops"] == 12 * 32 * r["d_sae"] * r["tokens"]
+        assert r["loss_l1"] == pytest.approx(r["mse"] + 0.5 * r["l1_norm"]) and 0 <= r["dead_fraction"] <= 1
+        assert r["eval_rows"] > 0
+    # an interruption mid-write leaves a cut line: that run is redone, finished ones are not
+    text = (out / "runs.jsonl").read_text().splitlines()
+    (out / "runs.jsonl").write_text("\n".join(text[:3]) + "\n" + text[3][:25])
+    capsys.readouterr()
+    assert main([*args, "--sizes", "32,64,128", "--steps", "10,20,40"]) == 0
+    rows = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and len({(r["d_sae"], r["steps"]) for r in rows}) == 9
+    assert rows[:3] == first[:3]  # never redone
+    fits = json.loads((out / "fits.json").read_text())
+    assert fits["l1"]["0.5"]["optima"] and (out / "scaling-l1-0.5.png").stat().st_size > 1000
+    # one budget with 3 sizes is too few to fit a law: --suggest says so
+    code = main(["sweep", "--out", str(out), "--suggest", "1e12"])
+    assert code == 2 and "too few FLOP budgets" in capsys.readouterr().err

@@ -26,7 +26,10 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
     cfg = build_config(ToyConfig, args, TOY_DEFAULTS)
     summary = run_toy(cfg)
-    print(json.dumps({k: summary[k] for k in ("mmcs_initial", "mmcs_final", "steps_to_mmcs", "steps", "wall_s")}))
+    from . import distributed
+
+    if distributed.is_main():
+        print(json.dumps({k: summary[k] for k in ("mmcs_initial", "mmcs_final", "steps_to_mmcs", "steps", "wall_s")}))
     return 0
 
 
@@ -35,8 +38,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(ActivationTrainConfig, args, TRAIN_DEFAULTS)
     summary = run_train(cfg)
+    from . import distributed
+
     keys = ("tokens", "dict_size", "l0", "explained_variance", "ce_loss_recovered", "dead_fraction", "wall_s")
-    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    if distributed.is_main():
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 
@@ -150,14 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import distributed
+
     try:
         return args.func(args)
     except UserError as e:
-        sys.stderr.write(f"saeforge: error: {e}\n")
+        if distributed.is_main():  # under torchrun every rank hits the same error: one line
+            sys.stderr.write(f"saeforge: error: {e}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("saeforge: interrupted; the last checkpoint in --out is intact (rerun with --resume)\n")
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -92,20 +93,27 @@ class Resampler:
         dead_F = tr.tokens_since_fired_F >= tr.dead_window
         idx = torch.nonzero(dead_F).flatten()  # one host sync, on resampling steps only
         event = {"step": tr.step, "dead": int(len(idx)), "method": self.cfg.resample}
-        if len(idx):
-            X_ND = self.sample(self.cfg.resample_sample, tr.step).to(tr.sae.W_dec.device, torch.float32)
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tr.step)
-            if self.cfg.resample == "anthropic":
-                dirs_KD = anthropic_directions(tr.sae, X_ND, len(idx), g)
+        if len(idx):  # the dead set is the same on every rank; rank 0 decides the directions
+            dev = tr.sae.W_dec.device
+            if distributed.is_main():
+                dirs_KD = self.directions(tr, len(idx)).to(dev, torch.float32).contiguous()
             else:
-                dirs_KD = clustered_directions(tr.sae, X_ND, len(idx), g, worst=self.cfg.resample_worst,
-                                               clusters=self.cfg.resample_clusters,
-                                               direction=self.cfg.resample_direction,
-                                               seed=self.cfg.seed * 1_000_003 + tr.step)
+                dirs_KD = torch.empty(len(idx), tr.sae.d_in, device=dev)
+            distributed.broadcast_(dirs_KD)
             reinitialize(tr, idx, dirs_KD)
         event["seconds"] = round(time.perf_counter() - t0, 4)
         tr.extra_state.setdefault("resample_events", []).append(event)
         return event
+
+
+    def directions(self, tr: "Trainer", k: int) -> torch.Tensor:
+        X_ND = self.sample(self.cfg.resample_sample, tr.step).to(tr.sae.W_dec.device, torch.float32)
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tr.step)
+        if self.cfg.resample == "anthropic":
+            return anthropic_directions(tr.sae, X_ND, k, g)
+        return clustered_directions(tr.sae, X_ND, k, g, worst=self.cfg.resample_worst,
+                                    clusters=self.cfg.resample_clusters, direction=self.cfg.resample_direction,
+                                    seed=self.cfg.seed * 1_000_003 + tr.step)
 
 
 @torch.no_grad()

@@ -270,7 +270,7 @@ def run_sweep(cfg) -> list[dict]:
     rows = [r for r in rows if (r["d_sae"], r["steps"], r["l1"]) in set(grid)]
     res = analyze(rows, int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
     (out / "fits.json").write_text(json.dumps(jsonable(res), indent=1))
-    plot(res, rows, out)
+    plot(res, rows, out, cfg.alpha)
     return rows
 
 
@@ -338,48 +338,48 @@ def jsonable(o):
     return o
 
 
-def plot(res: dict, rows: list[dict], out: Path) -> list[Path]:
-    """The seed's figures: loss against FLOPs per size (with the frontier and its fit), and
-    the optimal size and steps against FLOPs."""
+def plot(res: dict, rows: list[dict], out: Path, alpha: float) -> list[Path]:
+    """The seed's figures, per loss: loss against FLOPs per size (IsoFLOP optima and their
+    fit), and the optimal size and steps against FLOPs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    entries = [(f"l1-{lam:g}", f, [r for r in rows if r["l1"] == lam], "loss_l1", f"held-out MSE + {lam:g}·L1")
+               for lam, f in res["l1"].items()]
+    entries.append(("l0", res["l0"], l0_choice(rows, alpha), "loss_l0", f"held-out MSE + {alpha:g}·L0 (best λ per cell)"))
     paths = []
-    for lam, f in res["l1"].items():
-        rs = [r for r in rows if r["l1"] == lam]
+    for tag, f, rs, key, ylabel in entries:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
         cmap = plt.get_cmap("viridis")
         sizes = sorted({r["d_sae"] for r in rs})
         for i, F in enumerate(sizes):
-            pts = sorted((r["flops"], r["loss_l1"]) for r in rs if r["d_sae"] == F)
+            pts = sorted((r["flops"], r[key]) for r in rs if r["d_sae"] == F)
             axes[0].plot(*zip(*pts), marker="o", ms=3, lw=1, color=cmap(i / max(1, len(sizes) - 1)), label=f"{F} features")
-        if f["optima"]:
-            C = np.array([o["flops"] for o in f["optima"]])
+        C = np.array([o["flops"] for o in f["optima"]])
+        if len(C):
             axes[0].plot(C, [o["loss"] for o in f["optima"]], "k*", ms=9, label="IsoFLOP optimum")
         if "loss_vs_flops" in f:
             p = f["loss_vs_flops"]
             Cs = np.geomspace(min(r["flops"] for r in rs), max(r["flops"] for r in rs), 50)
             axes[0].plot(Cs, p["k"] * Cs ** p["e"], "k--", lw=1,
                          label=f"L* ∝ C^{p['e']:.3f} [{p['e_lo']:.3f}, {p['e_hi']:.3f}]")
-        axes[0].set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"held-out MSE + {lam:g}·L1",
-                    title="loss against compute")
+        axes[0].set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=ylabel, title="loss against compute")
         axes[0].legend(fontsize=7)
-        for ax, key, name in ((axes[1], "d_sae", "features_vs_flops"), (axes[2], "steps", "steps_vs_flops")):
-            if f["optima"]:
-                C = np.array([o["flops"] for o in f["optima"]])
-                ax.plot(C, [o[key] for o in f["optima"]], "ko", label="IsoFLOP optimum")
+        for ax, k2, name in ((axes[1], "d_sae", "features_vs_flops"), (axes[2], "steps", "steps_vs_flops")):
+            if len(C):
+                ax.plot(C, [o[k2] for o in f["optima"]], "ko", label="IsoFLOP optimum")
             if name in f:
                 p = f[name]
                 Cs = np.geomspace(C.min(), C.max(), 50)
                 ax.plot(Cs, p["k"] * Cs ** p["e"], "k--", lw=1, label=f"∝ C^{p['e']:.3f} [{p['e_lo']:.3f}, {p['e_hi']:.3f}]")
-            ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"compute-optimal {key}",
-                   title=f"optimal {'features' if key == 'd_sae' else 'steps'} against compute")
+            ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"compute-optimal {k2}",
+                   title=f"optimal {'features' if k2 == 'd_sae' else 'steps'} against compute")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / f"scaling-l1-{lam:g}.png"
+        path = out / f"scaling-{tag}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .errors import UserError
+
 
 class ToyData:
     def __init__(
@@ -114,9 +116,15 @@ def run_toy(cfg) -> dict:
     from .sae import SparseAutoencoder
     from .train import Trainer, pick_device, prepare_out_dir
 
+    from . import distributed
+
     t_start = time.perf_counter()
+    distributed.setup(cfg.device)
     device = pick_device(cfg.device)
     out = prepare_out_dir(cfg.out, cfg.resume)
+    world, rank = distributed.world(), distributed.rank()
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
     steps = cfg.total_steps()
     data = ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
                    correlated=cfg.correlated, seed=cfg.seed, device=device)
@@ -141,7 +149,7 @@ def run_toy(cfg) -> dict:
     if cfg.resume and trainer.load_checkpoint():
         saved = trainer.extra_state.get("mmcs_trace", [])
         trace[: len(saved)] = torch.tensor(saved, device=device)
-    elif (out / "metrics.jsonl").exists():
+    elif (out / "metrics.jsonl").exists() and distributed.is_main():
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
 
     reached: dict[str, int | None] = {t: None for t in THRESHOLDS}
@@ -164,7 +172,11 @@ def run_toy(cfg) -> dict:
             return cfg.target_mmcs > 0 and current >= cfg.target_mmcs
         return False
 
-    trainer.fit(data.batches(cfg.batch_size, start=trainer.step), steps, callback=on_step)
+    # Every rank generates the step's global batch and trains on its own slice of rows, so a
+    # run ends where a single process on the same global batches ends, for any number of ranks.
+    local = cfg.batch_size // world
+    batches = (x[rank * local:(rank + 1) * local] for x in data.batches(cfg.batch_size, start=trainer.step))
+    trainer.fit(batches, steps, callback=on_step)
     final = scan()
     trainer.extra_state["mmcs_trace"] = trace[: trainer.step + 1].tolist()
     trainer.save_checkpoint()
@@ -181,5 +193,7 @@ def run_toy(cfg) -> dict:
         "init_s": round(init_s, 4), "train_s": round(trainer.train_seconds, 3),
         "wall_s": round(time.perf_counter() - t_start, 3), "device": str(device),
     }
-    atomic_write_json(out / "summary.json", summary)
+    if distributed.is_main():
+        atomic_write_json(out / "summary.json", summary)
+    distributed.barrier()
     return summary

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .config import TrainConfig
 from .dictionary import atomic_save_tensors, atomic_write_bytes, atomic_write_json, log_sparsity, read_tensors, save
 from .errors import UserError
@@ -37,6 +37,7 @@ CKPT = "checkpoint"
 
 
 def pick_device(name: str) -> torch.device:
+    name = distributed.device_for(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -56,6 +57,7 @@ def prepare_out_dir(path: str | Path, resume: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {out}: {e.strerror}") from None
+    distributed.barrier()  # every rank has checked before any writes
     return out
 
 
@@ -103,6 +105,8 @@ class Trainer:
     def train_step(self, x_BD: torch.Tensor) -> StepOutput:
         sae = self.sae
         out = loss_and_grads(sae, x_BD, self.l1_now())
+        if distributed.active():  # one all-reduce: mean gradient of the global batch + firing sums
+            distributed.all_reduce_step([sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec], out.feature_sums_F)
         if self.cfg.unit_norm_decoder:
             sae.remove_parallel_grad_()
         if self.cfg.lr_warmup_steps or self.cfg.lr_decay_steps:
@@ -111,7 +115,7 @@ class Trainer:
         self.opt.step()
         if self.cfg.unit_norm_decoder:
             sae.normalize_decoder_()
-        B = x_BD.shape[0]
+        B = x_BD.shape[0] * distributed.world()
         self.tokens_since_fired_F.add_(B).masked_fill_(out.feature_sums_F > 0, 0)
         self.step += 1
         self.tokens += B
@@ -153,16 +157,19 @@ class Trainer:
     @torch.no_grad()
     def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:
         fired_BF = out.f_BF > 0
-        self.firing_counts_F += fired_BF.sum(0)
-        self.firing_tokens += x_BD.shape[0]
+        self.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0))
+        self.firing_tokens += x_BD.shape[0] * distributed.world()
+        loss, mse, l1, l0, ev = distributed.all_reduce_mean(  # means over ranks (equal local batches)
+            [out.loss.item(), out.mse.item(), out.sparsity.item(), fired_BF.sum(-1, dtype=torch.float32).mean().item(),
+             metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item()], x_BD.device)
         row = {
             "step": self.step,
             "tokens": self.tokens,
-            "loss": out.loss.item(),
-            "mse": out.mse.item(),
-            "l1": out.sparsity.item(),
-            "l0": fired_BF.sum(-1, dtype=torch.float32).mean().item(),
-            "explained_variance": metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item(),
+            "loss": loss,
+            "mse": mse,
+            "l1": l1,
+            "l0": l0,
+            "explained_variance": ev,
             "dead_fraction": metrics.dead_fraction(self.tokens_since_fired_F, self.dead_window).item(),
             "lr": self.opt.param_groups[0]["lr"],
             "l1_coefficient": self.l1_now(),
@@ -172,7 +179,7 @@ class Trainer:
             row["resampled"] = sum(e["dead"] for e in self.extra_state.get("resample_events", []))
         row.update(self.extra_state.get("log", {}))
         self.last_log = row
-        if self.out:
+        if self.out and distributed.is_main():
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
         return row
@@ -191,6 +198,8 @@ class Trainer:
         target = Path(path) if path else self.out
         if target is None:
             raise ValueError("no output directory")
+        if not distributed.is_main():
+            return target
         self.sae.metadata.update(tokens_seen=self.tokens, steps=self.step, l1=self.cfg.l1,
                                  resample=self.cfg.resample, input_scale=self.input_scale)
         sparsity = log_sparsity(self.firing_counts_F, self.firing_tokens) if self.firing_tokens else None
@@ -198,8 +207,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, extra_seconds: float = 0.0) -> Path:
-        """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename."""
+        """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename.
+        Rank 0 writes; every rank waits for it, so a resumed run finds the same state everywhere."""
         assert self.out is not None
+        if not distributed.is_main():
+            distributed.barrier()
+            return self.out / CKPT
         final, tmp, old = self.out / CKPT, self.out / f".{CKPT}.tmp", self.out / f".{CKPT}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -227,6 +240,7 @@ class Trainer:
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
         return final
 
     def load_checkpoint(self) -> bool:
@@ -273,7 +287,7 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop metrics.jsonl lines logged after the checkpoint: the resumed run re-logs them."""
-        file = self.out / "metrics.jsonl" if self.out else None
+        file = self.out / "metrics.jsonl" if self.out and distributed.is_main() else None
         if not file or not file.exists():
             return
         keep = [ln for ln in file.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]

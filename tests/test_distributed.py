@@ -1,0 +1,98 @@
+"""Data parallel under torchrun with gloo on CPU: 2 real processes against 1."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import saeforge
+from saeforge.cli import main
+
+FLAGS = ["--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10",
+         "--target-mmcs", "0", "--dead-window", "128", "--lr", "3e-2", "--l1", "1", "--resample-sample", "2048",
+         "--checkpoint-every", "10"]
+
+
+def torchrun(nproc: int, *args: str, wait: bool = True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "saeforge", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def weights(d: Path):
+    return {n: p.detach().clone() for n, p in saeforge.load(d).named_parameters()}
+
+
+def assert_close(a, b):
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=2e-5, rtol=1e-4, msg=n)
+
+
+def test_two_ranks_end_where_one_process_ends_across_resampling_and_resume(tmp_path):
+    resample = ["--resample", "clustered", "--resample-at", "15,35"]
+    assert main(["toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "one")]) == 0
+    torchrun(2, "toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "two"))
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert_close(one, two)
+    ev = [json.loads((tmp_path / d / "checkpoint" / "state.json").read_text())["extra"]["resample_events"]
+          for d in ("one", "two")]
+    assert [e["dead"] for e in ev[0]] == [e["dead"] for e in ev[1]] and sum(e["dead"] for e in ev[0]) > 0, ev
+    # only rank 0 wrote: one metrics line per logging step
+    steps = [json.loads(x)["step"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40, 50]
+    # 2 ranks up to step 30 (one resampling), then resumed by 1 process to 50 (the second)
+    torchrun(2, "toy", *FLAGS, *resample, "--steps", "30", "--out", str(tmp_path / "mixed"))
+    assert main(["toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "mixed"), "--resume"]) == 0
+    assert_close(one, weights(tmp_path / "mixed"))
+    # and the other way round: 1 process up to 30, 2 ranks from there
+    assert main(["toy", *FLAGS, *resample, "--steps", "30", "--out", str(tmp_path / "mixed2")]) == 0
+    torchrun(2, "toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "mixed2"), "--resume")
+    assert_close(one, weights(tmp_path / "mixed2"))
+
+
+def _rank_pid(out: Path, local_rank: int) -> int | None:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            env = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(out).encode() in cmd and f"LOCAL_RANK={local_rank}".encode() in env.split(b"\0"):
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find the rank's process")
+def test_a_rank_that_dies_leaves_the_last_checkpoint_intact(tmp_path):
+    out = tmp_path / "run"
+    launcher = torchrun(2, "toy", *FLAGS, "--steps", "1000000", "--out", str(out), wait=False)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    pid = _rank_pid(out, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    launcher.wait(timeout=120)
+    assert launcher.returncode != 0
+    killed_at = json.loads(state.read_text())["step"]
+    assert killed_at >= 10
+    # the checkpoint loads and the run goes on (here in one process) to where a clean run ends
+    total = str(killed_at + 20)
+    assert main(["toy", *FLAGS, "--steps", total, "--out", str(out), "--resume"]) == 0
+    assert main(["toy", *FLAGS, "--steps", total, "--out", str(tmp_path / "ref")]) == 0
+    assert_close(weights(tmp_path / "ref"), weights(out))

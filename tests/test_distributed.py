@@ -96,3 +96,25 @@ def test_a_rank_that_dies_leaves_the_last_checkpoint_intact(tmp_path):
     assert main(["toy", *FLAGS, "--steps", total, "--out", str(out), "--resume"]) == 0
     assert main(["toy", *FLAGS, "--steps", total, "--out", str(tmp_path / "ref")]) == 0
     assert_close(weights(tmp_path / "ref"), weights(out))
+
+
+def test_two_ranks_train_from_a_cache_and_from_the_live_model(model_dir, text_dir, tmp_path):
+    cache = tmp_path / "cache"
+    assert main(["harvest", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "6000",
+                 "--contexts-per-shard", "16", "--out", str(cache), "--no-progress"]) == 0
+    common = ["--dict-size", "64", "--batch-size", "128", "--steps", "40", "--log-every", "10", "--eval-tokens", "1000",
+              "--buffer-mb", "0.5", "--no-progress", "--dataset", str(text_dir), "--resample", "anthropic",
+              "--resample-every", "15", "--dead-window", "256", "--lr-warmup-steps", "0", "--l1-warmup-steps", "0",
+              "--lr-decay-steps", "0", "--checkpoint-every", "20", "--device", "cpu"]
+    for name, src in (("cached", ["--cache", str(cache)]), ("live", ["--model", str(model_dir)])):
+        torchrun(2, "train", *src, *common, "--out", str(tmp_path / name))
+        s = json.loads((tmp_path / name / "summary.json").read_text())
+        assert s["steps"] == 40 and s["tokens"] == 40 * 128 and s["resample_events"] == 1  # at 15; 30 falls in the last interval
+        assert s["explained_variance"] > 0.2 and 0 <= s["dead_fraction"] <= 1
+        state = json.loads((tmp_path / name / "checkpoint" / "state.json").read_text())
+        assert state["extra"]["data"]["world"] == 2
+        saeforge.load(tmp_path / name)
+    # resumed by a single process with more budget: goes on from the 2-rank checkpoint
+    assert main(["train", "--cache", str(cache), *common[:4], "--steps", "60", *common[6:], "--out", str(tmp_path / "cached"),
+                 "--resume"]) == 0
+    assert json.loads((tmp_path / "cached" / "summary.json").read_text())["steps"] == 60

@@ -306,7 +306,13 @@ def run_train(cfg) -> dict[str, Any]:
     (contexts read, or the cache cursor): the run goes on with data it has not seen, never
     repeating any. Its batches differ from an uninterrupted run's, because the buffer's
     unserved rows at the checkpoint are not saved (the toy path resumes exactly).
+
+    Under torchrun (see distributed.py) --batch-size is the global batch; each rank reads its
+    own shards of the cache, or every world-th batch of contexts; the input scale is the mean
+    of the ranks' estimates; rank 0 initializes and broadcasts the dictionary, and evaluates.
     """
+    import itertools
+
     from . import data
     from .buffer import DTYPES, ActivationBuffer, ModelSource
     from .cache import CacheSource, read_manifest
@@ -315,8 +321,13 @@ def run_train(cfg) -> dict[str, Any]:
     from .models import default_hook, hook_width, load_model, resolve_hook
 
     t_start = time.perf_counter()
+    distributed.setup(cfg.device)
+    world, rank = distributed.world(), distributed.rank()
     device = pick_device(cfg.device)
     out = prepare_out_dir(cfg.out, cfg.resume)
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
+    local_batch = cfg.batch_size // world
     model = None
     if cfg.cache:
         manifest = read_manifest(cfg.cache)
@@ -335,20 +346,25 @@ def run_train(cfg) -> dict[str, Any]:
     if not resumed and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     position = trainer.extra_state.get("data", {}) if resumed else {}
-
+    if position.get("world", 1) != world:  # another number of ranks: the same global position, re-split
+        position = {"contexts_read": position.get("contexts_read", 0), "epoch": position.get("epoch", 0) + 1}
     st_dtype = DTYPES[cfg.buffer_dtype]
     if cfg.cache:
-        source = CacheSource(cfg.cache, seed=cfg.seed, device=device, position=position)
+        source = CacheSource(cfg.cache, seed=cfg.seed, device=device, position=position, rank=rank, world=world)
         carry = source.rows_per_chunk
     else:
-        skip = position.get("contexts_read", 0)
+        skip = position.get("contexts_read", 0)  # global contexts consumed by all ranks together
         stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
                                text_column=cfg.text_column, skip=skip)
+        if world > 1:
+            stream = itertools.islice(stream, rank, None, world)
         source = ModelSource(model, hook, stream, stop_at_layer, contexts_read=skip)
         carry = cfg.contexts_per_pass * (n_ctx - 1)
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
-    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, st_dtype, seed=cfg.seed,
+    buffer = ActivationBuffer(source, rows, local_batch, device, st_dtype, seed=cfg.seed * world + rank,
                               scale=trainer.extra_state.get("input_scale"))
+    if "input_scale" not in trainer.extra_state:
+        buffer.scale = distributed.all_reduce_mean([buffer.scale], device)[0]
     trainer.input_scale = buffer.scale
     trainer.sampler = lambda n, step: buffer.sample(n)
     trainer.extra_state["input_scale"] = buffer.scale
@@ -356,21 +372,30 @@ def run_train(cfg) -> dict[str, Any]:
     t_init = time.perf_counter()
     if not resumed:
         n = sample_size(cfg.init, sae.d_sae, cfg.rare_ratio)
-        initialize(sae, cfg.init, seed=cfg.seed, sample=buffer.sample(n) if n else None, rare_ratio=cfg.rare_ratio,
-                   encoder_scale=cfg.encoder_scale)
-        with torch.no_grad():
-            sae.b_dec.copy_(buffer.sample(16384).mean(0))
+        if distributed.is_main():
+            initialize(sae, cfg.init, seed=cfg.seed, sample=buffer.sample(n) if n else None,
+                       rare_ratio=cfg.rare_ratio, encoder_scale=cfg.encoder_scale)
+            with torch.no_grad():
+                sae.b_dec.copy_(buffer.sample(16384).mean(0))
+        for p in sae.parameters():  # every replica starts from rank 0's dictionary
+            distributed.broadcast_(p.data)
     init_s = time.perf_counter() - t_init
     sae.metadata.update(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True,
                         dataset_path=dataset, seed=cfg.seed, dict_size=sae.d_sae, source="cache" if cfg.cache else "model")
 
+    def position_now() -> dict[str, Any]:
+        st = dict(source.state(), world=world)
+        if "contexts_read" in st:  # ranks read equally: the global count
+            st["contexts_read"] = skip + (st["contexts_read"] - skip) * world
+        return st
+
     def on_step(tr: Trainer, _out) -> bool:
         if cfg.checkpoint_every and tr.step % cfg.checkpoint_every == 0:
-            tr.extra_state["data"] = source.state()
+            tr.extra_state["data"] = position_now()
         return False
 
     trainer.fit(buffer, steps, callback=on_step)
-    trainer.extra_state["data"] = source.state()
+    trainer.extra_state["data"] = position_now()
     trainer.save_checkpoint()
     trainer.save_dictionary()
     last = getattr(trainer, "last_log", {})
@@ -383,6 +408,9 @@ def run_train(cfg) -> dict[str, Any]:
         "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"), **trainer.resample_summary(),
     }
     t_eval = time.perf_counter()
+    if not distributed.is_main():
+        distributed.barrier()
+        return summary
     if cfg.eval_tokens:
         from .dictionary import load
         from .evals import evaluate
@@ -398,4 +426,5 @@ def run_train(cfg) -> dict[str, Any]:
                    eval_s=round(time.perf_counter() - t_eval, 3), wall_s=round(time.perf_counter() - t_start, 3),
                    device=str(device))
     atomic_write_json(out / "summary.json", summary)
+    distributed.barrier()
     return summary

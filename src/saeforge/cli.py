@@ -68,31 +68,43 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import data
-    from .dictionary import load
+    from .analysis import load_with_model
     from .evals import evaluate
-    from .models import hook_width, load_model, resolve_hook
     from .train import pick_device
 
     if args.tokens < 1:
         raise UserError(f"--tokens must be >= 1, got {args.tokens}")
     device = pick_device(args.device)
-    sae = load(args.path, device=device)
+    sae, model, hook = load_with_model(args.path, args.model, args.hook, device=str(device))
     meta = sae.metadata
     model_spec = args.model or meta.get("model_name")
-    hook = args.hook or meta.get("hook_name")
-    if not model_spec or not hook:
-        raise UserError(f"{args.path} does not record its model and hook; pass --model and --hook")
-    model = load_model(model_spec, device)
-    resolve_hook(model, hook)
-    width = hook_width(model, hook)
-    if width != sae.d_in:
-        raise UserError(f"dictionary d_in {sae.d_in} does not match {hook} of {model_spec} (width {width}); "
-                        "is this the model it was trained on?")
     dataset = args.dataset or meta.get("dataset_path") or "embedded"
     held = data.contexts(model, dataset, "test", batch=args.contexts_per_pass, loop=False)
     ev = evaluate(model, sae, hook, held, args.tokens, progress=args.progress)
     ev.pop("firing_frequency")
     print(json.dumps({"model": model_spec, "hook": hook, "dataset": dataset, "d_sae": sae.d_sae, **ev}))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from . import data, report
+    from .analysis import collect, load_with_model
+    from .train import pick_device
+
+    for name in ("features", "tokens", "top_k"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    device = pick_device(args.device)
+    sae, model, hook = load_with_model(args.path, args.model, args.hook, device=str(device))
+    dataset = args.dataset or sae.metadata.get("dataset_path") or "embedded"
+    held = data.contexts(model, dataset, "test", batch=args.contexts_per_pass, loop=False)
+    rep = collect(model, sae, hook, held, args.tokens, features=args.features, top_k=args.top_k,
+                  progress=args.progress)
+    meta = {"dictionary": str(args.path), "model": args.model or sae.metadata.get("model_name"), "hook": hook,
+            "dataset": dataset}
+    page = report.write(rep, args.out, meta)
+    print(json.dumps({"report": str(page), "features": len(rep.features), "tokens": rep.n_tokens,
+                      "dead": rep.dead, "dense": rep.dense}))
     return 0
 
 
@@ -147,6 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="torch device (default: auto)")
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
     ev.set_defaults(func=_cmd_eval)
+    ins = sub.add_parser("inspect", help="HTML feature browser of a dictionary (contexts, histograms, token effects)",
+                         description="Run the dictionary's model on held-out text and write a self-contained HTML "
+                                     "feature browser (index.html) plus PNG plots to --out.")
+    ins.add_argument("path", help="dictionary directory (saeforge or SAELens)")
+    ins.add_argument("--out", required=True, help="report directory (index.html, density.png, features.png)")
+    ins.add_argument("--features", type=int, default=32,
+                     help="how many alive features to study, spread over the firing frequencies (default: 32)")
+    ins.add_argument("--tokens", type=int, default=32768, help="held-out tokens to run (default: 32768)")
+    ins.add_argument("--top-k", type=int, default=10, help="top-activating contexts per feature (default: 10)")
+    ins.add_argument("--model", help="model (default: the one recorded in cfg.json)")
+    ins.add_argument("--hook", help="hook point (default: the one recorded in cfg.json)")
+    ins.add_argument("--dataset", help="dataset whose held-out split to use (default: recorded, else embedded)")
+    ins.add_argument("--contexts-per-pass", type=int, default=32, help="contexts per forward pass (default: 32)")
+    ins.add_argument("--device", default="auto", help="torch device (default: auto)")
+    ins.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+    ins.set_defaults(func=_cmd_inspect)
     info = sub.add_parser("info", help="check and describe a dictionary directory")
     info.add_argument("path", help="dictionary directory (saeforge or SAELens)")
     info.set_defaults(func=_cmd_info)

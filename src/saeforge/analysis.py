@@ -1,0 +1,233 @@
+"""Reading a dictionary: load it against its model, splice it in, and study its features.
+
+    sae, model, hook = load_with_model("runs/main")          # checked: model, hook, d_in
+    with splice(model, sae, hook):                             # the reconstruction replaces the
+        loss = model(tokens, return_type="loss")               # activation at positions 1..
+    stats = collect(model, sae, hook, contexts, n_tokens=65536, features=[3, 17])
+    stats.features[3].contexts[0].text()                       # '…for i in ⟦r⟧ange(…'
+
+Per feature: firing frequency, top-activating contexts (token strings from the model's own
+tokenizer, so byte-level and BPE models alike, the activating token marked), a histogram of
+its nonzero activations, and the output tokens its decoder direction promotes and
+suppresses through the unembedding (W_dec,i · W_U; the final LayerNorm's scale is left out,
+so magnitudes are relative). For the whole dictionary: firing frequencies, the feature-density
+histogram (log10 frequency), dead (never fired) and dense (fires on > 10% of tokens) counts.
+
+Two passes over the same held-out contexts: the first counts every feature's firing and
+maximum, the second keeps the top-k contexts and histogram of the features asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .errors import UserError
+from .sae import SparseAutoencoder
+
+DENSE = 0.1  # a feature firing on more than this fraction of tokens counts as dense
+
+
+def load_with_model(path: str | Path, model: Any = None, hook: str | None = None, device: str = "cpu"):
+    """(sae, model, hook): the dictionary and the model it was trained on, checked against
+    each other: the recorded model name (if `model` is a name), the hook, and d_in."""
+    from .dictionary import load
+    from .models import hook_width, load_model, resolve_hook
+
+    sae = load(path, device=device)
+    meta = sae.metadata
+    hook = hook or meta.get("hook_name")
+    if isinstance(model, str) or model is None:
+        spec = model or meta.get("model_name")
+        if not spec:
+            raise UserError(f"{path} does not record the model it was trained on; pass the model")
+        if model and meta.get("model_name") and not _same_model(model, meta["model_name"]):
+            raise UserError(f"{path} was trained on model {meta['model_name']!r}, not {model!r}")
+        model = load_model(spec, device)
+    if not hook:
+        raise UserError(f"{path} does not record its hook point; pass the hook")
+    resolve_hook(model, hook)
+    width = hook_width(model, hook)
+    if width != sae.d_in:
+        raise UserError(f"dictionary d_in {sae.d_in} does not match {hook} of the model (width {width}); "
+                        "is this the model it was trained on?")
+    return sae.to(next(model.parameters()).device), model, hook
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+@contextlib.contextmanager
+def splice(model, sae: SparseAutoencoder, hook: str, positions_from: int = 1):
+    """Within the block, the model's forward replaces the hook's activation at positions
+    `positions_from`.. (1: BOS is left alone, as in training) by the dictionary's reconstruction."""
+
+    def fn(act, hook=None):
+        x = act[:, positions_from:]
+        act[:, positions_from:] = sae(x.to(sae.W_enc.dtype)).to(act.dtype)
+        return act
+
+    with model.hooks(fwd_hooks=[(hook, fn)]):
+        yield model
+
+
+@dataclass
+class Context:
+    tokens: list[str]  # the window's token strings
+    marked: int  # index of the activating token in `tokens`
+    activation: float
+
+    def text(self, left: str = "⟦", right: str = "⟧") -> str:
+        return "".join(f"{left}{t}{right}" if i == self.marked else t for i, t in enumerate(self.tokens))
+
+
+@dataclass
+class FeatureReport:
+    index: int
+    frequency: float
+    max_activation: float
+    contexts: list[Context] = field(default_factory=list)
+    histogram: list[int] = field(default_factory=list)  # counts of nonzero activations
+    bin_edges: list[float] = field(default_factory=list)
+    promoted: list[tuple[str, float]] = field(default_factory=list)
+    suppressed: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class DictionaryReport:
+    n_tokens: int
+    frequency_F: torch.Tensor
+    features: dict[int, FeatureReport]
+
+    @property
+    def dead(self) -> int:
+        return int((self.frequency_F == 0).sum())
+
+    @property
+    def dense(self) -> int:
+        return int((self.frequency_F > DENSE).sum())
+
+    def density_histogram(self, bins: int = 40) -> tuple[list[int], list[float]]:
+        """Histogram of log10(firing frequency) over the features that fired at all."""
+        alive = self.frequency_F[self.frequency_F > 0].double().log10()
+        if alive.numel() == 0:
+            return [], []
+        lo, hi = float(alive.min()), float(alive.max()) + 1e-9
+        counts = torch.histc(alive, bins=bins, min=lo, max=hi)
+        return counts.long().tolist(), torch.linspace(lo, hi, bins + 1).tolist()
+
+
+def _acts(model, sae, hook, tokens, stop_at_layer):
+    seen = {}
+
+    def grab(act, hook=None):
+        seen["x"] = act[:, 1:]
+        return act
+
+    model.run_with_hooks(tokens, fwd_hooks=[(hook, grab)], stop_at_layer=stop_at_layer, return_type=None)
+    return sae.encode(seen["x"].to(sae.W_enc.dtype))  # [batch, n_ctx-1, F]
+
+
+@torch.no_grad()
+def collect(model, sae: SparseAutoencoder, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int, *,
+            features: list[int] | int = 24, top_k: int = 10, window: tuple[int, int] = (24, 6), bins: int = 30,
+            n_effects: int = 10, progress: bool = False) -> DictionaryReport:
+    """Study the dictionary on `n_tokens` activation positions of `contexts` (see module doc).
+    `features`: the indices to study, or a count: that many alive features spread evenly over
+    the range of firing frequencies (from the rarest to the most frequent)."""
+    from .models import resolve_hook
+
+    device = next(model.parameters()).device
+    stop = resolve_hook(model, hook)
+    batches: list[torch.Tensor] = []
+    counts_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
+    max_F = torch.zeros(sae.d_sae, device=device)
+    seen = 0
+    bar = tqdm(total=2 * n_tokens, disable=not progress, file=sys.stderr, desc="inspect", unit="tok", dynamic_ncols=True)
+    while seen < n_tokens:
+        try:
+            tokens = next(contexts).to(device)
+        except StopIteration:
+            break
+        f = _acts(model, sae, hook, tokens, stop)
+        counts_F += (f > 0).sum((0, 1))
+        max_F = torch.maximum(max_F, f.amax((0, 1)))
+        batches.append(tokens)
+        seen += f.shape[0] * f.shape[1]
+        bar.update(f.shape[0] * f.shape[1])
+    if seen == 0:
+        raise UserError("no held-out context to inspect the dictionary on")
+    freq_F = counts_F.double().cpu() / seen
+    if isinstance(features, int):
+        alive = torch.nonzero(freq_F > 0).flatten()
+        order = alive[torch.argsort(freq_F[alive])]
+        n = min(features, len(order))
+        pick = torch.linspace(0, len(order) - 1, n).round().long() if n else torch.zeros(0, dtype=torch.long)
+        feats = sorted(set(order[pick].tolist()))
+    else:
+        feats = list(features)
+        bad = [i for i in feats if not 0 <= i < sae.d_sae]
+        if bad:
+            raise UserError(f"feature indices {bad} are out of range (the dictionary has {sae.d_sae})")
+    idx = torch.tensor(feats, dtype=torch.long, device=device)
+    K = len(feats)
+    top_val = torch.full((top_k, K), -1.0, device=device)
+    top_pos = torch.zeros((top_k, K), dtype=torch.long, device=device)  # flat position: (batch, row, pos)
+    hist = torch.zeros((K, bins), dtype=torch.long, device=device)
+    hi_K = max_F[idx].clamp_min(1e-6)
+    base = 0
+    for b, tokens in enumerate(batches):
+        f = _acts(model, sae, hook, tokens, stop)[..., idx]  # [batch, pos, K]
+        Bn, P, _ = f.shape
+        flat = f.reshape(-1, K)
+        v, i = flat.topk(min(top_k, flat.shape[0]), dim=0)
+        allv = torch.cat([top_val, v])
+        allp = torch.cat([top_pos, i + base])
+        keep = allv.topk(top_k, dim=0).indices
+        top_val, top_pos = allv.gather(0, keep), allp.gather(0, keep)
+        nz = flat > 0
+        binned = (flat / hi_K * bins).long().clamp_(0, bins - 1)
+        for k in range(K):
+            hist[k] += torch.bincount(binned[nz[:, k], k], minlength=bins)
+        base += Bn * P
+        bar.update(Bn * P)
+    bar.close()
+    # decode the top contexts
+    sizes = [t.shape[0] * (t.shape[1] - 1) for t in batches]
+    starts = torch.tensor([0] + sizes).cumsum(0).tolist()
+    W_U = model.W_U.detach().float()
+    effects_KV = (sae.W_dec[idx].float() @ W_U)  # [K, vocab]
+    reports = {}
+    for k, fi in enumerate(feats):
+        rep = FeatureReport(fi, float(freq_F[fi]), float(max_F[fi]), histogram=hist[k].tolist(),
+                            bin_edges=torch.linspace(0, float(hi_K[k]), bins + 1).tolist())
+        for j in range(top_k):
+            val = float(top_val[j, k])
+            if val <= 0:
+                break
+            flat_pos = int(top_pos[j, k])
+            b = max(i for i, s in enumerate(starts[:-1]) if s <= flat_pos)
+            rem = flat_pos - starts[b]
+            P = batches[b].shape[1] - 1
+            row, pos = divmod(rem, P)
+            pos += 1  # activation positions start after BOS
+            lo, hi = max(0, pos - window[0]), min(batches[b].shape[1], pos + window[1] + 1)
+            strs = model.to_str_tokens(batches[b][row, lo:hi].cpu())
+            rep.contexts.append(Context(list(strs), pos - lo, val))
+        n_eff = min(n_effects, effects_KV.shape[1])
+        for sign, target in ((1, rep.promoted), (-1, rep.suppressed)):
+            v, i = (sign * effects_KV[k]).topk(n_eff)
+            target.extend((model.to_single_str_token(int(t)), float(sign * x)) for t, x in zip(i.tolist(), v.tolist()))
+        reports[fi] = rep
+    return DictionaryReport(seen, freq_F, reports)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -121,7 +122,7 @@ def real_section(a, out: Path, docs: Path) -> list[str]:
                 continue
             code = saeforge_main(["train", "--cache", a.cache, "--init", method, "--rare-ratio", str(ratio),
                                   "--tokens", str(a.real_tokens), "--checkpoint-every", "0", "--out", str(run),
-                                  "--no-progress"])
+                                  "--no-progress", *shlex.split(a.real_extra)])
             if code:
                 sys.exit(code)
         s = json.loads((run / "summary.json").read_text())
@@ -143,7 +144,7 @@ def real_section(a, out: Path, docs: Path) -> list[str]:
     fig.savefig(docs / f"{a.name}-real.png", dpi=110)
     first = next(iter(res.values()))
     lines = ["## On real activations: the embedded model", "",
-             f"`saeforge train --cache {a.cache} --init METHOD --tokens {a.real_tokens}` (hook {first['hook']}, "
+             f"`saeforge train --cache {a.cache} --init METHOD --tokens {a.real_tokens} {a.real_extra}` (hook {first['hook']}, "
              f"{first['dict_size']} features, λ {first['l1']}, lr {first['lr']}, batch {first['batch_size']}, seed 0; rare "
              f"methods at ratio {a.real_ratio:g}); held-out figures from `saeforge eval` on "
              f"{first.get('eval_tokens', 'the held-out')} tokens.", "",
@@ -167,7 +168,8 @@ def variants(methods, ratios):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenarios", type=int, nargs="+", default=[256, 512, 1024])
+    ap.add_argument("--scenarios", type=int, nargs="*", default=[256, 512, 1024],
+                    help="toy scenarios 128/N (none: only the real-activation section)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["orthogonal", "xavier", "data", "svd", "kmeans", "mod", *RARE_METHODS])
     ap.add_argument("--rare-ratios", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.1, 0.2])
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--real-tokens", type=int, default=0, help="also train on the embedded model's activations")
     ap.add_argument("--real-ratio", type=float, default=0.05, help="rare ratio of the rare methods on real activations")
     ap.add_argument("--cache", default="runs/cache-embedded", help="activation cache of the embedded model")
+    ap.add_argument("--real-extra", default="", help="extra flags for saeforge train (one quoted string)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to saeforge toy")
     a = ap.parse_args()
     out, docs = Path(a.out), Path(a.docs)
@@ -230,7 +233,7 @@ def main() -> None:
 
     # Figure 1: MMCS against step, one line per method (best rare ratio by final MMCS), seed-median trace.
     scen = sorted({k[0] for k in table})
-    fig, axes = plt.subplots(1, len(scen), figsize=(5.5 * len(scen), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(scen)), figsize=(5.5 * max(1, len(scen)), 4.2), squeeze=False)
     for ax, nf in zip(axes[0], scen):
         for method in a.methods:
             keys = [k for k in table if k[0] == nf and k[1] == method]
@@ -250,7 +253,7 @@ def main() -> None:
     fig.savefig(docs / f"{a.name}-mmcs.png", dpi=110)
 
     # Figure 2: steps to 0.99 (init cost included) against rare ratio.
-    fig, axes = plt.subplots(1, len(scen), figsize=(5.5 * len(scen), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(scen)), figsize=(5.5 * max(1, len(scen)), 4.2), squeeze=False)
     for ax, nf in zip(axes[0], scen):
         for method in a.methods:
             if method not in RARE_METHODS:
@@ -268,7 +271,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(docs / f"{a.name}-ratio.png", dpi=110)
 
-    real_flags = f" --real-tokens {a.real_tokens} --real-ratio {a.real_ratio:g}" if a.real_tokens else ""
+    real_flags = (f" --real-tokens {a.real_tokens} --real-ratio {a.real_ratio:g}"
+                  + (f" --real-extra '{a.real_extra}'" if a.real_extra else "")) if a.real_tokens else ""
     cmd = (f"python scripts/reproduce_informed_init.py --scenarios {' '.join(map(str, a.scenarios))} "
            f"--seeds {' '.join(map(str, a.seeds))} --methods {' '.join(a.methods)} "
            f"--rare-ratios {' '.join(f'{r:g}' for r in a.rare_ratios)}"

@@ -204,7 +204,7 @@ class SweepConfig:
     sizes: str = opt("256,512,1024,2048,4096", "dictionary sizes, comma-separated")
     steps: str = opt("250,500,1000,2000,4000", "training step counts, comma-separated")
     l1s: str = opt("5", "L1 coefficients λ, comma-separated (several: the L0 analysis picks the best per cell)")
-    alpha: float = opt(0.1, "α of the L0-based loss MSE + α·L0")
+    alpha: float = opt(3.0, "α of the L0-based loss MSE + α·L0 (trainer units, E‖x‖² = d_in)")
     eval_rows: int = opt(65536, "held-out activations every run is measured on")
     batch_size: int = opt(512, "activations per training step")
     lr: float = opt(1e-2, "Adam learning rate (linear decay to 0 over the last 20% of each run)")

@@ -203,7 +203,8 @@ class SweepConfig:
     out: str = opt("", "sweep directory: runs.jsonl (one row per finished run), fits.json, plots")
     sizes: str = opt("256,512,1024,2048,4096", "dictionary sizes, comma-separated")
     steps: str = opt("250,500,1000,2000,4000", "training step counts, comma-separated")
-    l1s: str = opt("5", "L1 coefficients λ, comma-separated (several: the L0 analysis picks the best per cell)")
+    l1s: str = opt("5", "L1 coefficients λ, comma-separated (several: the L0 analysis picks the best per cell; "
+                            "with --suggest, the one λ whose fits to use)")
     alpha: float = opt(3.0, "α of the L0-based loss MSE + α·L0 (trainer units, E‖x‖² = d_in)")
     eval_rows: int = opt(65536, "held-out activations every run is measured on")
     batch_size: int = opt(512, "activations per training step")

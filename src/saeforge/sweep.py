@@ -160,7 +160,9 @@ def suggest(result: dict[str, Any], flops: float, lam: float | None = None) -> d
         raise UserError("the sweep has no finished runs to fit")
     lam = lam if lam is not None else sorted(table)[len(table) // 2]
     f = table.get(lam)
-    if f is None or "features_vs_flops" not in f:
+    if f is None:
+        raise UserError(f"the sweep has no runs with λ = {lam:g}; it has {', '.join(f'{k:g}' for k in sorted(table))}")
+    if "features_vs_flops" not in f:
         raise UserError(f"the sweep has too few FLOP budgets with 3 or more sizes to fit (λ = {lam}); "
                         "add sizes or step counts")
 
@@ -226,7 +228,7 @@ def run_sweep(cfg) -> list[dict]:
         if not rows:
             raise UserError(f"--suggest: {out / 'runs.jsonl'} holds no finished run; run the sweep first")
         res = analyze(rows, rows[0]["d_in"], rows[0]["batch_size"], cfg.alpha, n_boot=500)
-        s = suggest(res, cfg.suggest)
+        s = suggest(res, cfg.suggest, l1s[0] if len(l1s) == 1 else None)
         print(json.dumps(s))
         return rows
     manifest = read_manifest(cfg.cache)

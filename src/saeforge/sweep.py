@@ -158,7 +158,8 @@ def suggest(result: dict[str, Any], flops: float, lam: float | None = None) -> d
     table = result["l1"]
     if not table:
         raise UserError("the sweep has no finished runs to fit")
-    lam = lam if lam is not None else sorted(table)[len(table) // 2]
+    if lam is None or (lam not in table and len(table) == 1):  # a one-λ sweep answers for its λ
+        lam = sorted(table)[len(table) // 2]
     f = table.get(lam)
     if f is None:
         raise UserError(f"the sweep has no runs with λ = {lam:g}; it has {', '.join(f'{k:g}' for k in sorted(table))}")

@@ -73,7 +73,8 @@ def main() -> None:
     out, docs = Path(a.out), Path(a.docs)
     docs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    toy_cmd = ["toy", "--n-features", str(a.toy_features), "--steps", str(a.toy_steps), *shlex.split(a.toy_extra)]
+    toy_cmd = ["toy", "--n-features", str(a.toy_features), "--steps", str(a.toy_steps), "--init", "orthogonal",
+               *shlex.split(a.toy_extra)]
     real_cmd = ["train", "--cache", a.cache, "--tokens", str(a.real_tokens), "--dict-size", str(a.real_features),
                 "--checkpoint-every", "0", *shlex.split(a.real_extra)]
     if not (Path(a.cache) / "manifest.json").exists():

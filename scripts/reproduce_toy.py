@@ -55,7 +55,7 @@ def main() -> None:
                 if a.reuse_only:
                     continue
                 code = saeforge_main(["toy", "--d-model", "128", "--n-features", str(nf), "--seed", str(seed),
-                                      "--out", str(run), "--no-progress", *a.extra])
+                                      "--init", "orthogonal", "--out", str(run), "--no-progress", *a.extra])
                 if code:
                     sys.exit(code)
             s = json.loads((run / "summary.json").read_text())

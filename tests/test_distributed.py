@@ -14,7 +14,7 @@ import torch
 import saeforge
 from saeforge.cli import main
 
-FLAGS = ["--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10",
+FLAGS = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10",
          "--target-mmcs", "0", "--dead-window", "128", "--lr", "3e-2", "--l1", "1", "--resample-sample", "2048",
          "--checkpoint-every", "10"]
 

@@ -92,3 +92,15 @@ def test_cli_choices_match_the_methods():
     from saeforge.config import INITS
 
     assert sorted(INITS) == sorted(METHODS)
+
+
+def test_toy_default_init_is_mod_and_starts_high(tmp_path):
+    """The informed-init sweep made `mod` the toy default (docs/informed-init.md)."""
+    import json
+
+    from saeforge.cli import main
+
+    assert main(["toy", "--d-model", "32", "--n-features", "64", "--n-active", "3", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "t")]) == 0
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert s["init"] == "mod" and s["mmcs_initial"] > 0.6

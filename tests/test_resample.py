@@ -14,7 +14,7 @@ from saeforge.sae import SparseAutoencoder
 from saeforge.toy import ToyData
 from saeforge.train import Trainer
 
-SMALL = ["--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
+SMALL = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
 
 
 def _trained(method: str):

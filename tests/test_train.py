@@ -10,7 +10,7 @@ import torch
 import saeforge
 from saeforge.cli import main
 
-SMALL = ["--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
+SMALL = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
 
 
 def _toy(out, *extra):

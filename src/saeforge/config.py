@@ -239,7 +239,7 @@ TRAIN_DEFAULTS = dict(tokens=4_000_000, batch_size=512, lr=1e-2, l1=0.55, lr_war
 # and ground-truth recovery wants the unit-norm decoder. λ 0.1 kept L0 near the true 5 with
 # explained variance ~0.94; lr 1e-2 was faster early but killed more atoms (each dead atom
 # is a lost feature when dict_size = n_features), 3e-2 killed 20%. See docs/toy.md.
-TOY_DEFAULTS = dict(l1=0.1, lr=3e-3, batch_size=1024, unit_norm_decoder=True, steps=5000, log_every=100, check_every=10)
+TOY_DEFAULTS = dict(init="mod", l1=0.1, lr=3e-3, batch_size=1024, unit_norm_decoder=True, steps=5000, log_every=100, check_every=10)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, overrides: dict[str, Any] | None = None) -> None:

@@ -95,3 +95,10 @@ def test_out_that_holds_a_run_is_not_clobbered(tmp_path, capsys):
     assert (tmp_path / "o" / "summary.json").read_bytes() == before
     (tmp_path / "f").write_text("x")
     assert main([*TOY, "--out", str(tmp_path / "f")]) == 2
+
+
+@pytest.mark.parametrize("command", ["toy", "train", "harvest", "sweep", "eval", "inspect", "info"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "usage: saeforge " + command in capsys.readouterr().out

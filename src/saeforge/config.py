@@ -250,7 +250,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, overrides: dict
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
-        help_ = f"{f.metadata.get('help', '')} (default: {defaults[f.name]})"
+        help_ = f"{f.metadata.get('help', '')} (default: {defaults[f.name]})".replace("%", "%%")  # argparse formats help
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:

@@ -77,7 +77,11 @@ def reading(table, scen, methods) -> list[str]:
                           f"{data['final']:.3f} against {orth['final']:.3f})"
             else:
                 slower = data["t95"] is None or (orth["t95"] is not None and data["t95"] > orth["t95"])
-                verdict = (f"data reaches 0.95 at {fmt(data['t95'])} steps against {fmt(orth['t95'])}: "
+                verdict = ((f"data reaches 0.95 at step {fmt(data['t95'])}" if data["t95"] is not None else
+                            "data does not reach 0.95 in the budget")
+                           + (f", orthogonal at step {fmt(orth['t95'])}" if orth["t95"] is not None else
+                              ", nor does orthogonal")
+                           + f" (final MMCS {data['final']:.3f} against {orth['final']:.3f}): "
                            f"{'reproduced' if slower else 'not reproduced'}")
             out.append(f"- Seed: data init does not reach high MMCS faster than orthogonal. Here {verdict}.")
 
@@ -89,11 +93,13 @@ def reading(table, scen, methods) -> list[str]:
         if any(k[0] in RARE_METHODS for k in informed):
             out.append("- Seed: rare-feature collection reaches 0.99 up to ~10% sooner than orthogonal (centroid, 5%). "
                        + (f"Here faster than orthogonal, init cost included: {', '.join(f'{m} r={r:g}' for m, r in rare_fast)}."
-                          if rare_fast else f"Here no rare-feature init reaches 0.99 before orthogonal "
-                          f"({fmt(orth['cost99'])} steps): not reproduced."))
+                          if rare_fast else "Here no rare-feature init reaches 0.99 (median over seeds) "
+                          + (f"before orthogonal ({fmt(orth['cost99'])} steps)" if orth["cost99"] else "in the budget")
+                          + ": not reproduced."))
         if other_fast:
-            out.append(f"- Other inits reaching 0.99 before orthogonal (init cost included): "
-                       f"{', '.join(m for m, _ in other_fast)}.")
+            out.append(f"- Other inits reaching 0.99 (median over seeds, init cost included) where orthogonal "
+                       + ("does not: " if orth["cost99"] is None else "does later: ")
+                       + ", ".join(f"{m} ({fmt(t[(m, r)]['cost99'])} steps)" for m, r in other_fast) + ".")
         good_start = [k for k, v in informed.items() if v["start"] >= 0.65]
         fast = [k for k, v in informed.items() if v["cost99"] is not None and orth["cost99"] is not None
                 and v["cost99"] <= 0.75 * orth["cost99"]]

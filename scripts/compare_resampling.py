@@ -136,12 +136,13 @@ def main() -> None:
               f"{r0['batch_size']}); the held-out figures come from the evaluation on {r0['eval_tokens']:,} held-out tokens, "
               "where dead = never fired on them.", "",
               "| resampling | final train loss | held-out MSE | explained variance | L0 | dead fraction (held-out) | "
-              "CE-loss recovered | features resampled | resampling s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "dead in the last training window | CE-loss recovered | features resampled | resampling s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, runs in real.items():
         lines.append(f"| {name} | {med([r['trace'][-1]['loss'] for r in runs]):.4f} | {med([r['mse'] for r in runs]):.4f} | "
                      f"{med([r['explained_variance'] for r in runs]):.4f} | {med([r['l0'] for r in runs]):.1f} | "
-                     f"{med([r['dead_fraction'] for r in runs]):.4f} | {med([r['ce_loss_recovered'] for r in runs]):.4f} | "
+                     f"{med([r['dead_fraction'] for r in runs]):.4f} | {med([r['train_dead_fraction'] for r in runs]):.4f} | "
+                     f"{med([r['ce_loss_recovered'] for r in runs]):.4f} | "
                      f"{med([r['resampled'] for r in runs]):g} | {med([r['resample_s'] for r in runs]):.2f} |")
     lines += ["", "Per seed (embedded model): dead fraction / explained variance / CE-loss recovered", "",
               "| resampling | " + " | ".join(f"seed {s}" for s in a.seeds) + " |", "|---|" + "---|" * len(a.seeds)]
@@ -157,25 +158,33 @@ def main() -> None:
 
 
 def reading(toy, real) -> list[str]:
-    """The issue's claims checked against the medians."""
-    m = {k: {"dead": med([r["dead_fraction"] for r in v]), "mse": med([r["mse"] for r in v]),
-             "loss": med([r["trace"][-1]["loss"] for r in v]), "ce": med([r["ce_loss_recovered"] for r in v])}
+    """The issue's claims checked against the medians; clustered = the default direction (residual)."""
+    m = {k: {"dead": med([r["dead_fraction"] for r in v]), "train_dead": med([r["train_dead_fraction"] for r in v]),
+             "mse": med([r["mse"] for r in v]), "loss": med([r["trace"][-1]["loss"] for r in v]),
+             "ce": med([r["ce_loss_recovered"] for r in v]), "resampled": med([r["resampled"] for r in v])}
          for k, v in real.items()}
+    t = {k: med([r["mmcs_final"] for r in v]) for k, v in toy.items()}
     out = []
-    best_c = min((k for k in m if k.startswith("clustered")), key=lambda k: m[k]["loss"])
-    out.append(f"- Of the two clustered directions, **{best_c}** ends at the lower training loss on the embedded model "
-               f"({m[best_c]['loss']:.4f} against "
-               + ", ".join(f"{m[k]['loss']:.4f} ({k})" for k in m if k.startswith("clustered") and k != best_c) + ").")
-    c, n, an = m[best_c], m["none"], m["anthropic"]
-    out.append(f"- Dead fraction, clustered vs none: {c['dead']:.4f} vs {n['dead']:.4f}: "
-               + ("fewer dead features with clustered resampling." if c["dead"] < n["dead"] else
-                  "clustered does **not** leave fewer dead features here."))
+    res, cen = "clustered (residual)", "clustered (centroid)"
+    better_real = res if m[res]["loss"] <= m[cen]["loss"] else cen
+    better_toy = res if t[res] >= t[cen] else cen
+    out.append(f"- Residual against member − centroid directions: lower training loss on the embedded model with "
+               f"**{better_real}** ({m[res]['loss']:.4f} vs {m[cen]['loss']:.4f}), higher final MMCS on toy data with "
+               f"**{better_toy}** ({t[res]:.4f} vs {t[cen]:.4f}). The default stays `residual`: it is the one that "
+               "points at what the dictionary misses (tests/test_resample.py: ≥ 90% of its directions land on "
+               "features not yet learned, against ~20% for random inputs; member − centroid does not).")
+    c, n, an = m[res], m["none"], m["anthropic"]
+    out.append(f"- Dead features, clustered vs none: held-out dead fraction {c['dead']:.4f} vs {n['dead']:.4f}, "
+               f"dead in the last training window {c['train_dead']:.4f} vs {n['train_dead']:.4f}: "
+               + ("fewer dead features with clustered resampling." if c["dead"] < n["dead"] and c["train_dead"] <= n["train_dead"]
+                  else "clustered does **not** leave clearly fewer dead features here."))
     out.append(f"- Loss, clustered vs anthropic at the same budget: {c['loss']:.4f} vs {an['loss']:.4f} (held-out MSE "
                f"{c['mse']:.4f} vs {an['mse']:.4f}, CE-loss recovered {c['ce']:.4f} vs {an['ce']:.4f}): "
-               + ("no worse." if c["loss"] <= an["loss"] * 1.005 else "**worse**."))
-    t = {k: med([r["mmcs_final"] for r in v]) for k, v in toy.items()}
-    best_t = max(t, key=t.get)
-    out.append(f"- Toy data: final MMCS " + ", ".join(f"{k} {v:.4f}" for k, v in t.items()) + f"; best: {best_t}.")
+               + ("no worse." if c["loss"] <= an["loss"] * 1.002 else "**worse**."))
+    out.append(f"- How much there was to do: median features resampled per run {c['resampled']:g} (clustered), "
+               f"{an['resampled']:g} (anthropic) out of {real[res][0]['dict_size']}; a feature counts as dead after "
+               "the dead window without firing, and one that fires rarely on held-out text is not dead in training.")
+    out.append("- Toy data: final MMCS " + ", ".join(f"{k} {v:.4f}" for k, v in t.items()) + ".")
     return out
 
 

@@ -43,7 +43,7 @@ class TrainConfig:
     resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling")
     resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered")
     resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs")
-    resample_direction: str = opt("residual", "clustered: new direction = residual (x − x̂) or centroid (x − its centroid)")
+    resample_direction: str = opt("centroid", "clustered: new direction = centroid (x − its cluster centroid) or residual (x − x̂)")
     l1: float = opt(5.0, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖")
     l1_warmup_steps: int = opt(0, "ramp λ linearly from 0 over this many steps (keeps features alive early)")
     lr: float = opt(1e-3, "Adam learning rate")

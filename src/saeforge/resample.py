@@ -14,8 +14,11 @@ the budget, so a new feature gets time to settle) the dead features are reinitia
   clusters by mean error and deal the dead features round-robin over the worst k =
   min(#dead, #clusters) of them, so that one frequent failure mode cannot take every dead
   feature; from each dealt cluster, a member not used yet. Its direction (normalized) is
-  `residual`: x − x̂, what the dictionary misses on it (default), or `centroid`: x minus its
-  cluster's centroid. Encoder as for anthropic.
+  `centroid`: x minus its cluster's centroid (default), or `residual`: x − x̂, what the
+  dictionary misses on it. On toy data residual directions point at unlearned features far
+  more often (tests/test_resample.py), but on the embedded model with many dead features
+  centroid directions trained to a lower loss with fewer dead features (docs/resampling.md),
+  so centroid is the default. Encoder as for anthropic.
 - none.
 
 Both reset the Adam moments of the rows they touch (W_enc columns, b_enc entries, W_dec rows)

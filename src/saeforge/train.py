@@ -346,7 +346,7 @@ def run_train(cfg) -> dict[str, Any]:
     if not resumed and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     position = trainer.extra_state.get("data", {}) if resumed else {}
-    if position.get("world", 1) != world:  # another number of ranks: the same global position, re-split
+    if resumed and position.get("world", 1) != world:  # another number of ranks: same global position, re-split
         position = {"contexts_read": position.get("contexts_read", 0), "epoch": position.get("epoch", 0) + 1}
     st_dtype = DTYPES[cfg.buffer_dtype]
     if cfg.cache:

@@ -121,6 +121,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _held_out_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that run a saved dictionary's model on held-out text (eval, inspect)."""
+    p.add_argument("--model", help="model (default: the one recorded in cfg.json)")
+    p.add_argument("--hook", help="hook point (default: the one recorded in cfg.json)")
+    p.add_argument("--dataset", help="dataset whose held-out split to use (default: recorded, else embedded)")
+    p.add_argument("--contexts-per-pass", type=int, default=32, help="contexts per forward pass (default: 32)")
+    p.add_argument("--device", default="auto", help="torch device (default: auto)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="saeforge", description="Train sparse autoencoders on transformer activations.")
     p.add_argument("--version", action="version", version=f"saeforge {__version__}")
@@ -152,12 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate a saeforge or SAELens dictionary on held-out text of the model it was trained on.")
     ev.add_argument("path", help="dictionary directory")
     ev.add_argument("--tokens", type=int, default=65536, help="held-out tokens to evaluate on (default: 65536)")
-    ev.add_argument("--model", help="model (default: the one recorded in cfg.json)")
-    ev.add_argument("--hook", help="hook point (default: the one recorded in cfg.json)")
-    ev.add_argument("--dataset", help="dataset whose held-out split to use (default: recorded, else embedded)")
-    ev.add_argument("--contexts-per-pass", type=int, default=32, help="contexts per forward pass (default: 32)")
-    ev.add_argument("--device", default="auto", help="torch device (default: auto)")
-    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+    _held_out_flags(ev)
     ev.set_defaults(func=_cmd_eval)
     ins = sub.add_parser("inspect", help="HTML feature browser of a dictionary (contexts, histograms, token effects)",
                          description="Run the dictionary's model on held-out text and write a self-contained HTML "
@@ -168,12 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how many alive features to study, spread over the firing frequencies (default: 32)")
     ins.add_argument("--tokens", type=int, default=32768, help="held-out tokens to run (default: 32768)")
     ins.add_argument("--top-k", type=int, default=10, help="top-activating contexts per feature (default: 10)")
-    ins.add_argument("--model", help="model (default: the one recorded in cfg.json)")
-    ins.add_argument("--hook", help="hook point (default: the one recorded in cfg.json)")
-    ins.add_argument("--dataset", help="dataset whose held-out split to use (default: recorded, else embedded)")
-    ins.add_argument("--contexts-per-pass", type=int, default=32, help="contexts per forward pass (default: 32)")
-    ins.add_argument("--device", default="auto", help="torch device (default: auto)")
-    ins.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr")
+    _held_out_flags(ins)
     ins.set_defaults(func=_cmd_inspect)
     info = sub.add_parser("info", help="check and describe a dictionary directory")
     info.add_argument("path", help="dictionary directory (saeforge or SAELens)")

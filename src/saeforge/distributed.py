@@ -99,22 +99,6 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj, src: int = 0):
-    if not active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src)
-    return box[0]
-
-
-def gather_object(obj) -> list:
-    if not active():
-        return [obj]
-    out = [None] * world()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def barrier() -> None:
     if active():
         dist.barrier()

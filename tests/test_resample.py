@@ -9,7 +9,7 @@ from saeforge.cli import main
 from saeforge.config import ToyConfig
 from saeforge.errors import UserError
 from saeforge.init import initialize
-from saeforge.resample import Resampler, anthropic_directions, check_settings, clustered_directions
+from saeforge.resample import Resampler, anthropic_directions, check_settings, clustered_directions, resample_steps
 from saeforge.sae import SparseAutoencoder
 from saeforge.toy import ToyData
 from saeforge.train import Trainer
@@ -38,6 +38,8 @@ def test_dead_features_get_new_rows_and_fresh_adam_state(method):
     dead = torch.tensor([1, 7, 20])
     tr.tokens_since_fired_F.zero_()
     tr.tokens_since_fired_F[dead] = 10**9
+    with torch.no_grad():
+        tr.sae.b_enc[dead] = -1e3  # truly dead: they fire on no fresh input either
     before = {n: p.detach().clone() for n, p in tr.sae.named_parameters()}
     adam = {n: {k: v.clone() for k, v in tr.opt.state[p].items()} for n, p in tr.sae.named_parameters()}
     event = Resampler(cfg, sampler, 100)(tr)
@@ -66,6 +68,59 @@ def test_dead_features_get_new_rows_and_fresh_adam_state(method):
                 assert torch.equal(st[k], adam[n][k])
     assert (tr.tokens_since_fired_F[dead] == 0).all()
     assert tr.extra_state["resample_events"][-1]["dead"] == 3
+
+
+def test_alive_encoder_makes_new_features_fire_like_their_peers():
+    tr, cfg, sampler, batches = _trained("clustered")
+    tr.train_step(next(batches))
+    dead = torch.tensor([0, 5])
+    tr.tokens_since_fired_F.zero_()
+    tr.tokens_since_fired_F[dead] = 10**9
+    with torch.no_grad():
+        tr.sae.b_enc[dead] = -1e3
+        tr.sae.b_enc[8:] = -0.1 * torch.arange(24) / 24
+    alive = torch.ones(32, dtype=torch.bool)
+    alive[dead] = False
+    norm, bias = tr.sae.W_enc[:, alive].norm(dim=0).median(), tr.sae.b_enc[alive].median()
+    assert Resampler(replace(cfg, resample_encoder="alive"), sampler, 100)(tr)["dead"] == 2
+    torch.testing.assert_close(tr.sae.W_enc[:, dead], tr.sae.W_dec[dead].T * norm)
+    torch.testing.assert_close(tr.sae.b_enc[dead], torch.full((2,), bias.item()))
+
+
+def test_silent_in_the_window_but_firing_on_fresh_inputs_is_not_dead():
+    tr, cfg, sampler, batches = _trained("clustered")
+    tr.train_step(next(batches))
+    tr.tokens_since_fired_F.zero_()
+    tr.tokens_since_fired_F[[2, 3]] = 10**9  # not seen lately, but their encoders still fire
+    with torch.no_grad():
+        tr.sae.b_enc[3] = -1e3  # this one cannot fire at all
+    W = tr.sae.W_dec.detach().clone()
+    event = Resampler(cfg, sampler, 100)(tr)
+    assert (event["dead"], event["duplicates"], event["resampled"]) == (1, 0, 1)
+    assert torch.equal(tr.sae.W_dec[2], W[2]) and not torch.equal(tr.sae.W_dec[3], W[3])
+
+
+def test_duplicates_free_the_rarer_twin():
+    tr, cfg, sampler, batches = _trained("clustered")
+    tr.train_step(next(batches))
+    tr.tokens_since_fired_F.zero_()
+    sae = tr.sae
+    X = sampler(2048, 0)
+    with torch.no_grad():  # feature 9 becomes a near copy of 4 that fires less (higher threshold)
+        sae.W_dec[9] = sae.W_dec[4] + 0.05 * torch.randn(16, generator=torch.Generator().manual_seed(0))
+        sae.W_dec[9] /= sae.W_dec[9].norm()
+        sae.W_enc[:, 9] = sae.W_enc[:, 4]
+        sae.b_enc[9] = sae.b_enc[4] - 0.05
+    fires_F = (sae.encode(X) > 0).sum(0)
+    assert fires_F[9] < fires_F[4]
+    W = sae.W_dec.detach().clone()
+    assert Resampler(cfg, sampler, 100)(tr)["resampled"] == 0  # off by default
+    event = Resampler(replace(cfg, resample_duplicates=0.9), sampler, 100)(tr)
+    assert (event["dead"], event["duplicates"]) == (0, 1)
+    assert torch.equal(sae.W_dec[4], W[4]) and not torch.equal(sae.W_dec[9], W[9])
+    others = torch.ones(32, dtype=torch.bool)
+    others[9] = False
+    assert torch.equal(sae.W_dec[others], W[others])
 
 
 def test_nothing_happens_off_schedule_or_with_none():
@@ -120,7 +175,7 @@ def test_clustered_spreads_over_failure_modes():
                              direction="residual", seed=0)
     V = V / V.norm(dim=1, keepdim=True)
     hit = (V @ data.features_FD.T).abs().argmax(1)
-    assert len(set(hit.tolist())) >= 10, hit
+    assert len(set(hit.tolist())) >= 12, hit
 
 
 def test_bad_settings_are_clear_errors(tmp_path, capsys):
@@ -131,11 +186,17 @@ def test_bad_settings_are_clear_errors(tmp_path, capsys):
         check_settings(replace(cfg, resample_every=10, dead_window=10**6), 100, 6400)
     with pytest.raises(UserError, match="no resampling step falls inside"):
         check_settings(replace(cfg, resample_every=80), 100, 6400)
+    # never in the last interval, nor once the learning rate decays
+    assert resample_steps(replace(cfg, resample_every=10), 100) == list(range(10, 91, 10))
+    assert resample_steps(replace(cfg, resample_every=10, lr_decay_steps=35), 100) == list(range(10, 61, 10))
+    assert resample_steps(replace(cfg, resample_at="5,99,100,300", lr_decay_steps=35), 100) == [5, 99]
     for flags, msg in ((["--resample", "clustered", "--resample-every", "0"], "resample-every >= 1"),
                        (["--resample", "anthropic", "--steps", "20", "--dead-window", "100000"], "not shorter than training"),
                        (["--resample", "magic"], "--resample 'magic' is unknown"),
                        (["--resample", "clustered", "--resample-at", "5,x"], "comma-separated"),
-                       (["--resample-direction", "up"], "residual or centroid")):
+                       (["--resample-direction", "up"], "residual or centroid"),
+                       (["--resample-duplicates", "1.5"], "cosine in [0, 1]"),
+                       (["--resample-encoder", "loud"], "anthropic or alive")):
         assert main(["toy", *SMALL, "--out", str(tmp_path / "bad"), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saeforge: error:") and msg in err[0], err
@@ -149,15 +210,16 @@ def _toy(out, *extra):
 
 def test_toy_run_with_resampling_is_reproducible(tmp_path):
     flags = ["--steps", "60", "--target-mmcs", "0", "--resample", "clustered", "--resample-every", "15",
-             "--dead-window", "128", "--lr", "3e-2", "--l1", "1", "--resample-sample", "2048"]
+             "--dead-window", "128", "--lr", "3e-2", "--l1", "1", "--resample-sample", "2048",
+             "--lr-decay-steps", "0", "--beta2", "0.999", "--resample-duplicates", "0.9"]
     full = _toy(tmp_path / "a", *flags)
     _toy(tmp_path / "b", *flags)
     a, b = saeforge.load(tmp_path / "a"), saeforge.load(tmp_path / "b")
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
     events = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())["extra"]["resample_events"]
-    assert [e["step"] for e in events] == [15, 30, 45] and sum(e["dead"] for e in events) > 0, events
-    assert full["resampled"] == sum(e["dead"] for e in events)
+    assert [e["step"] for e in events] == [15, 30, 45] and sum(e["resampled"] for e in events) > 0, events
+    assert full["resampled"] == sum(e["dead"] + e["duplicates"] for e in events)
 
 
 @pytest.mark.parametrize("method", ["anthropic", "clustered"])
@@ -186,3 +248,16 @@ def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path,
     assert sum(e["dead"] for e in ref.extra_state["resample_events"]) > 0
     for (n, p), (_, q) in zip(ref.sae.named_parameters(), resumed.sae.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_toy_defaults_shrink_to_a_short_budget_but_never_override_the_user(tmp_path, capsys):
+    small = ["--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--target-mmcs", "0"]
+    assert main(["toy", *small, "--steps", "40", "--out", str(tmp_path / "short")]) == 0
+    s = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert (s["resample"], s["lr_decay_steps"], s["steps"]) == ("none", 20, 40)  # no resampling step fits
+    assert main(["toy", *small, "--steps", "600", "--out", str(tmp_path / "long")]) == 0
+    s = json.loads((tmp_path / "long" / "summary.json").read_text())
+    assert (s["resample"], s["lr_decay_steps"], s["resample_events"]) == ("clustered", 300, 1)  # at step 250
+    # asked for explicitly, the same settings are an error, not silently dropped
+    assert main(["toy", *small, "--steps", "40", "--resample", "clustered", "--out", str(tmp_path / "bad")]) == 2
+    assert "no resampling step falls inside" in capsys.readouterr().err

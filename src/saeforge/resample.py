@@ -1,29 +1,43 @@
 """Dead-feature resampling: give features that stopped firing a new direction.
 
 Dead = no firing for `dead_window` tokens (the trainer's on-device counter
-`tokens_since_fired_F`, updated every step without a host sync). At every resampling step
-(`--resample-every N`, or the steps listed in `--resample-at`; never in the last interval of
-the budget, so a new feature gets time to settle) the dead features are reinitialized by:
+`tokens_since_fired_F`, updated every step without a host sync) and no firing on any of the
+`resample_sample` fresh inputs scored at the resampling step (a feature of a rare direction can
+be silent for a window and still be right). At every resampling step (`--resample-every N`, or
+the steps listed in `--resample-at`; with `--resample-every`, never in the last interval of the
+budget nor during the learning-rate decay, so a new feature gets time to settle at full lr)
+the dead features are reinitialized. With `--resample-duplicates COS`,
+the rarer of two alive features whose decoder rows have cosine >= COS is renewed too: two
+features on one direction leave another direction without one (on toy data, trained
+dictionaries hold dozens of such twins while as many rare true features go unlearned).
 
-- anthropic ("Towards Monosemanticity", the baseline): score `resample_sample` inputs by the
-  dictionary's squared reconstruction error; draw one input per dead feature with probability
-  ∝ (error)²; decoder row = that input, normalized; encoder column = the same direction ×
-  0.2 × the mean encoder-column norm of the alive features; encoder bias 0.
+New directions:
+- anthropic ("Towards Monosemanticity", the baseline): score the inputs by the dictionary's
+  squared reconstruction error; draw one input per renewed feature with probability
+  ∝ (error)²; decoder row = that input, normalized.
 - clustered (the first seed's proposal): keep the `resample_worst` worst-reconstructed of
-  those inputs, cluster them with MiniBatchKMeans (`resample_clusters` clusters), rank the
-  clusters by mean error and deal the dead features round-robin over the worst k =
-  min(#dead, #clusters) of them, so that one frequent failure mode cannot take every dead
-  feature; from each dealt cluster, a member not used yet. Its direction (normalized) is
-  `centroid`: x minus its cluster's centroid (default), or `residual`: x − x̂, what the
-  dictionary misses on it. On toy data residual directions point at unlearned features far
-  more often (tests/test_resample.py), but on the embedded model with many dead features
-  centroid directions trained to a lower loss with fewer dead features (docs/resampling.md),
-  so centroid is the default. Encoder as for anthropic.
+  those inputs and cluster them with MiniBatchKMeans. `centroid` (default): cluster the
+  inputs (`resample_clusters` clusters), rank the clusters by mean error, deal the renewed
+  features round-robin over the worst k = min(#renewed, #clusters) so that one frequent
+  failure mode cannot take every feature, and give each x minus its cluster's centroid for a
+  member x not used yet. `residual`: cluster what the dictionary misses, the residuals x − x̂,
+  by direction (max(#renewed, `resample_clusters`) clusters, so one per renewed feature), and
+  give each renewed feature one cluster's summed residual: on toy data that is a feature the
+  dictionary lacks, estimated from every input that lacks it. Residual directions point at
+  unlearned features far more often (tests/test_resample.py), but on the embedded model with
+  many dead features centroid directions trained to a lower loss (docs/resampling.md), so
+  centroid stays the default.
 - none.
 
-Both reset the Adam moments of the rows they touch (W_enc columns, b_enc entries, W_dec rows)
-and the features' firing counters. Every decision comes from the run's seed and step, so a
-run is reproducible, and (issue 7) one rank can decide and broadcast.
+Encoder of a renewed feature (`--resample-encoder`): `anthropic` = its direction × 0.2 × the
+alive features' mean encoder norm, bias 0 (gentle, for real activations); `alive` = its
+direction × the alive features' median encoder norm, bias = their median bias, so it fires
+like a learned feature from the first step instead of being switched off by the sparsity
+penalty before its rare inputs come by (the toy default).
+
+Renewing resets the Adam moments of the rows touched (W_enc columns, b_enc entries, W_dec
+rows) and the features' firing counters. Every decision comes from the run's seed and step, so
+a run is reproducible, and (issue 7) rank 0 decides and broadcasts.
 """
 
 from __future__ import annotations
@@ -59,14 +73,16 @@ def check_settings(cfg: Any, total_steps: int, total_tokens: int) -> None:
                         "no feature could ever count as dead; lower --dead-window or train longer")
     if not resample_steps(cfg, total_steps):
         raise UserError(f"--resample {cfg.resample}: no resampling step falls inside the {total_steps} training "
-                        "steps (resampling stops one interval before the end); lower --resample-every")
+                        "steps (resampling stops one interval before the end, or where the lr decay starts); "
+                        "lower --resample-every")
 
 
 def resample_steps(cfg: Any, total_steps: int) -> list[int]:
     if cfg.resample_at:
         return sorted(s for s in parse_steps(cfg.resample_at) if 0 < s < total_steps)
-    every = cfg.resample_every
-    return list(range(every, total_steps - every + 1, every)) if every > 0 else []
+    every = cfg.resample_every  # never in the last interval, nor once the learning rate decays:
+    end = total_steps - max(every, cfg.lr_decay_steps)  # a renewed feature needs time at full lr
+    return list(range(every, end + 1, every)) if every > 0 else []
 
 
 def parse_steps(text: str) -> list[int]:
@@ -93,40 +109,80 @@ class Resampler:
         if self.cfg.resample == "none" or tr.step not in self.steps:
             return None
         t0 = time.perf_counter()
-        dead_F = tr.tokens_since_fired_F >= tr.dead_window
-        idx = torch.nonzero(dead_F).flatten()  # one host sync, on resampling steps only
-        event = {"step": tr.step, "dead": int(len(idx)), "method": self.cfg.resample}
-        if len(idx):  # the dead set is the same on every rank; rank 0 decides the directions
-            dev = tr.sae.W_dec.device
+        cfg, sae = self.cfg, tr.sae
+        dev = sae.W_dec.device
+        window_dead_F = tr.tokens_since_fired_F >= tr.dead_window
+        event = {"step": tr.step, "method": cfg.resample, "dead": 0, "duplicates": 0}
+        # one host sync, on resampling steps only; the same on every rank (the counters are)
+        if bool(window_dead_F.any()) or cfg.resample_duplicates > 0:
+            # Rank 0 scores fresh inputs, decides which features to renew and their directions,
+            # and broadcasts both, so every rank applies the same change.
+            mask_F = torch.zeros(sae.d_sae, device=dev)
+            dirs_FD = torch.zeros(sae.d_sae, sae.d_in, device=dev)
             if distributed.is_main():
-                dirs_KD = self.directions(tr, len(idx)).to(dev, torch.float32).contiguous()
-            else:
-                dirs_KD = torch.empty(len(idx), tr.sae.d_in, device=dev)
-            distributed.broadcast_(dirs_KD)
-            reinitialize(tr, idx, dirs_KD)
+                X_ND = self.sample(cfg.resample_sample, tr.step).to(dev, torch.float32)
+                loss_N, fires_F = score(sae, X_ND)
+                dead_F = window_dead_F & (fires_F == 0)  # firing on fresh inputs: not dead after all
+                dup_F = (duplicates(sae, fires_F, ~dead_F, cfg.resample_duplicates)
+                         if cfg.resample_duplicates > 0 else torch.zeros_like(dead_F))
+                idx = torch.nonzero(dead_F | dup_F).flatten()
+                mask_F[dead_F] = 1.0
+                mask_F[dup_F] = 2.0
+                if len(idx):
+                    dirs_FD[idx] = self.directions(tr, X_ND, loss_N, len(idx)).to(dev, torch.float32)
+            distributed.broadcast_(mask_F)
+            idx = torch.nonzero(mask_F).flatten()
+            event["dead"], event["duplicates"] = int((mask_F == 1).sum()), int((mask_F == 2).sum())
+            if len(idx):
+                distributed.broadcast_(dirs_FD)
+                reinitialize(tr, idx, dirs_FD[idx], cfg.resample_encoder)
+        event["resampled"] = event["dead"] + event["duplicates"]
         event["seconds"] = round(time.perf_counter() - t0, 4)
         tr.extra_state.setdefault("resample_events", []).append(event)
         return event
 
-
-    def directions(self, tr: "Trainer", k: int) -> torch.Tensor:
-        X_ND = self.sample(self.cfg.resample_sample, tr.step).to(tr.sae.W_dec.device, torch.float32)
+    def directions(self, tr: "Trainer", X_ND: torch.Tensor, loss_N: torch.Tensor, k: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tr.step)
         if self.cfg.resample == "anthropic":
-            return anthropic_directions(tr.sae, X_ND, k, g)
+            return anthropic_directions(tr.sae, X_ND, k, g, loss_N=loss_N)
         return clustered_directions(tr.sae, X_ND, k, g, worst=self.cfg.resample_worst,
                                     clusters=self.cfg.resample_clusters, direction=self.cfg.resample_direction,
-                                    seed=self.cfg.seed * 1_000_003 + tr.step)
+                                    seed=self.cfg.seed * 1_000_003 + tr.step, loss_N=loss_N)
 
 
 @torch.no_grad()
-def squared_errors(sae, X_ND: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    return torch.cat([(sae(X_ND[i:i + chunk]) - X_ND[i:i + chunk]).pow(2).sum(-1) for i in range(0, len(X_ND), chunk)])
+def score(sae, X_ND: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared reconstruction error per input [N], number of inputs each feature fires on [F])."""
+    errs, fires_F = [], torch.zeros(sae.d_sae, dtype=torch.long, device=X_ND.device)
+    for i in range(0, len(X_ND), chunk):
+        f_BF = sae.encode(X_ND[i:i + chunk])
+        errs.append((sae.decode(f_BF) - X_ND[i:i + chunk]).pow(2).sum(-1))
+        fires_F += (f_BF > 0).sum(0)
+    return torch.cat(errs), fires_F
 
 
 @torch.no_grad()
-def anthropic_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    loss_N = squared_errors(sae, X_ND).cpu().double()
+def duplicates(sae, fires_F: torch.Tensor, alive_F: torch.Tensor, threshold: float, chunk: int = 4096) -> torch.Tensor:
+    """Alive features whose decoder row has cosine >= threshold with another alive feature that
+    fires more often on the scored inputs (ties: the lower index is kept). Such pairs share one
+    direction between two features, so one of them is free to learn something else."""
+    W_FD = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    F = W_FD.shape[0]
+    order_F = torch.sort(-fires_F, stable=True).indices  # most frequent first, ties by index
+    rank_F = torch.empty_like(order_F)
+    rank_F[order_F] = torch.arange(F, device=W_FD.device)  # 0 = kept first
+    dup_F = torch.zeros(F, dtype=torch.bool, device=W_FD.device)
+    for i in range(0, F, chunk):
+        cos_CF = W_FD[i:i + chunk] @ W_FD.T
+        close_CF = (cos_CF >= threshold) & alive_F & (rank_F < rank_F[i:i + chunk, None])
+        dup_F[i:i + chunk] = close_CF.any(1) & alive_F[i:i + chunk]
+    return dup_F
+
+
+@torch.no_grad()
+def anthropic_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator,
+                         loss_N: torch.Tensor | None = None) -> torch.Tensor:
+    loss_N = (score(sae, X_ND)[0] if loss_N is None else loss_N).cpu().double()
     p = loss_N.pow(2)
     if not torch.isfinite(p).all() or p.sum() <= 0:
         p = torch.ones_like(p)
@@ -136,45 +192,57 @@ def anthropic_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator) ->
 
 @torch.no_grad()
 def clustered_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator, *, worst: int, clusters: int,
-                         direction: str, seed: int) -> torch.Tensor:
+                         direction: str, seed: int, loss_N: torch.Tensor | None = None) -> torch.Tensor:
     from sklearn.cluster import MiniBatchKMeans
 
-    loss_N = squared_errors(sae, X_ND)
+    loss_N = score(sae, X_ND)[0] if loss_N is None else loss_N
     n_worst = max(min(worst, len(X_ND)), 1)
     top = torch.topk(loss_N, n_worst).indices
     Xw_ND = X_ND[top]
     Rw_ND = Xw_ND - sae(Xw_ND)  # the residual: what the dictionary misses on each worst input
-    C = max(1, min(clusters, n_worst))
+    if direction == "residual":  # cluster what is missed, by direction; one cluster per new feature
+        C = max(1, min(max(clusters, k), n_worst))
+        points = Rw_ND / Rw_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    else:
+        C = max(1, min(clusters, n_worst))
+        points = Xw_ND
     km = MiniBatchKMeans(n_clusters=C, random_state=seed % 2**31, n_init=1, batch_size=min(1024, n_worst))
-    labels = km.fit_predict(Xw_ND.cpu().numpy())
+    labels = km.fit_predict(points.cpu().numpy())
     lw = loss_N[top].cpu().numpy()
     mean_loss = np.array([lw[labels == c].mean() if (labels == c).any() else -np.inf for c in range(C)])
     ranked = [c for c in np.argsort(-mean_loss) if np.isfinite(mean_loss[c])][: min(k, C)]
     rs = np.random.default_rng(seed % 2**63)
     pools = {c: list(rs.permutation(np.flatnonzero(labels == c))) for c in ranked}
+    labels_t = torch.from_numpy(labels).to(Rw_ND.device)
     rows = []
     for j in range(k):
         c = ranked[j % len(ranked)]
+        if direction == "residual":  # the cluster's summed residual: big misses weigh most
+            rows.append(Rw_ND[labels_t == int(c)].sum(0))
+            continue
         i = pools[c].pop() if pools[c] else int(rs.choice(np.flatnonzero(labels == c)))
-        if direction == "residual":
-            rows.append(Rw_ND[i])
-        else:
-            rows.append(Xw_ND[i] - torch.from_numpy(km.cluster_centers_[c]).to(Xw_ND))
+        rows.append(Xw_ND[i] - torch.from_numpy(km.cluster_centers_[c]).to(Xw_ND))
     return torch.stack(rows)
 
 
 @torch.no_grad()
-def reinitialize(tr: "Trainer", idx_K: torch.Tensor, dirs_KD: torch.Tensor) -> None:
+def reinitialize(tr: "Trainer", idx_K: torch.Tensor, dirs_KD: torch.Tensor, encoder: str = "anthropic") -> None:
     """New decoder rows and encoder columns for features idx_K; their Adam moments zeroed."""
     sae = tr.sae
     dirs_KD = dirs_KD / dirs_KD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_F = torch.ones(sae.d_sae, dtype=torch.bool, device=idx_K.device)
     alive_F[idx_K] = False
     enc_norms_F = sae.W_enc.norm(dim=0)
-    scale = enc_norms_F[alive_F].mean() if alive_F.any() else torch.tensor(1.0, device=enc_norms_F.device)
+    bias = 0.0
+    if not alive_F.any():
+        scale = torch.tensor(1.0, device=enc_norms_F.device)
+    elif encoder == "alive":
+        scale, bias = enc_norms_F[alive_F].median(), sae.b_enc[alive_F].median()
+    else:
+        scale = ENCODER_SCALE * enc_norms_F[alive_F].mean()
     sae.W_dec[idx_K] = dirs_KD.to(sae.W_dec.dtype)
-    sae.W_enc[:, idx_K] = (dirs_KD.T * ENCODER_SCALE * scale).to(sae.W_enc.dtype)
-    sae.b_enc[idx_K] = 0.0
+    sae.W_enc[:, idx_K] = (dirs_KD.T * scale).to(sae.W_enc.dtype)
+    sae.b_enc[idx_K] = bias
     for p, sl in ((sae.W_enc, (slice(None), idx_K)), (sae.b_enc, (idx_K,)), (sae.W_dec, (idx_K,))):
         st = tr.opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):

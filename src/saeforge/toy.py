@@ -101,6 +101,26 @@ class ToyData:
 THRESHOLDS = ("0.95", "0.98", "0.99")
 
 
+def fit_defaults(cfg, steps: int):
+    """Shrink the toy defaults' lr decay and resampling to a short --steps the user chose.
+
+    The defaults decay the lr over the budget's last 2,500 of 5,000 steps and resample every
+    250 steps before that; with, say, --steps 300 the decay takes the last half instead and
+    resampling is off when no resampling step fits. Values the user gave are never changed."""
+    from dataclasses import replace
+
+    from .resample import resample_steps
+
+    given = getattr(cfg, "given", None)
+    if given is None:  # built in code, not by the CLI: take it as it is
+        return cfg
+    if "lr_decay_steps" not in given and cfg.lr_decay_steps > steps // 2:
+        cfg = replace(cfg, lr_decay_steps=steps // 2)
+    if cfg.resample != "none" and "resample" not in given and not resample_steps(cfg, steps):
+        cfg = replace(cfg, resample="none")
+    return cfg
+
+
 def run_toy(cfg) -> dict:
     """`saeforge toy`: train on fresh toy batches until MMCS >= cfg.target_mmcs or cfg.steps.
 
@@ -126,6 +146,7 @@ def run_toy(cfg) -> dict:
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
     steps = cfg.total_steps()
+    cfg = fit_defaults(cfg, steps)
     data = ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
                    correlated=cfg.correlated, seed=cfg.seed, device=device)
     sae = SparseAutoencoder(cfg.d_model, cfg.dict_size or cfg.n_features, device=device)
@@ -185,6 +206,7 @@ def run_toy(cfg) -> dict:
     summary = {
         "d_model": cfg.d_model, "n_features": cfg.n_features, "dict_size": sae.d_sae,
         "init": cfg.init, "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed, "l1": cfg.l1, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "beta2": cfg.beta2, "lr_decay_steps": cfg.lr_decay_steps,
         "n_active": cfg.n_active, "decay": cfg.decay, "correlated": cfg.correlated,
         "mmcs_initial": float(trace[0]), "mmcs_final": final, "steps_to_mmcs": reached,
         "steps": trainer.step, "tokens": trainer.tokens,

@@ -176,7 +176,7 @@ class Trainer:
             "elapsed_s": round(self.train_seconds + elapsed, 3),
         }
         if self.resampler is not None:
-            row["resampled"] = sum(e["dead"] for e in self.extra_state.get("resample_events", []))
+            row["resampled"] = sum(e.get("resampled", e["dead"]) for e in self.extra_state.get("resample_events", []))
         row.update(self.extra_state.get("log", {}))
         self.last_log = row
         if self.out and distributed.is_main():
@@ -188,7 +188,7 @@ class Trainer:
     def resample_summary(self) -> dict[str, Any]:
         events = self.extra_state.get("resample_events", [])
         return {"resample": self.cfg.resample, "resample_events": len(events),
-                "resampled": sum(e["dead"] for e in events),
+                "resampled": sum(e.get("resampled", e["dead"]) for e in events),
                 "resample_s": round(sum(e["seconds"] for e in events), 4)}
 
     def dead_count(self) -> int:

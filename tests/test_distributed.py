@@ -16,7 +16,7 @@ from saeforge.cli import main
 
 FLAGS = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10",
          "--target-mmcs", "0", "--dead-window", "128", "--lr", "3e-2", "--l1", "1", "--resample-sample", "2048",
-         "--checkpoint-every", "10"]
+         "--checkpoint-every", "10", "--lr-decay-steps", "0"]  # runs of --steps 30 and 50 share one schedule
 
 
 def torchrun(nproc: int, *args: str, wait: bool = True):

@@ -55,6 +55,7 @@ class TrainConfig:
     lr_decay_steps: int = opt(0, "decay the learning rate linearly to 0 over the last N steps of the budget")
     beta1: float = opt(0.9, "Adam β1")
     beta2: float = opt(0.999, "Adam β2")
+    adam_eps: float = opt(1e-8, "Adam ε (larger: parameters with tiny, rare gradients move less)")
     batch_size: int = opt(4096, "activations per training step")
     unit_norm_decoder: bool = opt(False, "keep decoder rows at unit norm (tangent gradient + renormalize)")
     log_every: int = opt(100, "write a metrics.jsonl line every N steps (the only host syncs)")
@@ -96,6 +97,8 @@ class TrainConfig:
             raise UserError(f"--l1 must be a finite number >= 0, got {self.l1}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not (self.adam_eps > 0 and math.isfinite(self.adam_eps)):
+            raise UserError(f"--adam-eps must be > 0, got {self.adam_eps}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")

@@ -197,7 +197,7 @@ def clustered_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator, *,
 
     loss_N = score(sae, X_ND)[0] if loss_N is None else loss_N
     n_worst = max(min(worst, len(X_ND)), 1)
-    top = torch.topk(loss_N, n_worst).indices
+    top = torch.topk(loss_N, n_worst).indices.sort().values  # input order: not the fp order of near-tied errors
     Xw_ND = X_ND[top]
     Rw_ND = Xw_ND - sae(Xw_ND)  # the residual: what the dictionary misses on each worst input
     if direction == "residual":  # cluster what is missed, by direction; one cluster per new feature

@@ -69,7 +69,8 @@ class Trainer:
         self.input_scale = input_scale
         dev = sae.W_enc.device
         kw: dict[str, Any] = {"fused": True} if dev.type in ("cuda", "cpu") else {}
-        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kw)
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    eps=cfg.adam_eps, **kw)
         self.step = 0
         self.tokens = 0
         self.tokens_since_fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)

@@ -24,9 +24,12 @@ def _weights(d):
 
 
 def test_resume_ends_with_same_weights(tmp_path):
-    full = _toy(tmp_path / "full", "--steps", "60", "--target-mmcs", "0", "--checkpoint-every", "20")
-    _toy(tmp_path / "part", "--steps", "20", "--target-mmcs", "0", "--checkpoint-every", "20")
-    resumed = _toy(tmp_path / "part", "--steps", "60", "--target-mmcs", "0", "--checkpoint-every", "20", "--resume")
+    # the first part is run as its own 20-step budget, so the schedule must not depend on the
+    # budget: no lr decay (the toy default decays over the budget's second half)
+    same = ("--target-mmcs", "0", "--checkpoint-every", "20", "--lr-decay-steps", "0")
+    full = _toy(tmp_path / "full", "--steps", "60", *same)
+    _toy(tmp_path / "part", "--steps", "20", *same)
+    resumed = _toy(tmp_path / "part", "--steps", "60", *same, "--resume")
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     for n in a:
         assert torch.equal(a[n], b[n]), n

@@ -196,7 +196,8 @@ def test_bad_settings_are_clear_errors(tmp_path, capsys):
                        (["--resample", "clustered", "--resample-at", "5,x"], "comma-separated"),
                        (["--resample-direction", "up"], "residual or centroid"),
                        (["--resample-duplicates", "1.5"], "cosine in [0, 1]"),
-                       (["--resample-encoder", "loud"], "anthropic or alive")):
+                       (["--resample-encoder", "loud"], "anthropic or alive"),
+                       (["--adam-eps", "0"], "--adam-eps must be > 0")):
         assert main(["toy", *SMALL, "--out", str(tmp_path / "bad"), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saeforge: error:") and msg in err[0], err

@@ -117,25 +117,27 @@ class Resampler:
         if bool(window_dead_F.any()) or cfg.resample_duplicates > 0:
             # Rank 0 scores fresh inputs, decides which features to renew and their directions,
             # and broadcasts both, so every rank applies the same change.
-            mask_F = torch.zeros(sae.d_sae, device=dev)
-            dirs_FD = torch.zeros(sae.d_sae, sae.d_in, device=dev)
+            mask_F = torch.zeros(sae.d_sae, device=dev)  # 1: dead, 2: duplicate
+            dirs_KD = None
             if distributed.is_main():
                 X_ND = self.sample(cfg.resample_sample, tr.step).to(dev, torch.float32)
                 loss_N, fires_F = score(sae, X_ND)
                 dead_F = window_dead_F & (fires_F == 0)  # firing on fresh inputs: not dead after all
                 dup_F = (duplicates(sae, fires_F, ~dead_F, cfg.resample_duplicates)
                          if cfg.resample_duplicates > 0 else torch.zeros_like(dead_F))
-                idx = torch.nonzero(dead_F | dup_F).flatten()
                 mask_F[dead_F] = 1.0
                 mask_F[dup_F] = 2.0
-                if len(idx):
-                    dirs_FD[idx] = self.directions(tr, X_ND, loss_N, len(idx)).to(dev, torch.float32)
+                k = int((dead_F | dup_F).sum())
+                if k:
+                    dirs_KD = self.directions(tr, X_ND, loss_N, k).to(dev, torch.float32).contiguous()
             distributed.broadcast_(mask_F)
-            idx = torch.nonzero(mask_F).flatten()
+            idx = torch.nonzero(mask_F).flatten()  # ascending, as on rank 0
             event["dead"], event["duplicates"] = int((mask_F == 1).sum()), int((mask_F == 2).sum())
             if len(idx):
-                distributed.broadcast_(dirs_FD)
-                reinitialize(tr, idx, dirs_FD[idx], cfg.resample_encoder)
+                if dirs_KD is None:
+                    dirs_KD = torch.empty(len(idx), sae.d_in, device=dev)
+                distributed.broadcast_(dirs_KD)
+                reinitialize(tr, idx, dirs_KD, cfg.resample_encoder)
         event["resampled"] = event["dead"] + event["duplicates"]
         event["seconds"] = round(time.perf_counter() - t0, 4)
         tr.extra_state.setdefault("resample_events", []).append(event)

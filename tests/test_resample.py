@@ -9,7 +9,8 @@ from saeforge.cli import main
 from saeforge.config import ToyConfig
 from saeforge.errors import UserError
 from saeforge.init import initialize
-from saeforge.resample import Resampler, anthropic_directions, check_settings, clustered_directions, resample_steps
+from saeforge.resample import (Resampler, anthropic_directions, check_settings, clustered_directions, resample_steps,
+                               unexplained)
 from saeforge.sae import SparseAutoencoder
 from saeforge.toy import ToyData
 from saeforge.train import Trainer
@@ -176,6 +177,26 @@ def test_clustered_spreads_over_failure_modes():
     V = V / V.norm(dim=1, keepdim=True)
     hit = (V @ data.features_FD.T).abs().argmax(1)
     assert len(set(hit.tolist())) >= 12, hit
+
+
+def test_unexplained_ignores_shrinkage_and_keeps_what_is_missing():
+    """The part of x no firing feature can explain: ~0 for an input made of learned features
+    however the codes shrink them, the missing feature's component orthogonal to the firing
+    rows otherwise. The plain residual x − x̂ is large in both cases."""
+    data, sae, _ = _half_learned()
+    with torch.no_grad():
+        sae.W_enc.mul_(0.5)  # codes at half size: the plain residual is half of every input
+    F_FD = data.features_FD
+    known = 0.8 * F_FD[0] + 0.6 * F_FD[3]
+    missing = known + 0.7 * F_FD[20]
+    X = torch.stack([known, missing])
+    u_ND = unexplained(sae, X)
+    r_ND = X - sae(X).detach()
+    assert r_ND[0].norm() > 0.4 and u_ND[0].norm() < 1e-3
+    firing = sae.W_dec[(sae.encode(X[1:]) > 0)[0]].detach()  # rows of the features firing on x
+    P = firing.T @ torch.linalg.pinv(firing.T)
+    want = 0.7 * (F_FD[20] - P @ F_FD[20])
+    assert torch.allclose(u_ND[1], want, atol=1e-3), (u_ND[1].norm(), want.norm())
 
 
 def test_bad_settings_are_clear_errors(tmp_path, capsys):

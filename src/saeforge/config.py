@@ -41,10 +41,12 @@ class TrainConfig:
     resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)")
     resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
     resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling")
-    resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered")
+    resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered (residual: "
+                              "the N with the most unexplained error among the 8N worst)")
     resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs")
     resample_direction: str = opt("centroid", "clustered: new direction = centroid (x − its cluster centroid) or "
-                                  "residual (the summed residual x − x̂ of a cluster of residual directions)")
+                                  "residual (the summed residual x − x̂ of one of the most coherent clusters of residual "
+                                  "directions, over the worst inputs with the most error no firing feature explains)")
     resample_encoder: str = opt("anthropic", "new encoder columns: anthropic (0.2 × the alive features' mean norm, bias 0) "
                                 "or alive (the alive features' median norm and median bias)")
     resample_duplicates: float = opt(0.0, "also renew the rarer of two features whose decoder rows have cosine >= this (0: off)")

@@ -119,7 +119,8 @@ def main() -> None:
     lines += ["", "Medians over the seeds run (a run that never reached a threshold counts as 'never'; the step "
               "shown is the median of the seeds that did). 'Dead atoms' = silent over the last dead window (10 batches, "
               "20,480 samples): on 128/1024 these are mostly atoms of features that fire less than once per 20,480 "
-              "samples, not useless atoms. Per run:", "",
+              "samples, not useless atoms. Wall times are as measured on a shared 2-core CPU machine, where "
+              "these runs often had 1-3 other runs (and a test suite) alongside: compare steps, not seconds. Per run:", "",
               "| scenario | seed | to 0.95 | 0.98 | 0.99 | steps run | final | wall s |", "|---|---|---|---|---|---|---|---|"]
     for nf, runs in results.items():
         for r in runs:
@@ -142,7 +143,7 @@ def main() -> None:
     # line gives its command, under `saeforge toy --init orthogonal --seed 0 --check-every 50`).
     lines += ["## How the defaults were found (side runs, seed 0, 128/512 unless noted)", "",
               "Each was `saeforge toy --init orthogonal --seed 0 --n-features N --check-every 50 --out DIR` plus the "
-              "flags listed; 'old' = the resampling before this milestone (no pool check, no duplicates, Anthropic "
+              "flags listed, at λ 0.1 (the default then; add `--l1 0.1` to rerun them); 'old' = the resampling before this milestone (no pool check, no duplicates, Anthropic "
               "encoder, one member's residual).", "",
               "| flags | to 0.95 / 0.98 / 0.99 | final MMCS (steps) |", "|---|---|---|",
               "| `--batch-size 4096 --lr 1e-2 --lr-decay-steps 1000 --steps 3000` (β2 0.999, no resampling) | never | 0.921 (3000) |",

@@ -260,7 +260,8 @@ def residual_directions(sae, X_ND: torch.Tensor, loss_N: torch.Tensor, k: int, n
     cand = torch.topk(loss_N, n_cand).indices.sort().values  # input order: not the fp order of near-tied errors
     u_N = unexplained(sae, X_ND[cand]).pow(2).sum(-1)
     keep = cand[torch.topk(u_N, n_worst).indices.sort().values]
-    R_ND = X_ND[keep] - sae(X_ND[keep])
+    Xk_ND = X_ND[keep]
+    R_ND = Xk_ND - sae(Xk_ND)
     U_ND = R_ND / R_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
     C = max(1, min(max(clusters, CLUSTERS_PER_FEATURE * k), n_worst))
     km = MiniBatchKMeans(n_clusters=C, random_state=seed % 2**31, n_init=1, batch_size=min(1024, n_worst))

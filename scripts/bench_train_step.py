@@ -2,7 +2,7 @@
 
     python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
 
-Prints tokens/s for: saeforge's step (kernels.loss_and_grads + fused Adam), the bare matrix
+Prints tokens/s for: saeforge's step (architectures/standard.py's fast_step + fused Adam), the bare matrix
 products one autograd step needs (6: encoder, decoder, and their backward products, the
 "matrix-product floor"), a plain autograd torch ReLU SAE step, and SAELens's
 StandardTrainingSAE step (if sae-lens is installed), interleaved in rounds so that machine
@@ -19,8 +19,8 @@ import time
 import torch
 
 from saeforge.init import initialize
-from saeforge.kernels import loss_and_grads
-from saeforge.sae import SparseAutoencoder
+from saeforge import SparseAutoencoder
+from saeforge.architectures.standard import fast_step as loss_and_grads
 from saeforge.toy import ToyData
 
 

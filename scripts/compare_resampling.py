@@ -132,7 +132,7 @@ def main() -> None:
                      + f" | {med([r['dead_features'] for r in runs]):g} | {med([r['resampled'] for r in runs]):g} | "
                        f"{med([r['resample_s'] for r in runs]):.2f} |")
     lines += ["", f"## Embedded model, {a.real_features} features, {a.real_tokens:,} tokens", "",
-              f"`saeforge {' '.join(real_cmd)} --resample …` (hook {r0['hook']}, λ {r0['l1']}, lr {r0['lr']}, batch "
+              f"`saeforge {' '.join(real_cmd)} --resample …` (hook {r0['hook']}, λ {r0.get('l1_coefficient', r0.get('l1'))}, lr {r0['lr']}, batch "
               f"{r0['batch_size']}); the held-out figures come from the evaluation on {r0['eval_tokens']:,} held-out tokens, "
               "where dead = never fired on them.", "",
               "| resampling | final train loss | held-out MSE | explained variance | L0 | dead fraction (held-out) | "

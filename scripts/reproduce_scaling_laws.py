@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from saeforge.cli import main as saeforge_main
-from saeforge.sweep import analyze, l0_choice, read_results
+from saeforge.scaling import analyze, l0_choice, read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def main() -> None:
     steps = sorted(int(x) for x in a.steps.split(","))
     lams = sorted(float(x) for x in a.l1s.split(","))
     rows = [r for r in read_results(out / "runs.jsonl")
-            if r["d_sae"] in sizes and r["steps"] in steps and r["l1"] in lams]
+            if r["d_sae"] in sizes and r["steps"] in steps and r["l1_coefficient"] in lams]
     d_in, batch = rows[0]["d_in"], rows[0]["batch_size"]
     res = analyze(rows, d_in, batch, a.alpha)
     for png in out.glob("scaling-*.png"):
@@ -72,10 +72,10 @@ def main() -> None:
              f"with batch {batch}, Adam lr {r0['lr']} (λ warmed up over the first 10% of steps, lr decayed to 0 over "
              f"the last 20%), {r0['init']} init, seed {r0['seed']}; every run measured on the same {r0['eval_rows']:,} "
              "held-out activations (the cache's last shard, never trained on), in the trainer's units (E‖x‖² = d_in).",
-             f"FLOPs = 12·d_in·F·tokens (see `saeforge.sweep`). Wall time of the runs: "
+             f"FLOPs = 12·d_in·F·tokens (see `saeforge.scaling`). Wall time of the runs: "
              f"{sum(r['seconds'] for r in rows):.0f} s on 2 CPU cores.", ""]
     for lam in lams:
-        cell = {(r["d_sae"], r["steps"]): r for r in rows if r["l1"] == lam}
+        cell = {(r["d_sae"], r["steps"]): r for r in rows if r["l1_coefficient"] == lam}
         lines += [f"## Held-out MSE + {lam:g}·L1 (L0 in brackets)", "",
                   "| features \\ steps | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
         for F in sizes:
@@ -102,7 +102,7 @@ def main() -> None:
                     [(f"λ {lam:g}", f"l1-{lam:g}") for lam in lams] + [("L0", "l0")]], ""]
     lines += ["## Against the seed, point by point", ""] + reading(res, lams, a.alpha, rows)
     span = [o["flops"] for o in res["l1"][lams[-1]]["optima"]]
-    l0s = [r["l0"] for r in rows if r["l1"] == lams[-1]]
+    l0s = [r["l0"] for r in rows if r["l1_coefficient"] == lams[-1]]
     lines += ["", "Reading the intervals: the fitted budgets span "
               f"{max(span) / min(span):.0f}× in compute ({len(span)} grid diagonals with 3 or more sizes), against "
               "several orders of magnitude in the seed, and d_in is 128: at λ "
@@ -162,7 +162,7 @@ def reading(res, lams, alpha, rows) -> list[str]:
         s1, s0 = at(Se, Cc), at(l0["steps_vs_flops"], Cc)
         chosen = {}
         for r in l0_choice(rows, alpha):
-            chosen[r["l1"]] = chosen.get(r["l1"], 0) + 1
+            chosen[r["l1_coefficient"]] = chosen.get(r["l1_coefficient"], 0) + 1
         out.append(f"6. *L0-based losses need more steps.* At C = {Cc:.3g}: S* {s0:.0f} for MSE + {alpha:g}·L0 against "
                    f"{s1:.0f} for MSE + {main_lam:g}·L1: " + ("holds." if s0 > s1 else "does not hold here.")
                    + f" (λ chosen per cell: " + ", ".join(f"{k:g} in {v} cells" for k, v in sorted(chosen.items())) + ")")

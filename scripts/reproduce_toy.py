@@ -20,11 +20,11 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # a script, not library code: it may choose the backend
 import matplotlib.pyplot as plt  # noqa: E402
 
 from saeforge.cli import main as saeforge_main  # noqa: E402
-from saeforge.config import TOY_DEFAULTS  # noqa: E402
+from saeforge.config import ToyConfig, changed_defaults  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,11 +99,11 @@ def main() -> None:
         "",
         f"Setup: d_model 128, dictionary size = number of features, {any_run['n_active']:g} active features on "
         f"average, decay {any_run['decay']}, correlated, orthogonal init, unit-norm decoder, "
-        f"λ = {any_run['l1']}, lr = {any_run['lr']} (Adam β2 {any_run['beta2']}, linear decay over the last "
+        f"λ = {any_run.get('l1_coefficient', any_run.get('l1'))}, lr = {any_run['lr']} (Adam β2 {any_run['beta2']}, linear decay over the last "
         f"{any_run['lr_decay_steps']} steps of the budget), batch {any_run['batch_size']}, resampling "
         f"{any_run['resample']}{', ' + ' '.join(a.extra) if a.extra else ''}"
         + "".join(f"; 128/{x.split('=')[0]} also `{x.split('=', 1)[1]}`" for x in a.scenario_extra)
-        + f". The toy defaults (`saeforge toy --help`): `{ {k: v for k, v in TOY_DEFAULTS.items() if k != 'init'} }`. "
+        + f". The toy defaults that differ from `saeforge train`'s (`saeforge toy --help`): `{ {k: v for k, v in changed_defaults(ToyConfig).items() if k != 'init'} }`. "
         "MMCS is computed on the device after every step; steps are exact; a run stops at MMCS 0.99.",
         "",
         "| scenario | seeds | MMCS at step 0 | steps to 0.95 | 0.98 | 0.99 | final MMCS | dead atoms | wall s (median) |",
@@ -138,82 +138,8 @@ def main() -> None:
                         f"(batch {hit[0]['batch_size']}, {statistics.median(r['tokens'] for r in hit) / 1e6:.1f}M samples, "
                         f"median wall {statistics.median(r['wall_s'] for r in hit):.0f} s)" if hit else "")
                      + "; final MMCS " + ", ".join(f"{r['mmcs_final']:.4f}" for r in runs) + ".")
-    lines.append("")
-    # How the toy defaults were found: single-seed side runs (not rerun by this script; each
-    # line gives its command, under `saeforge toy --init orthogonal --seed 0 --check-every 50`).
-    lines += ["## How the defaults were found (side runs, seed 0, 128/512 unless noted)", "",
-              "Each was `saeforge toy --init orthogonal --seed 0 --n-features N --check-every 50 --out DIR` plus the "
-              "flags listed, at λ 0.1 (the default then; add `--l1 0.1` to rerun them); 'old' = the resampling before this milestone (no pool check, no duplicates, Anthropic "
-              "encoder, one member's residual).", "",
-              "| flags | to 0.95 / 0.98 / 0.99 | final MMCS (steps) |", "|---|---|---|",
-              "| `--batch-size 4096 --lr 1e-2 --lr-decay-steps 1000 --steps 3000` (β2 0.999, no resampling) | never | 0.921 (3000) |",
-              "| `--batch-size 1024 --lr 1e-2 --lr-decay-steps 1000 --steps 3000 --resample clustered "
-              "--resample-direction residual --resample-every 250` (old) | never | 0.928 (3000) |",
-              "| batch 2048, β2 0.999, lr 1e-2, decay 1000, 4000 steps, residual every 200, `--resample-duplicates 0.8 "
-              "--resample-sample 65536` | 3600 / never | 0.945 (4000) |",
-              "| the same + `--resample-encoder alive`, decay 1500, resampling until 2400 | never | 0.922 (4000) |",
-              "| the same, no resampling, `--beta2 0.99` | never | 0.929 (4000) |",
-              "| the same + resampling, `--beta2 0.99` | 800 / 1705 / 3451 | 0.991 |",
-              "| the same, `--beta2 0.95` | 400 / 1000 / 3159 | 0.990 |",
-              "| 128/1024, β2 0.95, batch 2048, decay 2000, 5000 steps, resampling until 3000, pool 524,288 | never | 0.948 |",
-              "| the same with batch 4096 | 4185 / never | 0.956 |",
-              "| 128/1024, batch 2048, 8000 steps, decay 6000, resampling until 2000 | never | 0.942 |",
-              "| 128/1024 toy defaults + `--dead-window 524288` (+ `--adam-eps 1e-5`) | never | 0.862 (0.886) at 4000 of 5000 |",
-              "",
-              "What they showed: (1) dictionaries trained to a plateau hold dozens of twin atoms (37 pairs with cosine "
-              "≥ 0.9 at 0.928 MMCS) while as many rare features have no atom, so twins are renewed like dead features; "
-              "(2) renewed atoms with Anthropic's gentle encoder (0.2 × norm, bias 0) are switched off by the sparsity "
-              "penalty before their rare inputs come by (5-18 died again per event), so they start with their peers' "
-              "median encoder norm and bias; (3) with Adam β2 0.999 the rare features' sparse gradients give their atoms "
-              "large sign-like kicks and the dictionary degrades once resampling stops; β2 0.99-0.95 fixes 128/512. "
-              "128/1024 stayed at 0.94-0.96 with those residual directions: its rarest 64 features fire about once per "
-              "~120,000 samples, and the resampling pool must hold them to find them (pool 131,072 → 0.86-0.89, "
-              "524,288 → 0.95); `--adam-eps 1e-5` (the rare atoms' tiny gradients then move them less) took MMCS at "
-              "step 2000 from 0.91 to 0.935.", "",
-              "| 128/1024, seed 0, pool 524,288, ε 1e-5 | to 0.95 | MMCS at 4500 / final |", "|---|---|---|",
-              "| residual directions before this milestone (2,048 worst by error, max(k, 32) clusters, worst mean error first) | never | 0.948 / 0.949 |",
-              "| the same, `--adam-eps 1e-4` | never | 0.923 / stopped |",
-              "| the same, `--adam-eps 1e-3` | never | 0.62 at 4000 / stopped |",
-              "| the same, then the decoder refit by least squares on 2M inputs' codes | never | 0.944 |",
-              "| residual directions now (most unexplained error, coherent clusters first) | 1250 | 0.970 / 0.971 |",
-              "| the same, resampling also through the lr decay (`--resample-at 250,500,...,4750`) | 1250 | 0.969 at 3500 (stopped; 0.967 without) |",
-              "",
-              "What the last rows showed: the 128/1024 dictionary at 0.949 had 80 atoms pointing at no feature "
-              "(best cosine < 0.9), nearly all silent on 524,288 fresh inputs, as 81 features had no atom. Logging "
-              "every resampling event of a run: the old residual directions hit early (step 500: 136 of 248 within "
-              "cosine 0.9 of a feature lacking an atom) and not late (step 1,250: 1 of 52; step 1,500: 0 of 38), "
-              "because by then the worst-reconstructed inputs are those where the L1 penalty shrinks learned "
-              "features (8% of the 2,048 worst inputs hold a feature without an atom). Ranking the 16,384 worst by "
-              "the error that a least-squares refit on the firing features' rows cannot explain raises that share "
-              "to 43% of the top 512, and taking the most coherent of 4 × k small clusters gives 14-20 directions "
-              "within cosine 0.9 of a missing feature where the old method gave none; trained, seed 0 goes from "
-              "0.949 to 0.971. A least-squares decoder on the final codes does worse (0.944): the encoder, which "
-              "misses 28-43% of a rare feature's occurrences and learns nothing from them, limits the rare atoms, "
-              "not decoder noise.", "",
-              "## Why λ is 0.3 (the rarest features and the objective's resting point)", "",
-              "With λ 0.1 (the default until this milestone) 128/1024 ended at 0.971-0.973 whatever the resampling, "
-              "its rarest eighth of features at cosine ~0.90. `scripts/toy_truth_drift.py` starts the SAE at the true "
-              "features (decoder rows = features, encoder = the same matched filter, bias -0.1) and trains without "
-              "resampling: where the dictionary drifts to is the best MMCS that λ allows, whatever the optimizer. "
-              "128/1024, lr 1e-3 (constant, then linear decay over the last 1,000 of 2,000 steps), batch 2048, seed 0:", "",
-              "| λ | L0 at the end (5 true) | MMCS at step 2,000 | commonest eighth | rarest eighth |", "|---|---|---|---|---|",
-              "| 0.1 | 7.7 | 0.977 | 1.000 | 0.941 |",
-              "| 0.3 | 4.7 | 0.995 | 1.000 | 0.987 |",
-              "| 1.0 | 2.4 | 0.996 | 1.000 | 0.989 |",
-              "",
-              "At λ 0.1 the truth is not a resting point: the encoder fires on ~50% more features than are there, "
-              "and the rare atoms tilt to absorb those false firings (started at the truth with lr 1e-2, λ 0.1 "
-              "fell to 0.94 and λ 0.03 to 0.90 in 2,000 steps). At λ 0.3 the L0 matches the data's and the truth "
-              "stays put. Trained from orthogonal init with the other toy defaults, 128/1024 seed 0 then reaches "
-              "0.99 at step 4,509 and seed 1 at 4,761 (λ 0.6, seed 0: 0.987 at 5,000, slower to find features), "
-              "with a resampling pool of 524,288. Seed 2 ended at 0.988 with 11 of its rarest features lacking "
-              "any atom (best cosine < 0.5; without them its MMCS would be 0.996); 8,000 steps (resampling until "
-              "5,500) ended at 0.9886 with 11 still missing: more events on the same pool size do not find them, "
-              "for a feature that fires ~20 times in 2M samples has ~4 occurrences in the pool. A pool of "
-              "2,097,152 fresh samples per event found them (seed 2: 0.99 at step 3,325), so the table's "
-              "128/1024 runs use `--resample-sample 2097152` (each event then scores 2M samples: resampling took 834 of "
-              "seed 2's 1,099 s, with 3-4 runs sharing 2 CPU cores, against 214 of 555 s with the smaller pool). The earlier reading of the side runs (the encoder's missed occurrences limit "
-              "the rare atoms) was the λ 0.1 effect seen from the codes' side.", ""]
+    lines += ["", "How the defaults were found (side runs, and why λ is 0.3): [toy-notes.md](toy-notes.md), "
+              "a hand-written record this script does not regenerate.", ""]
     lines += [
 
               f"Total wall time of this script: {time.perf_counter() - t0:.0f} s (finished runs are reused).", ""]

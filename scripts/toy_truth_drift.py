@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from saeforge.config import TOY_DEFAULTS, ToyConfig
+from saeforge.config import ToyConfig
 from saeforge.metrics import max_cosines
-from saeforge.sae import SparseAutoencoder
+from saeforge import SparseAutoencoder
 from saeforge.toy import ToyData
-from saeforge.train import Trainer
+from saeforge.trainer import Trainer
 
 
 def drift(d_model: int, n_features: int, l1: float, lr: float, steps: int, seed: int):
@@ -29,9 +29,8 @@ def drift(d_model: int, n_features: int, l1: float, lr: float, steps: int, seed:
         sae.W_enc.copy_(data.features_FD.T)
         sae.b_enc.fill_(-0.1)
         sae.b_dec.zero_()
-    kw = {k: v for k, v in TOY_DEFAULTS.items() if k not in ("init", "steps", "resample")}
-    kw.update(l1=l1, lr=lr, lr_decay_steps=steps // 2, progress=False, log_every=10**9)
-    cfg = ToyConfig(**kw, steps=steps, resample="none", d_model=d_model, n_features=n_features, seed=seed)
+    cfg = ToyConfig(l1_coefficient=l1, lr=lr, lr_decay_steps=steps // 2, progress=False, log_every=10**9,
+                    steps=steps, resample="none", d_model=d_model, n_features=n_features, seed=seed)
     trainer = Trainer(sae, cfg)
     eighth = max(1, n_features // 8)
     last = {}
@@ -64,7 +63,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = drift(a.d_model, a.n_features, l1, a.lr, a.steps, a.seed)
         rows.append((l1, r, time.perf_counter() - t0))
-    print(f"\n{a.d_model}/{a.n_features}, start at the truth, lr {a.lr:g}, batch {TOY_DEFAULTS['batch_size']}, "
+    print(f"\n{a.d_model}/{a.n_features}, start at the truth, lr {a.lr:g}, batch {ToyConfig.batch_size}, "
           f"{a.steps} steps (decay over the last half), seed {a.seed}:\n")
     print("| λ | L0 | MMCS | commonest eighth | rarest eighth | wall s |\n|---|---|---|---|---|---|")
     for l1, r, s in rows:

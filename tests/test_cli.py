@@ -16,7 +16,7 @@ TOY = ["toy", "--d-model", "8", "--n-features", "16", "--steps", "5", "--no-prog
     (["--encoder-scale", "0"], "--encoder-scale must be a finite number > 0"),
     (["--steps", "-3"], "--steps must be >= 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--l1", "nan"], "--l1 must be a finite number"),
+    (["--l1", "nan"], "--l1-coefficient must be a finite number"),
     (["--lr", "-1"], "--lr must be a finite number > 0"),
     (["--n-active", "100"], "--n-active must be in"),
     (["--decay", "1.5"], "--decay must be in"),
@@ -102,3 +102,23 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and "usage: saeforge " + command in capsys.readouterr().out
+
+
+def test_defaults_come_from_the_config_classes_and_auto_resolves_from_the_budget(tmp_path, capsys):
+    """One place per default: the parser shows the class's value; `auto` and old key names work in files."""
+    from saeforge.config import ARCHITECTURES as CONFIG_ARCHITECTURES, ToyConfig
+    from saeforge.architectures import ARCHITECTURES
+
+    assert tuple(ARCHITECTURES) == CONFIG_ARCHITECTURES
+    with pytest.raises(SystemExit):
+        main(["toy", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {ToyConfig.batch_size})" in help_text and "budget (auto: half the budget) (default: auto)" in help_text
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('l1 = 0.7\nlr_decay_steps = "auto"\nsteps = 12\ntarget_mmcs = 0.0\n')
+    assert main([*TOY[:-3], "--no-progress", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (s["l1_coefficient"], s["lr_decay_steps"], s["resample"]) == (0.7, 6, "none")
+    assert main([*TOY, "--lr-decay-steps", "3", "--l1-coefficient", "0.2", "--out", str(tmp_path / "p")]) == 0
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert (s["l1_coefficient"], s["lr_decay_steps"]) == (0.2, 3)

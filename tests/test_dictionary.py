@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 import saeforge
 from saeforge.dictionary import load_sparsity
 from saeforge.errors import UserError
-from saeforge.sae import SparseAutoencoder
+from saeforge import SparseAutoencoder
 
 
 def _trained_like(d_in=24, d_sae=80, seed=0):

@@ -45,7 +45,7 @@ def test_two_ranks_end_where_one_process_ends_across_resampling_and_resume(tmp_p
     torchrun(2, "toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "two"))
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert_close(one, two)
-    ev = [json.loads((tmp_path / d / "checkpoint" / "state.json").read_text())["extra"]["resample_events"]
+    ev = [json.loads((tmp_path / d / "checkpoint" / "state.json").read_text())["resample_events"]
           for d in ("one", "two")]
     assert [e["dead"] for e in ev[0]] == [e["dead"] for e in ev[1]] and sum(e["dead"] for e in ev[0]) > 0, ev
     # only rank 0 wrote: one metrics line per logging step
@@ -112,7 +112,7 @@ def test_two_ranks_train_from_a_cache_and_from_the_live_model(model_dir, text_di
         assert s["steps"] == 40 and s["tokens"] == 40 * 128 and s["resample_events"] == 1  # at 15; 30 falls in the last interval
         assert s["explained_variance"] > 0.2 and 0 <= s["dead_fraction"] <= 1
         state = json.loads((tmp_path / name / "checkpoint" / "state.json").read_text())
-        assert state["extra"]["data"]["world"] == 2
+        assert state["data_position"]["world"] == 2
         saeforge.load(tmp_path / name)
     # resumed by a single process with more budget: goes on from the 2-rank checkpoint
     assert main(["train", "--cache", str(cache), *common[:4], "--steps", "60", *common[6:], "--out", str(tmp_path / "cached"),

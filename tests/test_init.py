@@ -4,7 +4,7 @@ import torch
 from saeforge.errors import UserError
 from saeforge.init import METHODS, RARE_METHODS, initialize, rare_vectors, sample_size
 from saeforge.metrics import mmcs
-from saeforge.sae import SparseAutoencoder
+from saeforge import SparseAutoencoder
 from saeforge.toy import ToyData
 
 

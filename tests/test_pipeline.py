@@ -241,7 +241,7 @@ def test_train_from_live_buffer_and_resume(model_dir, text_dir, tmp_path, capsys
     s = json.loads((tmp_path / "live" / "summary.json").read_text())
     assert s["tokens"] >= 12000 and s["steps"] > first["steps"]
     state = json.loads((tmp_path / "live" / "checkpoint" / "state.json").read_text())
-    assert state["extra"]["data"]["contexts_read"] > 0
+    assert state["data_position"]["contexts_read"] > 0
     assert s["explained_variance"] > 0.3
 
 

@@ -6,14 +6,13 @@ import torch
 
 import saeforge
 from saeforge.cli import main
-from saeforge.config import ToyConfig
+from saeforge.config import TrainConfig
 from saeforge.errors import UserError
 from saeforge.init import initialize
-from saeforge.resample import (Resampler, anthropic_directions, check_settings, clustered_directions, resample_steps,
-                               unexplained)
-from saeforge.sae import SparseAutoencoder
+from saeforge.resample import Resampler, anthropic_directions, check_settings, clustered_directions, unexplained
+from saeforge import SparseAutoencoder
 from saeforge.toy import ToyData
-from saeforge.train import Trainer
+from saeforge.trainer import Trainer, read_checkpoint
 
 SMALL = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
 
@@ -22,10 +21,11 @@ def _trained(method: str):
     data = ToyData(16, 32, n_active=3, seed=0)
     sae = SparseAutoencoder(16, 32)
     initialize(sae, "orthogonal", seed=0)
-    cfg = ToyConfig(out="unused", resample=method, resample_at="5", batch_size=64, l1=0.1, lr=3e-3,
-                    unit_norm_decoder=True, resample_sample=2048, resample_worst=256, resample_clusters=8)
+    cfg = TrainConfig(out="unused", resample=method, resample_at="5", batch_size=64, l1_coefficient=0.1, lr=3e-3,
+                      unit_norm_decoder=True, resample_sample=2048, resample_worst=256, resample_clusters=8,
+                      lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0)
     sampler = lambda n, step: torch.cat([data.batch(-(1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
-    tr = Trainer(sae, cfg, sampler=sampler)
+    tr = Trainer(sae, cfg)
     batches = data.batches(64)
     for _ in range(4):
         tr.train_step(next(batches))
@@ -37,8 +37,8 @@ def test_dead_features_get_new_rows_and_fresh_adam_state(method):
     tr, cfg, sampler, batches = _trained(method)
     tr.train_step(next(batches))  # step 5: the scheduled step
     dead = torch.tensor([1, 7, 20])
-    tr.tokens_since_fired_F.zero_()
-    tr.tokens_since_fired_F[dead] = 10**9
+    tr.state.tokens_since_fired_F.zero_()
+    tr.state.tokens_since_fired_F[dead] = 10**9
     with torch.no_grad():
         tr.sae.b_enc[dead] = -1e3  # truly dead: they fire on no fresh input either
     before = {n: p.detach().clone() for n, p in tr.sae.named_parameters()}
@@ -67,16 +67,15 @@ def test_dead_features_get_new_rows_and_fresh_adam_state(method):
                 assert (st[k][dead] == 0).all() and torch.equal(st[k][alive], adam[n][k][alive])
             else:
                 assert torch.equal(st[k], adam[n][k])
-    assert (tr.tokens_since_fired_F[dead] == 0).all()
-    assert tr.extra_state["resample_events"][-1]["dead"] == 3
+    assert (tr.state.tokens_since_fired_F[dead] == 0).all()
 
 
 def test_alive_encoder_makes_new_features_fire_like_their_peers():
     tr, cfg, sampler, batches = _trained("clustered")
     tr.train_step(next(batches))
     dead = torch.tensor([0, 5])
-    tr.tokens_since_fired_F.zero_()
-    tr.tokens_since_fired_F[dead] = 10**9
+    tr.state.tokens_since_fired_F.zero_()
+    tr.state.tokens_since_fired_F[dead] = 10**9
     with torch.no_grad():
         tr.sae.b_enc[dead] = -1e3
         tr.sae.b_enc[8:] = -0.1 * torch.arange(24) / 24
@@ -91,8 +90,8 @@ def test_alive_encoder_makes_new_features_fire_like_their_peers():
 def test_silent_in_the_window_but_firing_on_fresh_inputs_is_not_dead():
     tr, cfg, sampler, batches = _trained("clustered")
     tr.train_step(next(batches))
-    tr.tokens_since_fired_F.zero_()
-    tr.tokens_since_fired_F[[2, 3]] = 10**9  # not seen lately, but their encoders still fire
+    tr.state.tokens_since_fired_F.zero_()
+    tr.state.tokens_since_fired_F[[2, 3]] = 10**9  # not seen lately, but their encoders still fire
     with torch.no_grad():
         tr.sae.b_enc[3] = -1e3  # this one cannot fire at all
     W = tr.sae.W_dec.detach().clone()
@@ -104,7 +103,7 @@ def test_silent_in_the_window_but_firing_on_fresh_inputs_is_not_dead():
 def test_duplicates_free_the_rarer_twin():
     tr, cfg, sampler, batches = _trained("clustered")
     tr.train_step(next(batches))
-    tr.tokens_since_fired_F.zero_()
+    tr.state.tokens_since_fired_F.zero_()
     sae = tr.sae
     X = sampler(2048, 0)
     with torch.no_grad():  # feature 9 becomes a near copy of 4 that fires less (higher threshold)
@@ -126,10 +125,10 @@ def test_duplicates_free_the_rarer_twin():
 
 def test_nothing_happens_off_schedule_or_with_none():
     tr, cfg, sampler, batches = _trained("clustered")
-    tr.tokens_since_fired_F.fill_(10**9)
+    tr.state.tokens_since_fired_F.fill_(10**9)
     W = tr.sae.W_dec.detach().clone()
     assert Resampler(cfg, sampler, 100)(tr) is None  # step 4, scheduled at 5
-    tr.step = 5
+    tr.state.step = 5
     assert Resampler(replace(cfg, resample="none"), sampler, 100)(tr) is None
     assert torch.equal(tr.sae.W_dec, W)
 
@@ -200,7 +199,7 @@ def test_unexplained_ignores_shrinkage_and_keeps_what_is_missing():
 
 
 def test_bad_settings_are_clear_errors(tmp_path, capsys):
-    cfg = ToyConfig(out="x", resample="clustered", resample_every=0, batch_size=64)
+    cfg = TrainConfig(out="x", resample="clustered", resample_every=0, batch_size=64, lr_decay_steps=0)
     with pytest.raises(UserError, match="resample-every >= 1"):
         check_settings(cfg, 100, 6400)
     with pytest.raises(UserError, match="not shorter than training"):
@@ -208,17 +207,17 @@ def test_bad_settings_are_clear_errors(tmp_path, capsys):
     with pytest.raises(UserError, match="no resampling step falls inside"):
         check_settings(replace(cfg, resample_every=80), 100, 6400)
     # never in the last interval, nor once the learning rate decays
-    assert resample_steps(replace(cfg, resample_every=10), 100) == list(range(10, 91, 10))
-    assert resample_steps(replace(cfg, resample_every=10, lr_decay_steps=35), 100) == list(range(10, 61, 10))
-    assert resample_steps(replace(cfg, resample_at="5,99,100,300", lr_decay_steps=35), 100) == [5, 99]
+    assert replace(cfg, resample_every=10).resample_steps(100) == list(range(10, 91, 10))
+    assert replace(cfg, resample_every=10, lr_decay_steps=35).resample_steps(100) == list(range(10, 61, 10))
+    assert replace(cfg, resample_at="5,99,100,300", lr_decay_steps=35).resample_steps(100) == [5, 99]
     for flags, msg in ((["--resample", "clustered", "--resample-every", "0"], "resample-every >= 1"),
                        (["--resample", "anthropic", "--steps", "20", "--dead-window", "100000"], "not shorter than training"),
                        (["--resample", "magic"], "--resample 'magic' is unknown"),
                        (["--resample", "clustered", "--resample-at", "5,x"], "comma-separated"),
                        (["--resample-direction", "up"], "residual or centroid"),
-                       (["--resample-duplicates", "1.5"], "cosine in [0, 1]"),
+                       (["--resample-duplicates", "1.5"], "--resample-duplicates must be in [0, 1]"),
                        (["--resample-encoder", "loud"], "anthropic or alive"),
-                       (["--adam-eps", "0"], "--adam-eps must be > 0")):
+                       (["--adam-eps", "0"], "--adam-eps must be a finite number > 0")):
         assert main(["toy", *SMALL, "--out", str(tmp_path / "bad"), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saeforge: error:") and msg in err[0], err
@@ -239,7 +238,7 @@ def test_toy_run_with_resampling_is_reproducible(tmp_path):
     a, b = saeforge.load(tmp_path / "a"), saeforge.load(tmp_path / "b")
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
-    events = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())["extra"]["resample_events"]
+    events = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())["resample_events"]
     assert [e["step"] for e in events] == [15, 30, 45] and sum(e["resampled"] for e in events) > 0, events
     assert full["resampled"] == sum(e["dead"] + e["duplicates"] for e in events)
 
@@ -247,16 +246,17 @@ def test_toy_run_with_resampling_is_reproducible(tmp_path):
 @pytest.mark.parametrize("method", ["anthropic", "clustered"])
 def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path, method):
     data = ToyData(16, 32, n_active=3, seed=0)
-    cfg = ToyConfig(out=str(tmp_path), resample=method, resample_every=10, dead_window=128, batch_size=64,
-                    lr=3e-2, l1=1.0, unit_norm_decoder=True, progress=False, resample_sample=1024,
-                    resample_worst=128, resample_clusters=4)
+    cfg = TrainConfig(out=str(tmp_path), resample=method, resample_every=10, dead_window=128, batch_size=64,
+                      lr=3e-2, l1_coefficient=1.0, unit_norm_decoder=True, progress=False, resample_sample=1024,
+                      lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0,
+                      resample_worst=128, resample_clusters=4)
     sampler = lambda n, step: torch.cat([data.batch(-(10**6 + step * 1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
 
     def fresh(out):
         out.mkdir(exist_ok=True)
         sae = SparseAutoencoder(16, 32)
         initialize(sae, "orthogonal", seed=0)
-        return Trainer(sae, replace(cfg, out=str(out)), out, sampler=sampler)
+        return Trainer(sae, replace(cfg, out=str(out)), out, resampler=Resampler(cfg, sampler, 50))
 
     ref = fresh(tmp_path / "ref")
     ref.fit(data.batches(64), 50)
@@ -264,10 +264,11 @@ def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path,
     part.fit(data.batches(64), 50, callback=lambda tr, _: tr.step == 25)  # interrupted after the 2nd event
     part.save_checkpoint()
     resumed = fresh(tmp_path / "part")
-    assert resumed.load_checkpoint() and resumed.step == 25
+    resumed.restore(read_checkpoint(tmp_path / "part"))
+    assert resumed.step == 25
     resumed.fit(data.batches(64, start=25), 50)
-    assert [e["step"] for e in resumed.extra_state["resample_events"]] == [10, 20, 30, 40]
-    assert sum(e["dead"] for e in ref.extra_state["resample_events"]) > 0
+    assert [e["step"] for e in resumed.state.resample_events] == [10, 20, 30, 40]
+    assert sum(e["dead"] for e in ref.state.resample_events) > 0
     for (n, p), (_, q) in zip(ref.sae.named_parameters(), resumed.sae.named_parameters()):
         assert torch.equal(p, q), n
 

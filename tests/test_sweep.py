@@ -6,7 +6,7 @@ import pytest
 
 from saeforge.cli import main
 from saeforge.errors import UserError
-from saeforge.sweep import analyze, bootstrap_power_law, fit_power_law, parse_grid, suggest, train_flops
+from saeforge.scaling import analyze, bootstrap_power_law, fit_power_law, parse_grid, suggest, train_flops
 
 D, B = 128, 512
 
@@ -20,7 +20,7 @@ def synthetic_runs(alpha=0.5, beta=0.3, A=40.0, Bc=25.0, noise=0.0, l1=5.0, seed
         for j in range(13):
             F, S = 64 * 2 ** (i / 2), 100 * 2 ** (j / 2)
             loss = (A * F ** -alpha + Bc * S ** -beta) * math.exp(noise * rs.normal())
-            runs.append({"d_sae": F, "steps": S, "l1": l1, "flops": train_flops(D, F, B * S), "loss_l1": loss,
+            runs.append({"d_sae": F, "steps": S, "l1_coefficient": l1, "flops": train_flops(D, F, B * S), "loss_l1": loss,
                          "mse": loss, "l0": 1.0})
     return runs
 
@@ -89,7 +89,7 @@ def test_tiny_real_sweep_runs_end_to_end_and_resumes(cache, tmp_path, capsys):
     assert len(first) == 4
     for r in first:
         assert r["tokens"] == 64 * r["steps"] and r["flops"] == 12 * 32 * r["d_sae"] * r["tokens"]
-        assert r["loss_l1"] == pytest.approx(r["mse"] + 0.5 * r["l1_norm"]) and 0 <= r["dead_fraction"] <= 1
+        assert r["loss_l1"] == pytest.approx(r["mse"] + 0.5 * r["sparsity"]) and 0 <= r["dead_fraction"] <= 1
         assert r["eval_rows"] > 0
     # an interruption mid-write leaves a cut line: that run is redone, finished ones are not
     text = (out / "runs.jsonl").read_text().splitlines()

@@ -1,9 +1,11 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -75,7 +77,7 @@ def test_toy_run_recovers_the_features(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     # 3 true features active on average; 64 atoms. The toy λ (0.3) shrinks codes: EV ~0.85 at MMCS 0.99.
     assert rows[-1]["explained_variance"] > 0.8 and rows[-1]["l0"] < 8
-    assert {"step", "mse", "l1", "l0", "explained_variance", "dead_fraction", "mmcs"} <= set(rows[-1])
+    assert {"step", "mse", "sparsity", "l0", "explained_variance", "dead_fraction", "mmcs"} <= set(rows[-1])
     sae = saeforge.load(tmp_path / "t")
     assert sae.metadata["init"] == "orthogonal" and sae.metadata["steps"] == s["steps"]
     assert (tmp_path / "t" / "sparsity.safetensors").exists()
@@ -88,3 +90,39 @@ def test_same_seed_same_dictionary(tmp_path):
     a, b, c = (_weights(tmp_path / x) for x in "abc")
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not torch.equal(a["W_dec"], c["W_dec"])
+
+
+V01 = Path(__file__).parent / "data" / "v0.1"  # run directories written by saeforge 0.1 (checkpoint format 1)
+V01_TOY = [*SMALL, "--target-mmcs", "0", "--checkpoint-every", "20", "--lr-decay-steps", "0", "--resample", "clustered",
+           "--resample-at", "10,30", "--dead-window", "64", "--resample-sample", "512"]
+
+
+def test_a_toy_run_of_release_0_1_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    shutil.copytree(V01 / "toy", tmp_path / "old")
+    assert main(["toy", *V01_TOY, "--steps", "60", "--out", str(tmp_path / "old"), "--resume"]) == 0
+    assert main(["toy", *V01_TOY, "--steps", "60", "--out", str(tmp_path / "new")]) == 0
+    a, b = _weights(tmp_path / "old"), _weights(tmp_path / "new")
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    state = json.loads((tmp_path / "old" / "checkpoint" / "state.json").read_text())
+    assert state["format"] == 2 and [e["step"] for e in state["resample_events"]] == [10, 30]
+    assert len(state["mmcs_trace"]) == 61
+    rows = [json.loads(x) for x in (tmp_path / "old" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60] and all("sparsity" in r and "l1" not in r for r in rows)
+
+
+def test_a_live_run_of_release_0_1_loads_and_resumes_where_its_data_stopped(tmp_path):
+    old = json.loads((V01 / "train" / "checkpoint" / "state.json").read_text())
+    assert saeforge.load(V01 / "train").d_sae == 32
+    shutil.copytree(V01 / "train", tmp_path / "run")
+    flags = ["--batch-size", "64", "--dict-size", "32", "--buffer-mb", "1", "--contexts-per-pass", "2",
+             "--eval-tokens", "0", "--lr-warmup-steps", "5", "--l1-warmup-steps", "5", "--lr-decay-steps", "0",
+             "--checkpoint-every", "20", "--no-progress"]
+    assert main(["train", *flags, "--tokens", "3840", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert (old["step"], state["step"]) == (40, 60)
+    assert state["input_scale"] == old["extra"]["input_scale"]
+    assert state["data_position"]["contexts_read"] > old["extra"]["data"]["contexts_read"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["l1_coefficient"] == 0.55
+    assert saeforge.load(tmp_path / "run").metadata["steps"] == 60

@@ -7,7 +7,10 @@
 
 __version__ = "0.1.0"
 
+from .architectures import ARCHITECTURES, StandardSAE  # noqa: E402
 from .dictionary import load, save  # noqa: E402
-from .sae import SparseAutoencoder  # noqa: E402
+from .sae import SAE  # noqa: E402
 
-__all__ = ["load", "save", "SparseAutoencoder", "__version__"]
+SparseAutoencoder = StandardSAE  # the name of ReLU + L1 before there were several architectures
+
+__all__ = ["load", "save", "SAE", "StandardSAE", "SparseAutoencoder", "ARCHITECTURES", "__version__"]

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import UserError
-from .sae import SparseAutoencoder
+from .sae import SAE
 
 DENSE = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 
@@ -69,7 +69,7 @@ def _same_model(a: str, b: str) -> bool:
 
 
 @contextlib.contextmanager
-def splice(model, sae: SparseAutoencoder, hook: str, positions_from: int = 1):
+def splice(model, sae: SAE, hook: str, positions_from: int = 1):
     """Within the block, the model's forward replaces the hook's activation at positions
     `positions_from`.. (1: BOS is left alone, as in training) by the dictionary's reconstruction."""
 
@@ -140,7 +140,7 @@ def _acts(model, sae, hook, tokens, stop_at_layer):
 
 
 @torch.no_grad()
-def collect(model, sae: SparseAutoencoder, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int, *,
+def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int, *,
             features: list[int] | int = 24, top_k: int = 10, window: tuple[int, int] = (24, 6), bins: int = 30,
             n_effects: int = 10, progress: bool = False) -> DictionaryReport:
     """Study the dictionary on `n_tokens` activation positions of `contexts` (see module doc).

@@ -19,7 +19,6 @@ a one-line error, never silent garbage.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .buffer import DTYPES
-from .dictionary import atomic_save_tensors, atomic_write_json
+from .runtime import atomic_save_tensors, atomic_write_json, read_json
 from .errors import UserError
 
 MANIFEST = "manifest.json"
@@ -55,10 +54,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise UserError(f"--cache {d}: no such directory (create it with `saeforge harvest --out {d}`)")
     if not f.is_file():
         raise UserError(f"--cache {d}: {MANIFEST} is missing; not an activation cache (or its harvest never wrote a shard)")
-    try:
-        m = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--cache {d}: {MANIFEST} is corrupt ({e})") from None
+    m = read_json(f, "the cache's manifest is corrupt; harvest the cache again")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise UserError(f"--cache {d}: {MANIFEST} is not a saeforge activation cache manifest")
     return m
@@ -215,26 +211,3 @@ class CacheSource:
                 if self.cursor == len(self.order):
                     self.cursor, self.epoch = 0, self.epoch + 1
                     self._order()
-
-
-def run_harvest(cfg) -> dict[str, Any]:
-    """`saeforge harvest`: the model's activations on `cfg.tokens` tokens of the dataset, to `cfg.out`."""
-    from . import data
-    from .models import default_hook, load_model, resolve_hook
-    from .train import pick_device
-
-    device = pick_device(cfg.device)
-    model = load_model(cfg.model, device)
-    hook = cfg.hook or default_hook(model)
-    stop = resolve_hook(model, hook)
-    n_ctx = model.cfg.n_ctx
-    n_contexts = -(-cfg.tokens // (n_ctx - 1))
-
-    def stream(skip: int = 0):
-        return data.contexts(model, cfg.dataset, cfg.split, seed=cfg.seed, batch=cfg.contexts_per_pass,
-                             text_column=cfg.text_column, skip=skip)
-
-    settings = {"model": cfg.model, "hook": hook, "dataset": cfg.dataset, "split": cfg.split, "seed": cfg.seed,
-                "n_ctx": n_ctx}
-    return harvest(model, hook, stop, stream(), cfg.out, settings, n_contexts, cfg.contexts_per_shard,
-                   dtype=cfg.dtype, progress=cfg.progress, skip_contexts=stream)

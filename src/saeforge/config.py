@@ -1,111 +1,169 @@
-"""Dataclass configs. They are the CLI: every field is a flag, its docstring-like `help` the help.
+"""Dataclass configs. They are the CLI: every field is a flag, its `help` the help, its default
+the default `--help` shows. Each default is declared once, in the class of the command that uses
+it; a command's class may give an inherited field another default (`inherit`). "Derive it from
+the budget" is the explicit value None, shown and written as `auto`.
 
 Precedence: field default < `--config FILE` (TOML or JSON, same keys, dashes or underscores)
-< explicit flags. Validation happens in `validate()` and raises `UserError` with the fix.
+< explicit flags. `validate()` checks every field against the bounds declared with it, then
+the rules that tie fields together, and raises `UserError` with the fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import tomllib
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import UserError
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+ARCHITECTURES = ("standard",)  # architectures.ARCHITECTURES (kept in step by tests/test_cli.py)
 INITS = ("orthogonal", "xavier", "data", "svd", "kmeans", "mod", "average", "centroid", "outlier")  # init.METHODS
 RESAMPLERS = ("none", "anthropic", "clustered")  # resample.METHODS
+AUTO = "auto"
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field carrying its CLI help text."""
-    return field(default=default, metadata={"help": help, **kw})
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None,
+        aliases: tuple[str, ...] = (), positional: bool = False) -> Any:
+    """A dataclass field with its CLI help and the bounds `validate()` checks."""
+    meta = dict(help=help, choices=choices, ge=ge, gt=gt, le=le, lt=lt, aliases=aliases, positional=positional)
+    return field(default=default, metadata=meta)
+
+
+def inherit(cls: type, name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:
+    """Field `name` of `cls` (help and bounds), with another default or help for this command."""
+    f = next(f for f in fields(cls) if f.name == name)
+    meta = dict(f.metadata) | ({"help": help} if help else {})
+    return field(default=f.default if default is dataclasses.MISSING else default, metadata=meta)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(typ: Any) -> tuple[type, bool]:
+    """(the value type, whether None — `auto` — is allowed) of a field's annotation."""
+    if get_origin(typ) in (Union, types.UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        return args[0], True
+    return typ, False
+
+
+def _show(v: Any) -> Any:
+    return AUTO if v is None else v
+
+
+def _within(v: float, m: Any) -> bool:
+    return (math.isfinite(v) and (m["ge"] is None or v >= m["ge"]) and (m["gt"] is None or v > m["gt"])
+            and (m["le"] is None or v <= m["le"]) and (m["lt"] is None or v < m["lt"]))
+
+
+def _bounds(m: Any, real: bool) -> str:
+    """A field's declared bounds in words: 'in [0, 1)', 'a finite number > 0', '>= 1'."""
+    lo = ("[", m["ge"]) if m["ge"] is not None else ("(", m["gt"]) if m["gt"] is not None else None
+    hi = ("]", m["le"]) if m["le"] is not None else (")", m["lt"]) if m["lt"] is not None else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+    words = "a finite number " if real else ""
+    if lo:
+        return f"{words}{'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+    return f"{words}{'<=' if hi[0] == ']' else '<'} {hi[1]:g}" if hi else "a finite number"
 
 
 @dataclass
-class TrainConfig:
-    """What every training command shares (DESIGN.md contract 2)."""
+class Config:
+    """Bounds checking shared by every command's config."""
 
-    out: str = opt("", "output directory: metrics.jsonl, summary.json, the dictionary, checkpoints")
-    seed: int = opt(0, "seed for initialization and data order; same seed, same dictionary")
-    steps: int = opt(0, "training steps (0: derive from --tokens)")
-    tokens: int = opt(0, "training tokens, rounded up to whole batches (used when --steps is 0)")
-    dict_size: int = opt(0, "number of dictionary features (0: the command's default)")
-    init: str = opt("orthogonal", f"dictionary initialization, one of {', '.join(INITS)}")
-    rare_ratio: float = opt(0.0, "fraction of atoms taken from rare-feature vectors (informed inits)")
-    encoder_scale: float = opt(1.0, "initial W_enc = encoder_scale · W_decᵀ (smaller: fewer features fire at first)")
-    resample: str = opt("none", f"dead-feature resampling, one of {', '.join(RESAMPLERS)}")
-    resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)")
-    resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
-    resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling")
-    resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered (residual: "
-                              "the N with the most unexplained error among the 8N worst)")
-    resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs")
-    resample_direction: str = opt("centroid", "clustered: new direction = centroid (x − its cluster centroid) or "
-                                  "residual (the summed residual x − x̂ of one of the most coherent clusters of residual "
-                                  "directions, over the worst inputs with the most error no firing feature explains)")
-    resample_encoder: str = opt("anthropic", "new encoder columns: anthropic (0.2 × the alive features' mean norm, bias 0) "
-                                "or alive (the alive features' median norm and median bias)")
-    resample_duplicates: float = opt(0.0, "also renew the rarer of two features whose decoder rows have cosine >= this (0: off)")
-    l1: float = opt(5.0, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖")
-    l1_warmup_steps: int = opt(0, "ramp λ linearly from 0 over this many steps (keeps features alive early)")
-    lr: float = opt(1e-3, "Adam learning rate")
-    lr_warmup_steps: int = opt(0, "ramp the learning rate linearly from 0 over this many steps")
-    lr_decay_steps: int = opt(0, "decay the learning rate linearly to 0 over the last N steps of the budget")
-    beta1: float = opt(0.9, "Adam β1")
-    beta2: float = opt(0.999, "Adam β2")
-    adam_eps: float = opt(1e-8, "Adam ε (larger: parameters with tiny, rare gradients move less)")
-    batch_size: int = opt(4096, "activations per training step")
-    unit_norm_decoder: bool = opt(False, "keep decoder rows at unit norm (tangent gradient + renormalize)")
-    log_every: int = opt(100, "write a metrics.jsonl line every N steps (the only host syncs)")
-    checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps (0: only at the end)")
-    dead_window: int = opt(0, "a feature is dead after this many tokens without firing (0: 10 batches)")
-    resume: bool = opt(False, "continue from the checkpoint in --out if there is one")
+    def validate(self) -> None:
+        for f in fields(self):
+            v, m = getattr(self, f.name), f.metadata
+            if v is None or isinstance(v, bool) or not m:
+                continue
+            flag = _flag(f.name)
+            if m["choices"] and v not in m["choices"]:
+                if len(m["choices"]) == 2:
+                    raise UserError(f"{flag} must be {' or '.join(m['choices'])}, got {v!r}")
+                raise UserError(f"{flag} {v!r} is unknown; choose one of {', '.join(m['choices'])}")
+            if isinstance(v, (int, float)) and not _within(v, m):
+                raise UserError(f"{flag} must be {_bounds(m, isinstance(v, float))}, got {v}")
+
+
+@dataclass
+class RunConfig(Config):
+    """What every command that writes a directory shares."""
+
+    out: str = opt("", "output directory")
+    seed: int = opt(0, "seed for initialization and data order; same seed, same result")
     device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:N")
     progress: bool = opt(True, "show a progress bar on stderr")
 
     def validate(self) -> None:
+        super().validate()
         if not self.out:
-            raise UserError("--out is required: the directory the run writes into")
-        for name in ("steps", "tokens", "dict_size", "checkpoint_every", "dead_window", "l1_warmup_steps",
-                     "lr_warmup_steps", "lr_decay_steps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.init not in INITS:
-            raise UserError(f"--init {self.init!r} is unknown; choose one of {', '.join(INITS)}")
-        if self.resample not in RESAMPLERS:
-            raise UserError(f"--resample {self.resample!r} is unknown; choose one of {', '.join(RESAMPLERS)}")
-        if self.resample_direction not in ("residual", "centroid"):
-            raise UserError(f"--resample-direction must be residual or centroid, got {self.resample_direction!r}")
-        if self.resample_encoder not in ("anthropic", "alive"):
-            raise UserError(f"--resample-encoder must be anthropic or alive, got {self.resample_encoder!r}")
-        if not 0.0 <= self.resample_duplicates <= 1.0:
-            raise UserError(f"--resample-duplicates must be a cosine in [0, 1] (0: off), got {self.resample_duplicates}")
-        for name in ("resample_every", "resample_sample", "resample_worst", "resample_clusters"):
-            if getattr(self, name) < (0 if name == "resample_every" else 1):
-                raise UserError(f"--{name.replace('_', '-')} must be >= {0 if name == 'resample_every' else 1}, "
-                                f"got {getattr(self, name)}")
-        if not 0.0 <= self.rare_ratio <= 1.0:
-            raise UserError(f"--rare-ratio must be in [0, 1], got {self.rare_ratio}")
-        if not (math.isfinite(self.encoder_scale) and self.encoder_scale > 0):
-            raise UserError(f"--encoder-scale must be a finite number > 0, got {self.encoder_scale}")
-        if not (math.isfinite(self.l1) and self.l1 >= 0):
-            raise UserError(f"--l1 must be a finite number >= 0, got {self.l1}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
-        if not (self.adam_eps > 0 and math.isfinite(self.adam_eps)):
-            raise UserError(f"--adam-eps must be > 0, got {self.adam_eps}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise UserError(f"--out is required: {self.__dataclass_fields__['out'].metadata['help']}")
+        if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise UserError(f"--device {self.device!r} is unknown; use auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """What the trainer and every training command share. The defaults are `saeforge train`'s,
+    tuned so the main job (embedded model, 1,024 features, 4M tokens) finishes in minutes on
+    2 CPU cores (README: how they were found)."""
+
+    out: str = inherit(RunConfig, "out", help="output directory: metrics.jsonl, summary.json, the dictionary, "
+                                              "checkpoints")
+    steps: int = opt(0, "training steps (0: derive from --tokens)", ge=0)
+    tokens: int = opt(4_000_000, "training tokens, rounded up to whole batches (used when --steps is 0)", ge=0)
+    architecture: str = opt("standard", "SAE architecture (its name in cfg.json)", choices=ARCHITECTURES)
+    dict_size: int = opt(0, "number of dictionary features (0: the command's default)", ge=0)
+    init: str = opt("orthogonal", f"dictionary initialization, one of {', '.join(INITS)}", choices=INITS)
+    rare_ratio: float = opt(0.0, "fraction of atoms taken from rare-feature vectors (informed inits)", ge=0, le=1)
+    encoder_scale: float = opt(1.0, "initial W_enc = encoder_scale · W_decᵀ (smaller: fewer features fire at first)",
+                               gt=0)
+    resample: str = opt("none", f"dead-feature resampling, one of {', '.join(RESAMPLERS)} (auto: clustered when a "
+                        "resampling step fits in the budget, else none)", choices=(*RESAMPLERS, AUTO))
+    resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)", ge=0)
+    resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
+    resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling", ge=1)
+    resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered (residual: "
+                              "the N with the most unexplained error among the 8N worst)", ge=1)
+    resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs", ge=1)
+    resample_direction: str = opt("centroid", "clustered: new direction = centroid (x − its cluster centroid) or "
+                                  "residual (the summed residual x − x̂ of one of the most coherent clusters of residual "
+                                  "directions, over the worst inputs with the most error no firing feature explains)",
+                                  choices=("residual", "centroid"))
+    resample_encoder: str = opt("anthropic", "new encoder columns: anthropic (0.2 × the alive features' mean norm, "
+                                "bias 0) or alive (the alive features' median norm and median bias)",
+                                choices=("anthropic", "alive"))
+    resample_duplicates: float = opt(0.0, "also renew the rarer of two features whose decoder rows have cosine >= "
+                                     "this (0: off)", ge=0, le=1)
+    l1_coefficient: float = opt(0.55, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖ (inputs scaled to "
+                                "E‖x‖² = d_in)", ge=0, aliases=("--l1",))
+    l1_warmup_steps: int = opt(500, "ramp λ linearly from 0 over this many steps (keeps features alive early)", ge=0)
+    lr: float = opt(1e-2, "Adam learning rate", gt=0)
+    lr_warmup_steps: int = opt(200, "ramp the learning rate linearly from 0 over this many steps", ge=0)
+    lr_decay_steps: int | None = opt(400, "decay the learning rate linearly to 0 over the last N steps of the "
+                                     "budget (auto: half the budget)", ge=0)
+    beta1: float = opt(0.9, "Adam β1", ge=0, lt=1)
+    beta2: float = opt(0.999, "Adam β2", ge=0, lt=1)
+    adam_eps: float = opt(1e-8, "Adam ε (larger: parameters with tiny, rare gradients move less)", gt=0)
+    batch_size: int = opt(512, "activations per training step (the global batch under torchrun)", ge=1)
+    unit_norm_decoder: bool = opt(False, "keep decoder rows at unit norm (tangent gradient + renormalize)")
+    log_every: int = opt(100, "write a metrics.jsonl line every N steps (the only host syncs)", ge=1)
+    checkpoint_every: int = opt(1000, "save a resumable checkpoint every N steps (0: only at the end)", ge=0)
+    dead_window: int = opt(0, "a feature is dead after this many tokens without firing (0: 10 batches)", ge=0)
+    resume: bool = opt(False, "continue from the checkpoint in --out if there is one")
 
     def total_steps(self) -> int:
         if self.steps:
@@ -114,46 +172,83 @@ class TrainConfig:
             return -(-self.tokens // self.batch_size)
         raise UserError("give --steps N or --tokens N")
 
+    def resolved(self, steps: int):
+        """This config with every `auto` value fixed for a budget of `steps` steps."""
+        cfg = self
+        if cfg.lr_decay_steps is None:
+            cfg = dataclasses.replace(cfg, lr_decay_steps=steps // 2)
+        if cfg.resample == AUTO:
+            cfg = dataclasses.replace(cfg, resample="clustered" if cfg.resample_steps(steps) else "none")
+        return cfg
+
+    def resample_steps(self, total_steps: int) -> list[int]:
+        """The steps resampling acts on: --resample-at, or every --resample-every steps but never
+        in the budget's last interval nor once the lr decays (a renewed feature needs time at full lr)."""
+        if self.resample_at:
+            return sorted(s for s in parse_steps(self.resample_at) if 0 < s < total_steps)
+        every = self.resample_every
+        end = total_steps - max(every, self.lr_decay_steps or 0)
+        return list(range(every, end + 1, every)) if every > 0 else []
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UserError(f"--resample-at must be comma-separated step numbers, got {text!r}") from None
+    if any(s < 1 for s in steps):
+        raise UserError(f"--resample-at steps must be >= 1, got {text!r}")
+    return steps
+
 
 @dataclass
 class ToyConfig(TrainConfig):
-    """`saeforge toy`: train on fresh toy data with known features until MMCS >= target."""
+    """`saeforge toy`: train on fresh toy data with known features until MMCS >= target.
 
-    d_model: int = opt(128, "dimension the ground-truth features are superposed into")
-    n_features: int = opt(512, "number of ground-truth features")
-    n_active: float = opt(5.0, "expected number of active features per sample")
-    decay: float = opt(0.99, "feature i fires with probability ∝ decay**i")
+    Toy inputs have E‖x‖² ≈ 1.7, not d_in, and ground-truth recovery wants the unit-norm
+    decoder; docs/toy.md and docs/toy-notes.md say how the other toy defaults were found."""
+
+    steps: int = inherit(TrainConfig, "steps", 5000)
+    tokens: int = inherit(TrainConfig, "tokens", 0)
+    init: str = inherit(TrainConfig, "init", "mod")
+    resample: str = inherit(TrainConfig, "resample", AUTO)
+    resample_every: int = inherit(TrainConfig, "resample_every", 250)
+    resample_sample: int = inherit(TrainConfig, "resample_sample", 131072)
+    resample_direction: str = inherit(TrainConfig, "resample_direction", "residual")
+    resample_encoder: str = inherit(TrainConfig, "resample_encoder", "alive")
+    resample_duplicates: float = inherit(TrainConfig, "resample_duplicates", 0.8)
+    l1_coefficient: float = inherit(TrainConfig, "l1_coefficient", 0.3)
+    l1_warmup_steps: int = inherit(TrainConfig, "l1_warmup_steps", 0)
+    lr_warmup_steps: int = inherit(TrainConfig, "lr_warmup_steps", 0)
+    lr_decay_steps: int | None = inherit(TrainConfig, "lr_decay_steps", None)
+    beta2: float = inherit(TrainConfig, "beta2", 0.95)
+    batch_size: int = inherit(TrainConfig, "batch_size", 2048)
+    unit_norm_decoder: bool = inherit(TrainConfig, "unit_norm_decoder", True)
+    checkpoint_every: int = inherit(TrainConfig, "checkpoint_every", 0)
+    d_model: int = opt(128, "dimension the ground-truth features are superposed into", ge=1)
+    n_features: int = opt(512, "number of ground-truth features", ge=1)
+    n_active: float = opt(5.0, "expected number of active features per sample", gt=0)
+    decay: float = opt(0.99, "feature i fires with probability ∝ decay**i", gt=0, le=1)
     correlated: bool = opt(True, "modulate firing by a correlated Gaussian (the seed's setup)")
-    target_mmcs: float = opt(0.99, "stop once MMCS reaches this (0: run all --steps)")
-    check_every: int = opt(25, "read the on-device MMCS trace every N steps to decide to stop")
+    target_mmcs: float = opt(0.99, "stop once MMCS reaches this (0: run all --steps)", ge=0, le=1)
+    check_every: int = opt(10, "read the on-device MMCS trace every N steps to decide to stop", ge=1)
 
     def validate(self) -> None:
         super().validate()
-        if self.d_model < 1 or self.n_features < 1:
-            raise UserError("--d-model and --n-features must be >= 1")
-        if not 0 < self.n_active <= self.n_features:
+        if self.n_active > self.n_features:
             raise UserError(f"--n-active must be in (0, n_features], got {self.n_active}")
-        if not 0 < self.decay <= 1:
-            raise UserError(f"--decay must be in (0, 1], got {self.decay}")
-        if not 0 <= self.target_mmcs <= 1:
-            raise UserError(f"--target-mmcs must be in [0, 1], got {self.target_mmcs}")
-        if self.check_every < 1:
-            raise UserError(f"--check-every must be >= 1, got {self.check_every}")
 
 
 @dataclass
-class ModelDataConfig:
+class ModelDataConfig(Config):
     """Where activations come from: a model, a hook point and a dataset."""
 
     model: str = opt("embedded", "model: 'embedded', a local model directory, or a TransformerLens name (e.g. gelu-4l)")
     hook: str = opt("", "hook point (default: blocks.{n_layers//2}.hook_resid_post)")
-    dataset: str = opt("embedded", "'embedded' (Python's stdlib sources), local .txt/.jsonl/.parquet file(s) or dir, or a hub name")
+    dataset: str = opt("embedded", "'embedded' (Python's stdlib sources), local .txt/.jsonl/.parquet file(s) or dir, "
+                       "or a hub name")
     text_column: str = opt("text", "dataset column holding text (a 'tokens'/'input_ids' column is used as is)")
-    contexts_per_pass: int = opt(32, "contexts per model forward pass")
-
-    def _validate_source(self) -> None:
-        if self.contexts_per_pass < 1:
-            raise UserError(f"--contexts-per-pass must be >= 1, got {self.contexts_per_pass}")
+    contexts_per_pass: int = opt(32, "contexts per model forward pass", ge=1)
 
 
 @dataclass
@@ -161,125 +256,129 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
     """`saeforge train`: train on a model's activations (live buffer, or --cache)."""
 
     cache: str = opt("", "train from this activation cache (saeforge harvest) instead of running the model")
-    buffer_mb: float = opt(128.0, "memory bound of the activation buffer in MiB (on the model's device)")
-    buffer_dtype: str = opt("float32", "buffer storage dtype: float32 or bfloat16")
-    eval_tokens: int = opt(65536, "held-out tokens for the final evals (CE loss recovered); 0 skips them")
-
-    def validate(self) -> None:
-        super().validate()
-        self._validate_source()
-        if self.buffer_dtype not in ("float32", "bfloat16"):
-            raise UserError(f"--buffer-dtype must be float32 or bfloat16, got {self.buffer_dtype!r}")
-        if not self.buffer_mb > 0:
-            raise UserError(f"--buffer-mb must be > 0, got {self.buffer_mb}")
-        if self.eval_tokens < 0:
-            raise UserError(f"--eval-tokens must be >= 0, got {self.eval_tokens}")
+    buffer_mb: float = opt(128.0, "memory bound of the activation buffer in MiB (on the model's device)", gt=0)
+    buffer_dtype: str = opt("float32", "buffer storage dtype", choices=("float32", "bfloat16"))
+    eval_tokens: int = opt(65536, "held-out tokens for the final evals (CE loss recovered); 0 skips them", ge=0)
 
 
 @dataclass
-class HarvestConfig(ModelDataConfig):
+class HarvestConfig(RunConfig, ModelDataConfig):
     """`saeforge harvest`: write a model's activations to disk once, for many training runs."""
 
-    out: str = opt("", "cache directory (manifest.json + shard_*.safetensors); rerun to resume")
-    tokens: int = opt(2_000_000, "activation tokens to harvest (rounded up to whole contexts)")
-    split: str = opt("train", "dataset split: train or test")
-    seed: int = opt(0, "seed of the document shuffle")
-    dtype: str = opt("float32", "stored dtype: float32, bfloat16 or float16")
-    contexts_per_shard: int = opt(256, "contexts per shard file")
-    device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:N")
-    progress: bool = opt(True, "show a progress bar on stderr")
-
-    def validate(self) -> None:
-        self._validate_source()
-        if not self.out:
-            raise UserError("--out is required: the cache directory")
-        if self.tokens < 1 or self.contexts_per_shard < 1:
-            raise UserError("--tokens and --contexts-per-shard must be >= 1")
-        if self.split not in ("train", "test"):
-            raise UserError(f"--split must be train or test, got {self.split!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+    out: str = inherit(RunConfig, "out", help="cache directory (manifest.json + shard_*.safetensors); rerun to resume")
+    seed: int = inherit(RunConfig, "seed", help="seed of the document shuffle")
+    tokens: int = opt(2_000_000, "activation tokens to harvest (rounded up to whole contexts)", ge=1)
+    split: str = opt("train", "dataset split", choices=("train", "test"))
+    dtype: str = opt("float32", "stored dtype", choices=("float32", "bfloat16", "float16"))
+    contexts_per_shard: int = opt(256, "contexts per shard file", ge=1)
 
 
-# Defaults of `saeforge train` on real activations (inputs scaled to E‖x‖² = d_in), tuned so
-# the main job (embedded model, 1024 features, 4M tokens) finishes in minutes on 2 CPU cores
-# and lands at L0 ≈ 29, explained variance ≈ 0.91, CE-loss recovered ≈ 0.99 (README). The seed's
-# λ = 5 stays the TrainConfig default; at this budget it collapses the codes (EV ≈ 0.2 after
-# 2M tokens), and many small steps (batch 512, lr 1e-2) beat fewer large ones.
 @dataclass
-class SweepConfig:
-    """`saeforge sweep`: dictionary sizes × training steps (× λ) from one activation cache."""
+class SweepConfig(RunConfig):
+    """`saeforge sweep`: dictionary sizes × training steps (× λ) from one activation cache.
 
+    Every run trains with `saeforge train`'s optimizer defaults; its schedule scales with its
+    step budget (the two fractions below)."""
+
+    out: str = inherit(RunConfig, "out", help="sweep directory: runs.jsonl (one row per finished run), fits.json, "
+                                              "plots")
+    seed: int = inherit(RunConfig, "seed", help="seed of every run (init and data order)")
+    progress: bool = inherit(RunConfig, "progress", help="show a progress bar over the grid on stderr")
     cache: str = opt("", "activation cache to train every run from (saeforge harvest)")
     eval_cache: str = opt("", "held-out activation cache (harvest --split test); default: the cache's last shard, "
                               "kept out of training")
-    out: str = opt("", "sweep directory: runs.jsonl (one row per finished run), fits.json, plots")
     sizes: str = opt("256,512,1024,2048,4096", "dictionary sizes, comma-separated")
     steps: str = opt("250,500,1000,2000,4000", "training step counts, comma-separated")
     l1s: str = opt("5", "L1 coefficients λ, comma-separated (several: the L0 analysis picks the best per cell; "
-                            "with --suggest, the one λ whose fits to use)")
-    alpha: float = opt(3.0, "α of the L0-based loss MSE + α·L0 (trainer units, E‖x‖² = d_in)")
-    eval_rows: int = opt(65536, "held-out activations every run is measured on")
-    batch_size: int = opt(512, "activations per training step")
-    lr: float = opt(1e-2, "Adam learning rate (linear decay to 0 over the last 20% of each run)")
-    init: str = opt("orthogonal", f"dictionary initialization, one of {', '.join(INITS)}")
-    seed: int = opt(0, "seed of every run (init and data order)")
-    suggest: float = opt(0.0, "print the predicted compute-optimal size and steps at this FLOP budget and exit")
-    device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:N")
-    progress: bool = opt(True, "show a progress bar over the grid on stderr")
+                        "with --suggest, the one λ whose fits to use)")
+    alpha: float = opt(3.0, "α of the L0-based loss MSE + α·L0 (trainer units, E‖x‖² = d_in)", ge=0)
+    eval_rows: int = opt(65536, "held-out activations every run is measured on", ge=1)
+    batch_size: int = inherit(TrainConfig, "batch_size")
+    lr: float = inherit(TrainConfig, "lr")
+    init: str = inherit(TrainConfig, "init")
+    lr_decay_fraction: float = opt(0.2, "each run decays its learning rate linearly to 0 over this last fraction "
+                                   "of its steps", ge=0, le=1)
+    l1_warmup_fraction: float = opt(0.1, "each run ramps λ from 0 over this first fraction of its steps", ge=0, le=1)
+    suggest: float = opt(0.0, "print the predicted compute-optimal size and steps at this FLOP budget and exit", ge=0)
 
     def validate(self) -> None:
-        if not self.out:
-            raise UserError("--out is required: the sweep directory")
+        super().validate()
         if not self.suggest and not self.cache:
             raise UserError("--cache is required: the activation cache the runs train on (saeforge harvest)")
-        if self.suggest < 0 or not math.isfinite(self.suggest):
-            raise UserError(f"--suggest must be a FLOP budget > 0, got {self.suggest}")
-        if self.init not in INITS:
-            raise UserError(f"--init {self.init!r} is unknown; choose one of {', '.join(INITS)}")
-        for name in ("batch_size", "eval_rows"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.alpha >= 0 and math.isfinite(self.alpha)):
-            raise UserError("--lr must be > 0 and --alpha >= 0")
+
+    def run_config(self, steps: int, l1_coefficient: float, device: str) -> TrainConfig:
+        """The TrainConfig of one run of the grid."""
+        def part(fraction: float) -> int:
+            return max(1, int(steps * fraction + 1e-9))
+
+        return TrainConfig(out="", seed=self.seed, steps=steps, tokens=0, init=self.init, lr=self.lr,
+                           l1_coefficient=l1_coefficient, batch_size=self.batch_size, lr_warmup_steps=0,
+                           l1_warmup_steps=part(self.l1_warmup_fraction), lr_decay_steps=part(self.lr_decay_fraction),
+                           log_every=steps, checkpoint_every=0, progress=False, device=device)
 
 
-TRAIN_DEFAULTS = dict(tokens=4_000_000, batch_size=512, lr=1e-2, l1=0.55, lr_warmup_steps=200, l1_warmup_steps=500,
-                      lr_decay_steps=400, log_every=100, checkpoint_every=1000)
+@dataclass
+class HeldOutConfig(Config):
+    """What the commands that run a saved dictionary's model on held-out text share."""
+
+    path: str = opt("", "dictionary directory (saeforge or SAELens)", positional=True)
+    model: str = opt("", "model (default: the one recorded in cfg.json)")
+    hook: str = opt("", "hook point (default: the one recorded in cfg.json)")
+    dataset: str = opt("", "dataset whose held-out split to use (default: the recorded one, else embedded)")
+    contexts_per_pass: int = inherit(ModelDataConfig, "contexts_per_pass")
+    device: str = inherit(RunConfig, "device")
+    progress: bool = inherit(RunConfig, "progress")
 
 
-# Toy defaults differ from real-activation defaults: toy inputs have E‖x‖² ≈ 1.7, not d_in,
-# and ground-truth recovery wants the unit-norm decoder. λ 0.3: started at the true features,
-# training at λ 0.1 drifts away from them (128/1024: MMCS 1 -> 0.977, L0 7.7 for 5 true) while
-# at 0.3 it stays (0.995, L0 4.7); scripts/toy_truth_drift.py. lr 1e-2 was faster early than
-# 3e-3 but killed more atoms; 3e-2 killed 20%. See docs/toy.md.
-# The toy path's defaults (docs/toy.md): Adam β2 0.95 instead of 0.999, and resampling that
-# renews dead features and duplicates toward clusters of what the dictionary misses, with
-# encoders that fire like their peers, until the lr decay begins; with them orthogonal init
-# reaches MMCS 0.99 on 128/256, 128/512 and (with a 2M-sample resampling pool) 128/1024.
-TOY_DEFAULTS = dict(init="mod", l1=0.3, lr=1e-2, beta2=0.95, batch_size=2048, unit_norm_decoder=True, steps=5000,
-                    lr_decay_steps=2500, resample="clustered", resample_every=250, resample_direction="residual",
-                    resample_encoder="alive", resample_duplicates=0.8, resample_sample=131072,
-                    log_every=100, check_every=10)
+@dataclass
+class EvalConfig(HeldOutConfig):
+    """`saeforge eval`: CE loss recovered, explained variance, L0 of a saved dictionary."""
+
+    tokens: int = opt(65536, "held-out tokens to evaluate on", ge=1)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, overrides: dict[str, Any] | None = None) -> None:
-    """Add one flag per dataclass field; defaults are suppressed so we know what was given."""
+@dataclass
+class InspectConfig(HeldOutConfig):
+    """`saeforge inspect`: an HTML feature browser of a saved dictionary."""
+
+    out: str = opt("", "report directory (index.html, density.png, features.png)")
+    features: int = opt(32, "how many alive features to study, spread over the firing frequencies", ge=1)
+    tokens: int = opt(32768, "held-out tokens to run", ge=1)
+    top_k: int = opt(10, "top-activating contexts per feature", ge=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.out:
+            raise UserError("--out is required: the report directory")
+
+
+# ---------------------------------------------------------------- flags and files
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per dataclass field (a positional for `positional` fields); defaults are suppressed
+    so that a config file's values are not overridden by them."""
     hints = get_type_hints(cls)
-    defaults = {f.name: f.default for f in fields(cls)} | (overrides or {})
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON file with the same keys; flags override it")
     for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        typ = hints[f.name]
-        help_ = f"{f.metadata.get('help', '')} (default: {defaults[f.name]})".replace("%", "%%")  # argparse formats help
-        if typ is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        typ, nullable = _base_type(hints[f.name])
+        help_ = f.metadata.get("help", "")
+        if f.default != "" and "default" not in help_:
+            help_ += f" (default: {_show(f.default)})"
+        help_ = help_.replace("%", "%%")  # argparse formats help
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, type=_typed(typ, f.name, nullable), help=help_)
+        elif typ is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_)
         else:
-            parser.add_argument(flag, type=_typed(typ, flag), default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
+            parser.add_argument(_flag(f.name), *f.metadata.get("aliases", ()), dest=f.name,
+                                type=_typed(typ, _flag(f.name), nullable), default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=help_)
 
 
-def _typed(typ: type, flag: str):
+def _typed(typ: type, flag: str, nullable: bool):
     def convert(text: str):
+        if nullable and text == AUTO:
+            return None
         try:
             if typ is int:
                 value = float(text)  # accept 1e5 for counts
@@ -288,7 +387,8 @@ def _typed(typ: type, flag: str):
                 return int(value)
             return typ(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects {typ.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{flag} expects {typ.__name__}{' or auto' if nullable else ''}, "
+                                             f"got {text!r}") from None
 
     return convert
 
@@ -307,30 +407,38 @@ def read_config_file(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def build_config(cls: type, args: argparse.Namespace, overrides: dict[str, Any] | None = None):
-    """defaults (+ command overrides) < config file < flags, then validate."""
+def _file_values(cls: type, path: str) -> dict[str, Any]:
+    """A config file's values, each checked against its field's type; old key names (aliases) accepted."""
     hints = get_type_hints(cls)
-    values: dict[str, Any] = dict(overrides or {})
-    if getattr(args, "config", None):
-        file_values = read_config_file(args.config)
-        unknown = sorted(set(file_values) - set(hints))
-        if unknown:
-            raise UserError(f"config file {args.config}: unknown key(s) {', '.join(unknown)}")
-        for k, v in file_values.items():
-            typ = hints[k]
-            if typ is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-                raise UserError(f"config file {args.config}: {k} must be {typ.__name__}, got {v!r}")
-            values[k] = v
-    given = set(values) - set(overrides or {})
-    for f in fields(cls):
-        if hasattr(args, f.name):
-            values[f.name] = getattr(args, f.name)
-            given.add(f.name)
+    alias = {a.removeprefix("--").replace("-", "_"): f.name for f in fields(cls) for a in f.metadata.get("aliases", ())}
+    raw = {alias.get(k, k): v for k, v in read_config_file(path).items()}
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    values = {}
+    for k, v in raw.items():
+        typ, nullable = _base_type(hints[k])
+        if nullable and v in (None, AUTO):
+            values[k] = None
+            continue
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            raise UserError(f"config file {path}: {k} must be {typ.__name__}, got {v!r}")
+        values[k] = v
+    return values
+
+
+def build_config(cls: type, args: argparse.Namespace):
+    """defaults < config file < flags, then validate."""
+    values = _file_values(cls, args.config) if getattr(args, "config", None) else {}
+    values |= {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
     cfg = cls(**values)
-    cfg.given = frozenset(given)  # what the user chose (file or flags), for defaults that adapt
     cfg.validate()
     return cfg
 
 
+def changed_defaults(cls: type, base: type = TrainConfig) -> dict[str, Any]:
+    """The defaults `cls` gives its inherited fields that differ from `base`'s (docs print them)."""
+    ours = {f.name: f.default for f in fields(cls)}
+    return {f.name: _show(ours[f.name]) for f in fields(base) if f.name in ours and ours[f.name] != f.default}

@@ -1,27 +1,25 @@
-"""The dictionary directory (DESIGN.md contract 1): save, load, and check.
+"""The dictionary directory (docs/design.md, "Files"): save, load, and check.
 
-    cfg.json                  SAELens 6 "standard" config + saeforge's metadata
+    cfg.json                  SAELens 6 config (architecture, d_in, d_sae, the architecture's own
+                              fields) + saeforge's metadata
     sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]
+                              and the architecture's extra tensors
     sparsity.safetensors      "sparsity": log10 firing frequency per feature (optional on load)
 
-Files are written to a temporary name and renamed into place, so an interrupted save never
-leaves a half-written file where a good one was. Only JSON and safetensors are read.
+Files are written atomically (runtime.py). Only JSON and safetensors are read.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from .architectures import ARCHITECTURES
 from .errors import UserError
-from .sae import SparseAutoencoder
+from .runtime import atomic_save_tensors, atomic_write_json, read_json, read_tensors
+from .sae import SAE
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 # The SAELens config layout we write (its 6.x format); not a claim about the installed version.
@@ -32,61 +30,21 @@ SAELENS_METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_
                          "dataset_path", "model_from_pretrained_kwargs")
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save(sae: SparseAutoencoder, path: str | Path, *, sparsity_F: torch.Tensor | None = None,
-         input_scale: float = 1.0) -> Path:
+def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, input_scale: float = 1.0) -> Path:
     """Write the dictionary directory. `input_scale` s is the factor training inputs were
-    multiplied by; it is folded in so the saved dictionary acts on raw activations:
-    W_enc·s, b_dec/s, W_dec/s (encode(s·x) and decode(f)/s are unchanged)."""
+    multiplied by; it is folded in (`SAE.folded`) so the saved dictionary acts on raw activations."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(input_scale)
-    weights = {
-        "W_enc": sae.W_enc.detach() * s,
-        "b_enc": sae.b_enc.detach(),
-        "W_dec": sae.W_dec.detach() / s,
-        "b_dec": sae.b_dec.detach() / s,
-    }
+    weights = sae.folded(s)
     dtype = next(k for k, v in DTYPES.items() if v == sae.W_enc.dtype)
     meta = {k: v for k, v in sae.metadata.items()}
     meta["input_scale_folded"] = s
     sl_meta = {"sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": SAELENS_FORMAT}
     sl_meta |= {k: meta[k] for k in SAELENS_METADATA_KEYS if k in meta}
     cfg = {
-        "architecture": "standard",
+        "architecture": sae.architecture,
+        **sae.saved_config(),
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": dtype,
@@ -108,10 +66,7 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     cfg_path = path / CFG
     if not cfg_path.is_file():
         raise UserError(f"{path} is not a dictionary directory: {CFG} is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_path} is not valid JSON ({e}); the file is corrupt or truncated") from None
+    cfg = read_json(cfg_path, "the file is corrupt or truncated")
     if not isinstance(cfg, dict):
         raise UserError(f"{cfg_path} must hold a JSON object")
     for key in ("d_in", "d_sae"):
@@ -119,11 +74,9 @@ def _read_cfg(path: Path) -> dict[str, Any]:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise UserError(f"{cfg_path}: {key} must be a positive integer, got {v!r}")
     arch = cfg.get("architecture", "standard")
-    if arch != "standard":
-        raise UserError(f"{cfg_path}: architecture {arch!r} is not supported; saeforge loads 'standard' (ReLU) dictionaries")
-    act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
-    if act != "relu":
-        raise UserError(f"{cfg_path}: activation_fn {act!r} is not supported; saeforge loads ReLU dictionaries")
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{cfg_path}: architecture {arch!r} is not supported; saeforge loads "
+                        f"{', '.join(map(repr, ARCHITECTURES))} dictionaries")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise UserError(f"{cfg_path}: normalize_activations={norm!r} is not supported; re-save it with the "
@@ -131,31 +84,24 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def read_tensors(file: Path, what: str) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise UserError(f"{file.parent} is missing {file.name} ({what})")
-    try:
-        with safe_open(str(file), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{file} is not a readable safetensors file ({e}); it is corrupt or truncated") from None
-
-
-def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> SparseAutoencoder:
-    """Load a saeforge or SAELens ("standard" architecture) dictionary directory."""
+def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> SAE:
+    """Load a saeforge or SAELens dictionary directory of an architecture saeforge has."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"dictionary directory {path} does not exist")
     cfg = _read_cfg(path)
+    cls = ARCHITECTURES[cfg.get("architecture", "standard")]
+    params = cls.from_saved_config(cfg, str(path / CFG))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     tensors = read_tensors(path / WEIGHTS, "the dictionary weights")
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    expected = {k: tuple(v.shape) for k, v in cls(d_in, d_sae, device="meta", **params).state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise UserError(f"{path / WEIGHTS}: missing tensor(s) {', '.join(missing)}; expected {', '.join(expected)}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise UserError(f"{path / WEIGHTS}: unexpected tensor(s) {', '.join(extra)}; a standard dictionary has only {', '.join(expected)}")
+        raise UserError(f"{path / WEIGHTS}: unexpected tensor(s) {', '.join(extra)}; a {cls.architecture} dictionary "
+                        f"has only {', '.join(expected)}")
     for name, shape in expected.items():
         t = tensors[name]
         if tuple(t.shape) != shape:
@@ -170,13 +116,12 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         if cfg_dtype.removeprefix("torch.") not in DTYPES:
             raise UserError(f"{path / CFG}: dtype {cfg_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         dtype = DTYPES[cfg_dtype.removeprefix("torch.")]
-    sae = SparseAutoencoder(d_in, d_sae, device=device, dtype=dtype)
+    sae = cls(d_in, d_sae, device=device, dtype=dtype, **params)
+    if cfg.get("apply_b_dec_to_input", True) is False:
+        # (x W + b) == ((x - b_dec) W + b + b_dec W): fold, so encode() stays one formula.
+        tensors["b_enc"] = tensors["b_enc"].double() + tensors["b_dec"].double() @ tensors["W_enc"].double()
     with torch.no_grad():
-        b_enc = tensors["b_enc"].double()
-        if cfg.get("apply_b_dec_to_input", True) is False:
-            # relu(x W + b) == relu((x - b_dec) W + b + b_dec W): fold, so encode() stays one formula.
-            b_enc = b_enc + tensors["b_dec"].double() @ tensors["W_enc"].double()
-        for name, t in (("W_enc", tensors["W_enc"]), ("b_enc", b_enc), ("W_dec", tensors["W_dec"]), ("b_dec", tensors["b_dec"])):
+        for name, t in tensors.items():
             getattr(sae, name).copy_(t.to(device=device, dtype=dtype))
     meta = dict(cfg.get("saeforge") or {})
     for k, v in (cfg.get("metadata") or {}).items():
@@ -207,4 +152,4 @@ def log_sparsity(firing_counts_F: torch.Tensor, n_tokens: int) -> torch.Tensor:
     return torch.log10(freq + 1e-10).float()
 
 
-__all__ = ["save", "load", "load_sparsity", "log_sparsity", "atomic_write_json", "atomic_save_tensors"]
+__all__ = ["save", "load", "load_sparsity", "log_sparsity"]

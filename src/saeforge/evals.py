@@ -21,22 +21,21 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .sae import SparseAutoencoder
+from .errors import UserError
+from .metrics import Reconstruction
+from .sae import SAE
 
 
 @torch.no_grad()
-def evaluate(model, sae: SparseAutoencoder, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int,
+def evaluate(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int,
              progress: bool = False) -> dict[str, Any]:
     device = next(model.parameters()).device
     sae = sae.to(device)
     ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    sq_err = sum_x = sum_x2 = 0.0
-    l0_sum = 0.0
-    fired_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
-    counted = 0  # activation positions (1..n_ctx-1 of each context)
+    rec = Reconstruction(sae.d_sae, device)
     n_pred = 0  # predicted positions: logits at 1..n_ctx-2 (the last position has no next token)
     bar = tqdm(total=n_tokens, disable=not progress, file=sys.stderr, desc="eval", unit="tok", dynamic_ncols=True)
-    while counted < n_tokens:
+    while rec.n < n_tokens:
         try:
             tokens = next(contexts).to(device)
         except StopIteration:
@@ -62,30 +61,18 @@ def evaluate(model, sae: SparseAutoencoder, hook: str, contexts: Iterator[torch.
         n_pred += loss[:, 1:].numel()
         x = seen["x"].reshape(-1, sae.d_in)
         f = sae.encode(x)
-        err = x - sae.decode(f)
-        sq_err += err.pow(2).sum().item()
-        sum_x += x.sum(0).double()
-        sum_x2 += x.double().pow(2).sum().item()
-        l0_sum += (f > 0).sum().item()
-        fired_F += (f > 0).sum(0)
-        counted += x.shape[0]
+        rec.add(x, f, sae.decode(f) - x)
         bar.update(x.shape[0])
     bar.close()
-    if counted == 0:
-        from .errors import UserError
-
+    if rec.n == 0:
         raise UserError("the held-out split gave no context to evaluate on")
     ce = {k: v / n_pred for k, v in ce.items()}
-    total_var = sum_x2 - (sum_x.pow(2).sum().item() / counted)
     recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else float("nan")
+    figures = rec.result()
+    figures.pop("sparsity")
     return {
-        "eval_tokens": counted,
+        "eval_tokens": rec.n,
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
-        "ce_loss_recovered": recovered,
-        "mse": sq_err / counted,
-        "mse_relative": sq_err / total_var,
-        "explained_variance": 1.0 - sq_err / total_var,
-        "l0": l0_sum / counted,
-        "dead_fraction": (fired_F == 0).float().mean().item(),
-        "firing_frequency": (fired_F.double() / counted).cpu(),
+        "ce_loss_recovered": recovered, **figures,
+        "firing_frequency": rec.firing_frequency(),
     }

@@ -1,52 +1,23 @@
 """Dictionary initializers: the baselines, and the first seed's informed (data-based) methods.
 
 Every method writes d_sae unit-norm decoder rows (atoms) and sets the encoder from them:
-W_enc = encoder_scale · W_decᵀ (each feature's pre-activation starts as the projection of the
-input on its own atom: features detect what they write), b_enc = 0. With data-based atoms and
-scale 1 nearly every feature fires on every input at first (toy inputs project positively on
-most data atoms); encoder_scale 0.1 made `data` reach 0.95 MMCS on 128/256 in 640 steps
-instead of 2,523 (seed 0; see docs/informed-init.md). b_dec is left to the caller (the
-real-activation pipeline sets it to the sample mean; the toy path keeps 0, as in the seed).
+W_enc = encoder_scale · W_decᵀ (a feature starts by detecting what it writes), b_enc = 0;
+b_dec is left to the caller (real activations: the sample mean; toy data: 0, as in the seed).
 
-Baselines (no data):
-- orthogonal: torch.nn.init.orthogonal_ on W_dec [d_sae, d_in] (orthonormal columns when
-  d_sae > d_in), rows rescaled to unit norm: the toy replication's baseline.
-- xavier: xavier_uniform_ on W_dec, rows rescaled to unit norm.
+- orthogonal, xavier: torch's initializers on W_dec, rows rescaled to unit norm (no data).
+- data: d_sae distinct random rows of a sample X of the activation stream.
+- svd: the top min(d_sae, d_in) right singular vectors of X (signed so X projects positively),
+  the rest random rows as in `data` (the seed does not say how to get d_sae > d_in atoms).
+- average, centroid, outlier: a fraction `rare_ratio` of the atoms from "rare-feature vectors"
+  (a row minus the mean; a MiniBatchKMeans cluster member minus its centroid; the strongest
+  LocalOutlierFactor outliers), the rest random rows.
+- kmeans (saeforge's): spherical k-means centroids of the normalized rows; averaging inputs
+  that point the same way cancels the other features mixed into them.
+- mod (saeforge's): kmeans, then rounds of the method of optimal directions (Engan et al.
+  1999): top-k projection codes, then the least-squares decoder for them.
 
-From a sample X [n, d_in] of the activation stream (toy or real, the same code):
-- data: atoms are d_sae distinct random rows of X, normalized.
-- svd: the seed does not say how d_sae > d_in atoms come out of an SVD that yields at most
-  d_in directions. Our reading: the first min(d_sae, d_in) atoms are the right singular
-  vectors of X (largest first; sign chosen so the sample projects positively on average),
-  and the remaining d_sae − d_in atoms are normalized random rows of X, as in `data`.
-- rare-feature collection: a fraction `rare_ratio` of the atoms (round(rare_ratio·d_sae),
-  at least 1 when rare_ratio > 0) comes from "rare-feature vectors", the rest from random
-  rows of X as in `data`:
-  - average: a random row minus the sample mean (what is left once the features common to
-    most inputs are averaged out);
-  - centroid: MiniBatchKMeans with as many clusters as rare vectors, fitted on X; from each
-    cluster, a random member minus its centroid;
-  - outlier: LocalOutlierFactor(n_neighbors=250) on X; the inputs with the lowest
-    (most negative) negative_outlier_factor_, i.e. the strongest outliers.
-  Rare vectors are normalized like every atom.
-
-Past the seed (its "future work": other clustering methods):
-- kmeans: spherical k-means on the normalized sample (cosine assignment, centroid = the
-  normalized mean of its members), d_sae clusters, 20 Lloyd iterations from d_sae distinct
-  random rows; a cluster left empty is reseeded with the worst-fitting row. Atoms = the
-  centroids. A normalized input is a few features mixed; averaging the inputs that point the
-  same way cancels the other features and leaves the shared one, so centroids sit much closer
-  to true features than raw rows do (toy 128/512: immediate MMCS ~0.66 against ~0.48 for
-  `data`). It sees `KMEANS_PER_ATOM` rows per atom (32, at most 65,536), all in torch.
-- mod: `kmeans`, then `MOD_ITERS` (10) rounds of the method of optimal directions (Engan et
-  al. 1999) on the same sample: codes = the top-`MOD_TOPK` (8) positive projections of each
-  row on the atoms, then atoms = the least-squares decoder for those codes,
-  (AᵀA + εI)⁻¹AᵀX, renormalized. Where k-means gives each input to one atom, MOD lets an
-  input be explained by several, so an atom is fitted to what the others leave over (toy
-  128/512: ~0.80 immediate MMCS). Costs O(d_sae²) memory for AᵀA.
-
-The scikit-learn steps stay cheap: KMeans and LOF see at most `max_sample` rows (4096 by
-default; LOF is quadratic in it). Everything is deterministic from the seed.
+scikit-learn sees at most `max_sample` rows (LOF is quadratic). Deterministic from the seed.
+docs/design.md ("Initialization") gives the details, docs/informed-init.md the measurements.
 """
 
 from __future__ import annotations
@@ -55,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .sae import SparseAutoencoder
+from .sae import SAE
 
 BASELINES = ("orthogonal", "xavier")
 DATA_METHODS = ("data", "svd", "kmeans", "mod")
@@ -69,10 +40,6 @@ MOD_ITERS = 10
 MOD_TOPK = 8
 
 
-def needs_sample(method: str) -> bool:
-    return method not in BASELINES
-
-
 def sample_size(method: str, d_sae: int, rare_ratio: float, max_sample: int = 4096) -> int:
     """Rows of the stream a method wants: enough distinct rows for every atom, and the bounded
     sklearn sample on top."""
@@ -84,7 +51,7 @@ def sample_size(method: str, d_sae: int, rare_ratio: float, max_sample: int = 40
 
 
 @torch.no_grad()
-def initialize(sae: SparseAutoencoder, method: str, *, seed: int = 0, sample: torch.Tensor | None = None,
+def initialize(sae: SAE, method: str, *, seed: int = 0, sample: torch.Tensor | None = None,
                rare_ratio: float = 0.0, max_sample: int = 4096, encoder_scale: float = 1.0) -> None:
     """Set the dictionary's atoms and encoder by `method` (see the module docstring)."""
     if method not in METHODS:

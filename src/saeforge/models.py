@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizer
 
 from .errors import UserError
@@ -131,7 +131,7 @@ def save_model(model, path: str | Path, tokenizer: str | None = "bytes", extra: 
     """Write `config.json` + `model.safetensors`, loadable by `load_model(path)`."""
     from dataclasses import fields
 
-    from .dictionary import atomic_write_json
+    from .runtime import atomic_write_json
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def _load_dir(cfg_file: Path, weights: Path, device, name: str):
         model = build_model(config, tokenizer=meta.get("tokenizer", "bytes"), device=device)
     except (TypeError, ValueError, AssertionError) as e:
         raise UserError(f"model {name}: bad config in {cfg_file.name}: {e}") from None
-    from .dictionary import read_tensors
+    from .runtime import read_tensors
 
     sd = read_tensors(weights, f"model {name} weights")
     missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())

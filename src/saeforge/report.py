@@ -32,28 +32,25 @@ def _png(fig) -> bytes:
 
 
 def plots(rep: DictionaryReport) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     out = {}
     counts, edges = rep.density_histogram()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.subplots()
     if counts:
         ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="tab:blue")
     ax.set(xlabel="log10 firing frequency", ylabel="features",
            title=f"feature density ({rep.dead} dead, {rep.dense} dense > 10%, {len(rep.frequency_F)} in all)")
     fig.tight_layout()
     out["density.png"] = _png(fig)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.subplots()
     feats = list(rep.features.values())
     ax.scatter([f.frequency for f in feats], [f.max_activation for f in feats], s=12)
     ax.set(xscale="log", xlabel="firing frequency", ylabel="max activation", title="studied features")
     fig.tight_layout()
     out["features.png"] = _png(fig)
-    plt.close(fig)
     return out
 
 
@@ -73,7 +70,7 @@ def payload(rep: DictionaryReport, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def write(rep: DictionaryReport, out: str | Path, meta: dict[str, Any]) -> Path:
-    from .dictionary import atomic_write_bytes
+    from .runtime import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

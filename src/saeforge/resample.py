@@ -1,44 +1,16 @@
-"""Dead-feature resampling: give features that stopped firing a new direction.
+"""Dead-feature resampling: give features that stopped firing (or duplicate another) a new direction.
 
-Dead = no firing for `dead_window` tokens (the trainer's on-device counter
-`tokens_since_fired_F`, updated every step without a host sync) and no firing on any of the
-`resample_sample` fresh inputs scored at the resampling step (a feature of a rare direction can
-be silent for a window and still be right). At every resampling step (`--resample-every N`, or
-the steps listed in `--resample-at`; with `--resample-every`, never in the last interval of the
-budget nor during the learning-rate decay, so a new feature gets time to settle at full lr)
-the dead features are reinitialized. With `--resample-duplicates COS`,
-the rarer of two alive features whose decoder rows have cosine >= COS is renewed too: two
-features on one direction leave another direction without one (on toy data, trained
-dictionaries hold dozens of such twins while as many rare true features go unlearned).
-
-New directions:
-- anthropic ("Towards Monosemanticity", the baseline): score the inputs by the dictionary's
-  squared reconstruction error; draw one input per renewed feature with probability
-  ∝ (error)²; decoder row = that input, normalized.
-- clustered (the first seed's proposal): keep the `resample_worst` worst-reconstructed of
-  those inputs and cluster them with MiniBatchKMeans. `centroid` (default): cluster the
-  inputs (`resample_clusters` clusters), rank the clusters by mean error, deal the renewed
-  features round-robin over the worst k = min(#renewed, #clusters) so that one frequent
-  failure mode cannot take every feature, and give each x minus its cluster's centroid for a
-  member x not used yet. `residual` (`residual_directions`): among the worst inputs, keep
-  those with the most error that no firing feature can explain, cluster their residuals
-  x − x̂ by direction, and give each renewed feature the summed residual of one of the most
-  coherent clusters: on toy data that is a feature the dictionary lacks, estimated from the
-  inputs that lack it. Residual directions point at
-  unlearned features far more often (tests/test_resample.py), but on the embedded model with
-  many dead features centroid directions trained to a lower loss (docs/resampling.md), so
-  centroid stays the default.
-- none.
-
-Encoder of a renewed feature (`--resample-encoder`): `anthropic` = its direction × 0.2 × the
-alive features' mean encoder norm, bias 0 (gentle, for real activations); `alive` = its
-direction × the alive features' median encoder norm, bias = their median bias, so it fires
-like a learned feature from the first step instead of being switched off by the sparsity
-penalty before its rare inputs come by (the toy default).
-
-Renewing resets the Adam moments of the rows touched (W_enc columns, b_enc entries, W_dec
-rows) and the features' firing counters. Every decision comes from the run's seed and step, so
-a run is reproducible, and (issue 7) rank 0 decides and broadcasts.
+A feature is dead after `dead_window` tokens without firing (the trainer's on-device counter)
+if it also fires on none of `resample_sample` fresh inputs scored at the resampling step; with
+`--resample-duplicates COS` the rarer of two features whose decoder rows have cosine >= COS is
+renewed too. New directions: `anthropic` (Towards Monosemanticity: inputs drawn ∝ squared
+error), `clustered` (the first seed: the worst-reconstructed inputs clustered with
+MiniBatchKMeans; `centroid` = a member minus its cluster centroid, `residual` = the summed
+residual of one of the most coherent clusters of what no firing feature explains). New
+encoders: `anthropic` (0.2 × the alive features' mean norm, bias 0) or `alive` (their median
+norm and bias). The trainer renews the features (`Trainer.renew_features`: weights, Adam
+moments, firing counters). Rank 0 decides from the run's seed and step and broadcasts.
+docs/design.md ("Resampling") gives the reasons, docs/resampling.md the measurements.
 """
 
 from __future__ import annotations
@@ -52,12 +24,12 @@ import torch
 
 from . import distributed
 from .errors import UserError
+from .metrics import squared_error
 
 if TYPE_CHECKING:
-    from .train import Trainer
+    from .trainer import Trainer
 
 METHODS = ("none", "anthropic", "clustered")
-DIRECTIONS = ("residual", "centroid")
 SAME_DIRECTION = 0.5  # residual directions: clusters this close share a missing feature (true ones: ~0.1)
 CLUSTERS_PER_FEATURE = 4  # residual directions: clusters per renewed feature (small, pure clusters)
 ENCODER_SCALE = 0.2  # Towards Monosemanticity's factor on the alive features' mean encoder norm
@@ -74,28 +46,10 @@ def check_settings(cfg: Any, total_steps: int, total_tokens: int) -> None:
     if window >= total_tokens:
         raise UserError(f"the dead window ({window} tokens) is not shorter than training ({total_tokens} tokens): "
                         "no feature could ever count as dead; lower --dead-window or train longer")
-    if not resample_steps(cfg, total_steps):
+    if not cfg.resample_steps(total_steps):
         raise UserError(f"--resample {cfg.resample}: no resampling step falls inside the {total_steps} training "
                         "steps (resampling stops one interval before the end, or where the lr decay starts); "
                         "lower --resample-every")
-
-
-def resample_steps(cfg: Any, total_steps: int) -> list[int]:
-    if cfg.resample_at:
-        return sorted(s for s in parse_steps(cfg.resample_at) if 0 < s < total_steps)
-    every = cfg.resample_every  # never in the last interval, nor once the learning rate decays:
-    end = total_steps - max(every, cfg.lr_decay_steps)  # a renewed feature needs time at full lr
-    return list(range(every, end + 1, every)) if every > 0 else []
-
-
-def parse_steps(text: str) -> list[int]:
-    try:
-        steps = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise UserError(f"--resample-at must be comma-separated step numbers, got {text!r}") from None
-    if any(s < 1 for s in steps):
-        raise UserError(f"--resample-at steps must be >= 1, got {text!r}")
-    return steps
 
 
 class Resampler:
@@ -106,15 +60,15 @@ class Resampler:
 
     def __init__(self, cfg: Any, sample: Callable[[int, int], torch.Tensor], total_steps: int):
         self.cfg, self.sample = cfg, sample
-        self.steps = set(resample_steps(cfg, total_steps))
+        self.steps = set(cfg.resample_steps(total_steps)) if cfg.resample != "none" else set()
 
     def __call__(self, tr: "Trainer") -> dict[str, Any] | None:
-        if self.cfg.resample == "none" or tr.step not in self.steps:
+        if tr.step not in self.steps:
             return None
         t0 = time.perf_counter()
         cfg, sae = self.cfg, tr.sae
         dev = sae.W_dec.device
-        window_dead_F = tr.tokens_since_fired_F >= tr.dead_window
+        window_dead_F = tr.state.tokens_since_fired_F >= tr.dead_window
         event = {"step": tr.step, "method": cfg.resample, "dead": 0, "duplicates": 0}
         # one host sync, on resampling steps only; the same on every rank (the counters are)
         if bool(window_dead_F.any()) or cfg.resample_duplicates > 0:
@@ -140,10 +94,9 @@ class Resampler:
                 if dirs_KD is None:
                     dirs_KD = torch.empty(len(idx), sae.d_in, device=dev)
                 distributed.broadcast_(dirs_KD)
-                reinitialize(tr, idx, dirs_KD, cfg.resample_encoder)
+                tr.renew_features(idx, new_parameters(sae, idx, dirs_KD, cfg.resample_encoder))
         event["resampled"] = event["dead"] + event["duplicates"]
         event["seconds"] = round(time.perf_counter() - t0, 4)
-        tr.extra_state.setdefault("resample_events", []).append(event)
         return event
 
     def directions(self, tr: "Trainer", X_ND: torch.Tensor, loss_N: torch.Tensor, k: int) -> torch.Tensor:
@@ -161,7 +114,7 @@ def score(sae, X_ND: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, tor
     errs, fires_F = [], torch.zeros(sae.d_sae, dtype=torch.long, device=X_ND.device)
     for i in range(0, len(X_ND), chunk):
         f_BF = sae.encode(X_ND[i:i + chunk])
-        errs.append((sae.decode(f_BF) - X_ND[i:i + chunk]).pow(2).sum(-1))
+        errs.append(squared_error(sae.decode(f_BF) - X_ND[i:i + chunk]))
         fires_F += (f_BF > 0).sum(0)
     return torch.cat(errs), fires_F
 
@@ -285,26 +238,17 @@ def residual_directions(sae, X_ND: torch.Tensor, loss_N: torch.Tensor, k: int, n
 
 
 @torch.no_grad()
-def reinitialize(tr: "Trainer", idx_K: torch.Tensor, dirs_KD: torch.Tensor, encoder: str = "anthropic") -> None:
-    """New decoder rows and encoder columns for features idx_K; their Adam moments zeroed."""
-    sae = tr.sae
+def new_parameters(sae, idx_K: torch.Tensor, dirs_KD: torch.Tensor, encoder: str = "anthropic") -> dict[str, torch.Tensor]:
+    """Decoder rows (the unit directions), encoder columns and biases for renewed features idx_K."""
     dirs_KD = dirs_KD / dirs_KD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_F = torch.ones(sae.d_sae, dtype=torch.bool, device=idx_K.device)
     alive_F[idx_K] = False
     enc_norms_F = sae.W_enc.norm(dim=0)
-    bias = 0.0
+    bias = torch.tensor(0.0, device=idx_K.device)
     if not alive_F.any():
         scale = torch.tensor(1.0, device=enc_norms_F.device)
     elif encoder == "alive":
         scale, bias = enc_norms_F[alive_F].median(), sae.b_enc[alive_F].median()
     else:
         scale = ENCODER_SCALE * enc_norms_F[alive_F].mean()
-    sae.W_dec[idx_K] = dirs_KD.to(sae.W_dec.dtype)
-    sae.W_enc[:, idx_K] = (dirs_KD.T * scale).to(sae.W_enc.dtype)
-    sae.b_enc[idx_K] = bias
-    for p, sl in ((sae.W_enc, (slice(None), idx_K)), (sae.b_enc, (idx_K,)), (sae.W_dec, (idx_K,))):
-        st = tr.opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in st:
-                st[key][sl] = 0.0
-    tr.tokens_since_fired_F[idx_K] = 0
+    return {"W_dec": dirs_KD, "W_enc": dirs_KD.T * scale, "b_enc": bias.expand(len(idx_K))}

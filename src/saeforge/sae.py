@@ -1,24 +1,51 @@
-"""The sparse autoencoder: the whole model on one screen, plain torch.
+"""The SAE interface: what an architecture provides, and all the rest of saeforge relies on.
 
-    f   = ReLU((x - b_dec) @ W_enc + b_enc)          encode
-    x̂   = f @ W_dec + b_dec                          decode
-    L   = Σ_d (x - x̂)²  + λ · Σ_i f_i ‖W_dec,i‖       mean over the batch
+Every architecture keeps SAELens's four tensors W_enc_DF, b_enc_F, W_dec_FD, b_dec_D (B batch,
+D d_in, F d_sae) and the decoder x̂ = f @ W_dec + b_dec; it defines
 
-Shapes: x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D (B batch, D d_in, F d_sae). The same
-parameter names and layout as SAELens's "standard" SAE, so dictionaries move both ways.
-The fast training step (hand-written backward) lives in kernels.py; `loss` here is the
-autograd reference it is tested against.
+    encode(x_BD) -> f_BF                 its activation function
+    loss(x_BD, coefficient) -> Loss      total, mse and sparsity terms, with autograd
+    step(x_BD, coefficient) -> StepOutput    loss + gradients in .grad (default: autograd on
+                                         `loss`; an architecture overrides it with a fast step)
+    architecture                         its name in cfg.json (SAELens's name where SAELens has it)
+    saved_config() / from_saved_config   its own cfg.json fields (e.g. k) both ways
+
+The trainer, init, resampling, save/load, evals, sweep and inspect use this interface only;
+`architectures/` holds the implementations, one file each.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 
-class SparseAutoencoder(nn.Module):
+class Loss(NamedTuple):
+    total: torch.Tensor  # mse + coefficient · sparsity
+    mse: torch.Tensor  # Σ_d (x − x̂)², mean over the batch
+    sparsity: torch.Tensor  # the architecture's sparsity penalty (ReLU: Σ_i f_i‖W_dec,i‖), mean over the batch
+    f_BF: torch.Tensor  # the codes
+    err_BD: torch.Tensor  # x̂ − x
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, on device
+    mse: torch.Tensor
+    sparsity: torch.Tensor
+    f_BF: torch.Tensor  # codes (for L0 on logging steps)
+    err_BD: torch.Tensor  # x̂ − x (for explained variance on logging steps)
+    feature_sums_F: torch.Tensor  # Σ_b f_bi: > 0 exactly when feature i fired in the batch
+
+
+class SAE(nn.Module):
+    architecture: ClassVar[str]
+    # Parameters indexed by feature, and the axis of the feature index (resampling renews slices).
+    feature_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+
     def __init__(self, d_in: int, d_sae: int, *, device: Any = None, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.d_in, self.d_sae = d_in, d_sae
@@ -30,22 +57,48 @@ class SparseAutoencoder(nn.Module):
         # Free-form facts about the dictionary (model, hook, init, tokens seen…), saved in cfg.json.
         self.metadata: dict[str, Any] = {}
 
+    # ---------------------------------------------------------------- what an architecture defines
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
+        raise NotImplementedError
 
+    def loss(self, x_BD: torch.Tensor, coefficient: float) -> Loss:
+        raise NotImplementedError
+
+    def saved_config(self) -> dict[str, Any]:
+        """The architecture's own cfg.json fields (besides d_in, d_sae, dtype)."""
+        return {}
+
+    @classmethod
+    def from_saved_config(cls, cfg: dict[str, Any], where: str) -> dict[str, Any]:
+        """Constructor keyword arguments from a cfg.json; raise UserError naming `where` if it cannot be loaded."""
+        return {}
+
+    # ---------------------------------------------------------------- shared
     def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
         return f_BF @ self.W_dec + self.b_dec
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x_BD))
 
-    def loss(self, x_BD: torch.Tensor, l1: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, mse, sparsity) with autograd; the reference for kernels.loss_and_grads."""
-        f_BF = self.encode(x_BD)
-        err_BD = self.decode(f_BF) - x_BD
-        mse = err_BD.pow(2).sum(-1).mean()
-        sparsity = (f_BF * self.W_dec.norm(dim=-1)).sum(-1).mean()
-        return mse + l1 * sparsity, mse, sparsity
+    def step(self, x_BD: torch.Tensor, coefficient: float) -> StepOutput:
+        """Loss and gradients (written to .grad) by autograd; architectures may override it."""
+        for p in self.parameters():
+            p.grad = None
+        x_BD = x_BD.to(self.W_enc.dtype)
+        with torch.enable_grad():
+            out = self.loss(x_BD, coefficient)
+            out.total.backward()
+        f_BF = out.f_BF.detach()
+        return StepOutput(out.total.detach(), out.mse.detach(), out.sparsity.detach(), f_BF, out.err_BD.detach(),
+                          f_BF.sum(0))
+
+    def folded(self, input_scale: float) -> dict[str, torch.Tensor]:
+        """The weights for raw inputs when training saw inputs × s: W_enc·s, W_dec/s, b_dec/s
+        (encode(s·x) and decode(f)/s are unchanged); other tensors as they are."""
+        s = float(input_scale)
+        w = {k: v.detach() for k, v in self.state_dict().items()}
+        w["W_enc"], w["W_dec"], w["b_dec"] = w["W_enc"] * s, w["W_dec"] / s, w["b_dec"] / s
+        return w
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
@@ -60,4 +113,4 @@ class SparseAutoencoder(nn.Module):
             g_FD.sub_((g_FD * w_FD).sum(-1, keepdim=True) * w_FD)
 
     def extra_repr(self) -> str:
-        return f"d_in={self.d_in}, d_sae={self.d_sae}"
+        return f"architecture={self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}"

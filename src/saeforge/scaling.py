@@ -1,11 +1,12 @@
-"""Scaling laws for dictionary learning: FLOP accounting, the sweep, the compute-optimal frontier.
+"""Scaling laws for dictionary learning: FLOP accounting, IsoFLOP fits, the compute-optimal frontier
+(`saeforge sweep` runs the grid: pipeline/sweep.py).
 
 FLOPs of a run (a multiply-add counts 2). Per token, the encoder (x − b_dec)·W_enc and the
 decoder f·W_dec are 2·d·F each: forward 4dF; the backward pass costs twice the forward
 (gradients w.r.t. the input side and the weights): 8dF; so training costs 12·d·F per token
 (Kaplan's 6·N with N = 2dF weights; biases, ReLU, Adam and the decoder renormalization are
 O(F + dF/B) per token and left out). A run of S steps of B tokens costs 12·d·F·B·S, plus its
-init (`init_flops`) and resampling (4dF per scored input, forward only).
+init (`init_flops`).
 
 The analysis follows the IsoFLOP method (Hoffmann et al. 2022), which the seed's grid allows
 directly: with sizes and step counts on the same geometric ladder, every diagonal of the
@@ -17,7 +18,7 @@ lines in log-log space; their confidence intervals come from a bootstrap over th
 points (pairs resampled with replacement, 2,000 times, 2.5 and 97.5 percentiles).
 
 Losses (held-out, in the trainer's normalized units, E‖x‖² = d_in):
-- "l1": MSE + λ·L1 with the λ the run was trained with (the seed's MSE + 5·L1);
+- "l1": MSE + λ·L1 (`loss_l1`) with the λ the run was trained with (the seed's MSE + 5·L1);
 - "l0": MSE + α·L0; per (F, S) the λ of the grid that minimizes it is chosen, as the seed does.
 """
 
@@ -47,10 +48,6 @@ def init_flops(method: str, d_in: int, d_sae: int, n_sample: int, iters: int = 2
     if method == "svd":
         return 4.0 * n_sample * d_in * d_in
     return 0.0
-
-
-def resample_flops(d_in: int, d_sae: int, scored_inputs: int) -> float:
-    return 4.0 * d_in * d_sae * scored_inputs
 
 
 # ---------------------------------------------------------------- fitting
@@ -131,8 +128,8 @@ def l0_choice(runs: list[dict], alpha: float) -> list[dict]:
 def analyze(runs: list[dict], d_in: int, batch: int, alpha: float, n_boot: int = 2000) -> dict[str, Any]:
     """Fits for every λ of the grid (L1 loss) and for the L0 loss; see the module docstring."""
     res: dict[str, Any] = {"l1": {}, "l0": None}
-    for lam in sorted({r["l1"] for r in runs}):
-        rs = [r for r in runs if r["l1"] == lam]
+    for lam in sorted({r["l1_coefficient"] for r in runs}):
+        rs = [r for r in runs if r["l1_coefficient"] == lam]
         res["l1"][lam] = fits(rs, "loss_l1", d_in, batch, n_boot)
     res["l0"] = fits(l0_choice(runs, alpha), "loss_l0", d_in, batch, n_boot)
     return res
@@ -167,7 +164,7 @@ def suggest(result: dict[str, Any], flops: float, lam: float | None = None) -> d
         raise UserError(f"the sweep has too few FLOP budgets with 3 or more sizes to fit (λ = {lam}); "
                         "add sizes or step counts")
 
-    out = {"flops": flops, "l1": lam}
+    out = {"flops": flops, "l1_coefficient": lam}
     for name, key in (("d_sae", "features_vs_flops"), ("steps", "steps_vs_flops"), ("loss", "loss_vs_flops")):
         p = f[key]
         C = np.array([o["flops"] for o in f["optima"]])
@@ -194,6 +191,9 @@ def parse_grid(text: str, name: str, kind=int) -> list:
     return sorted(vals)
 
 
+OLD_NAMES = {"l1": "l1_coefficient", "l1_norm": "sparsity"}  # runs.jsonl of saeforge 0.1
+
+
 def read_results(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -201,134 +201,11 @@ def read_results(path: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by an interruption: that run is redone
+            rows.append({OLD_NAMES.get(k, k): v for k, v in row.items()})
     return rows
-
-
-# ---------------------------------------------------------------- running the grid
-def run_sweep(cfg) -> list[dict]:
-    """Train every (size, steps, λ) of the grid from the cache, measure each on held-out
-    activations, append one JSON row per finished run to <out>/runs.jsonl (a finished run is
-    never redone), then fit and plot. With --suggest, only read the finished sweep."""
-    import os
-    import sys
-
-    import torch
-    from tqdm import tqdm
-
-    from .cache import CacheSource, read_manifest
-
-    out = Path(cfg.out)
-    sizes = parse_grid(cfg.sizes, "sizes")
-    steps = parse_grid(cfg.steps, "steps")
-    l1s = parse_grid(cfg.l1s, "l1s", float)
-    if cfg.suggest:
-        rows = read_results(out / "runs.jsonl")
-        if not rows:
-            raise UserError(f"--suggest: {out / 'runs.jsonl'} holds no finished run; run the sweep first")
-        res = analyze(rows, rows[0]["d_in"], rows[0]["batch_size"], cfg.alpha, n_boot=500)
-        s = suggest(res, cfg.suggest, l1s[0] if len(l1s) == 1 else None)
-        print(json.dumps(s))
-        return rows
-    manifest = read_manifest(cfg.cache)
-    n_shards = len(manifest["shards"])
-    if cfg.eval_cache:
-        eval_src, train_shards = CacheSource(cfg.eval_cache), None
-    else:
-        if n_shards < 2:
-            raise UserError(f"--cache {cfg.cache} has {n_shards} shard; hold-out needs 2 or more, or give --eval-cache")
-        eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
-    from .train import pick_device
-
-    device = pick_device(cfg.device)
-    X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)
-    results = out / "runs.jsonl"
-    finished = read_results(results)
-    if results.exists() and len(finished) != len([x for x in results.read_text().splitlines() if x.strip()]):
-        from .dictionary import atomic_write_bytes  # drop a line cut by an interruption before appending
-
-        atomic_write_bytes(results, "".join(json.dumps(r) + "\n" for r in finished).encode())
-    done = {(r["d_sae"], r["steps"], r["l1"]) for r in read_results(results)}
-    grid = [(F, S, lam) for lam in l1s for F in sizes for S in steps]
-    bar = tqdm(total=len(grid), initial=sum(g in done for g in grid), disable=not cfg.progress, file=sys.stderr,
-               desc="sweep", unit="run", dynamic_ncols=True)
-    for F, S, lam in grid:
-        if (F, S, lam) in done:
-            continue
-        row = train_one(cfg, F, S, lam, device, train_shards, X_eval)
-        with open(results, "a") as fh:  # one whole line per finished run
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        bar.update(1)
-        bar.set_postfix(F=F, S=S, l1=lam, loss=f"{row['loss_l1']:.3f}")
-    bar.close()
-    rows = read_results(results)
-    rows = [r for r in rows if (r["d_sae"], r["steps"], r["l1"]) in set(grid)]
-    res = analyze(rows, int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
-    (out / "fits.json").write_text(json.dumps(jsonable(res), indent=1))
-    plot(res, rows, out, cfg.alpha)
-    return rows
-
-
-def train_one(cfg, F: int, S: int, lam: float, device, train_shards, X_eval) -> dict:
-    import time
-
-    import torch
-
-    from .buffer import ActivationBuffer
-    from .cache import CacheSource
-    from .config import TrainConfig
-    from .init import initialize, sample_size
-    from .sae import SparseAutoencoder
-    from .train import Trainer
-
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    tcfg = TrainConfig(out="", seed=cfg.seed, steps=S, init=cfg.init, l1=lam, lr=cfg.lr, batch_size=cfg.batch_size,
-                       l1_warmup_steps=max(1, S // 10), lr_decay_steps=max(1, S // 5), log_every=S, progress=False,
-                       device=str(device))
-    source = CacheSource(cfg.cache, seed=cfg.seed, device=device, shards=train_shards)
-    d = source.d_in
-    rows = ActivationBuffer.rows_for(128.0, d, torch.float32, carry_rows=source.rows_per_chunk)
-    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
-    sae = SparseAutoencoder(d, F, device=device)
-    n = sample_size(cfg.init, F, 0.0)
-    t_init = time.perf_counter()
-    initialize(sae, cfg.init, seed=cfg.seed, sample=buffer.sample(n) if n else None)
-    with torch.no_grad():
-        sae.b_dec.copy_(buffer.sample(16384).mean(0))
-    init_s = time.perf_counter() - t_init
-    trainer = Trainer(sae, tcfg, None, input_scale=buffer.scale)
-    trainer.fit(buffer, S)
-    with torch.no_grad():
-        x = X_eval * buffer.scale
-        mse = l1 = l0 = 0.0
-        fired = torch.zeros(F, dtype=torch.bool, device=device)
-        norms = sae.W_dec.norm(dim=1)
-        for i in range(0, len(x), 8192):
-            f_BF = sae.encode(x[i:i + 8192])
-            err = sae.decode(f_BF) - x[i:i + 8192]
-            mse += err.pow(2).sum().item()
-            l1 += (f_BF * norms).sum().item()
-            l0 += (f_BF > 0).sum().item()
-            fired |= (f_BF > 0).any(0)
-        n = len(x)
-        mse, l1, l0 = mse / n, l1 / n, l0 / n
-        var = (x - x.mean(0)).pow(2).sum().item() / n
-    tokens = trainer.tokens
-    f_train, f_init = train_flops(d, F, tokens), init_flops(cfg.init, d, F, sample_size(cfg.init, F, 0.0))
-    return {"d_sae": F, "steps": S, "l1": lam, "d_in": d, "batch_size": cfg.batch_size, "tokens": tokens,
-            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr,
-            "mse": mse, "l1_norm": l1, "l0": l0, "loss_l1": mse + lam * l1, "explained_variance": 1 - mse / var,
-            "dead_fraction": 1 - fired.float().mean().item(), "eval_rows": n, "init_s": round(init_s, 3),
-            "seconds": round(time.perf_counter() - t0, 3), "seed": cfg.seed}
 
 
 def jsonable(o):
@@ -345,17 +222,17 @@ def plot(res: dict, rows: list[dict], out: Path, alpha: float) -> list[Path]:
     """The seed's figures, per loss: loss against FLOPs per size (IsoFLOP optima and their
     fit), and the optimal size and steps against FLOPs."""
     import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = [(f"l1-{lam:g}", f, [r for r in rows if r["l1"] == lam], "loss_l1", f"held-out MSE + {lam:g}·L1")
+    entries = [(f"l1-{lam:g}", f, [r for r in rows if r["l1_coefficient"] == lam], "loss_l1",
+                f"held-out MSE + {lam:g}·L1")
                for lam, f in res["l1"].items()]
     entries.append(("l0", res["l0"], l0_choice(rows, alpha), "loss_l0", f"held-out MSE + {alpha:g}·L0 (best λ per cell)"))
     paths = []
     for tag, f, rs, key, ylabel in entries:
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-        cmap = plt.get_cmap("viridis")
+        fig = Figure(figsize=(16, 4.4))
+        axes = fig.subplots(1, 3)
+        cmap = matplotlib.colormaps["viridis"]
         sizes = sorted({r["d_sae"] for r in rs})
         for i, F in enumerate(sizes):
             pts = sorted((r["flops"], r[key]) for r in rs if r["d_sae"] == F)
@@ -384,6 +261,5 @@ def plot(res: dict, rows: list[dict], out: Path, alpha: float) -> list[Path]:
         fig.tight_layout()
         path = out / f"scaling-{tag}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths

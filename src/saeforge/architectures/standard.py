@@ -1,0 +1,103 @@
+"""ReLU + L1, SAELens's "standard" architecture: the model on one screen, then its fast step.
+
+    f   = ReLU((x − b_dec) @ W_enc + b_enc)          encode
+    x̂   = f @ W_dec + b_dec                          decode
+    L   = Σ_d (x − x̂)²  + λ · Σ_i f_i ‖W_dec,i‖       mean over the batch
+
+`loss` is the autograd reference; `step` is the hand-written backward that tests/test_sae.py
+checks against it gradient for gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sae import SAE, Loss, StepOutput
+
+
+class StandardSAE(SAE):
+    architecture = "standard"
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def loss(self, x_BD: torch.Tensor, coefficient: float) -> Loss:
+        f_BF = self.encode(x_BD)
+        err_BD = self.decode(f_BF) - x_BD
+        mse = err_BD.pow(2).sum(-1).mean()
+        sparsity = (f_BF * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
+
+    @classmethod
+    def from_saved_config(cls, cfg: dict, where: str) -> dict:
+        from ..errors import UserError
+
+        act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+        if act != "relu":
+            raise UserError(f"{where}: activation_fn {act!r} is not supported; saeforge loads ReLU dictionaries")
+        return {}
+
+    @torch.no_grad()
+    def step(self, x_BD: torch.Tensor, coefficient: float) -> StepOutput:
+        return fast_step(self, x_BD, coefficient)
+
+
+# ---------------------------------------------------------------- the fast step
+# Autograd on [batch, features] tensors spends as much on the elementwise work (ReLU, its mask,
+# the penalty and their gradients) and one avoidable product as on the useful products. Here:
+#
+#   forward   pre_BF = addmm(b_enc, x_BD − b_dec, W_enc)      product 1
+#             f_BF   = relu_(pre_BF)                            in place
+#             out    = f_BF @ [W_dec | ‖W_dec‖]                 product 2: x̂ and the penalty at once
+#   backward  g_BF   = addmm(λ‖W_dec‖/B, g_x̂_BD, W_decᵀ)        product 3
+#             g_BF  *= (f_BF > 0)                               one fused pass
+#             [g_W_enc; g_b_enc] = [x_c | 1]ᵀ @ g_BF            product 4, bias gradient as an extra row
+#             [g_W_dec | Σ_b f] = f_BFᵀ @ [g_x̂ | 1/B]           product 5, firing sums as an extra column
+#             g_b_dec = Σ_b g_x̂ − g_b_enc @ W_encᵀ              a [F]x[F,D] product, not [B,F]x[F,D]
+#
+# Autograd needs a sixth product (the gradient through x − b_dec); the chain rule gives it as
+# g_b_enc @ W_encᵀ because b_dec is broadcast over the batch. The firing sums fall out of
+# product 5 for free and feed the dead-feature statistics.
+@torch.no_grad()
+def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float) -> StepOutput:
+    """Compute the loss and write the gradients into `.grad` of the four parameters."""
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    B, D = x_BD.shape
+    x_BD = x_BD.to(W_enc.dtype)
+
+    xc_BD1 = torch.empty(B, D + 1, dtype=x_BD.dtype, device=x_BD.device)
+    torch.sub(x_BD, b_dec, out=xc_BD1[:, :D])
+    xc_BD1[:, D] = 1.0
+    xc_BD = xc_BD1[:, :D]
+
+    f_BF = torch.addmm(b_enc, xc_BD, W_enc).relu_()
+    norms_F = W_dec.norm(dim=-1)
+    dec_FD1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
+    out_BD1 = f_BF @ dec_FD1
+    err_BD = out_BD1[:, :D].add_(b_dec).sub_(x_BD)
+    mse = err_BD.pow(2).sum() / B
+    sparsity = out_BD1[:, D].sum() / B
+
+    # d mse / d x̂ = 2 err / B; last column carries the penalty's d/dW_dec and the firing sums.
+    gx_BD1 = torch.empty(B, D + 1, dtype=x_BD.dtype, device=x_BD.device)
+    torch.mul(err_BD, 2.0 / B, out=gx_BD1[:, :D])
+    gx_BD1[:, D] = 1.0
+    gx_BD = gx_BD1[:, :D]
+
+    g_BF = torch.addmm(norms_F * (l1 / B), gx_BD, W_dec.t())
+    g_BF = torch.ops.aten.threshold_backward(g_BF, f_BF, 0.0)
+
+    g_enc_D1F = xc_BD1.t() @ g_BF
+    g_dec_FD1 = f_BF.t() @ gx_BD1
+    feature_sums_F = g_dec_FD1[:, D]
+
+    g_W_dec = g_dec_FD1[:, :D].addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
+    g_b_enc = g_enc_D1F[D]
+    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
+
+    for p, g in ((W_enc, g_enc_D1F[:D]), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)):
+        if p.grad is None:
+            p.grad = g.contiguous()
+        else:
+            p.grad.copy_(g)
+    return StepOutput(mse + l1 * sparsity, mse, sparsity, f_BF, err_BD, feature_sums_F)

@@ -1,0 +1,8 @@
+"""The commands' pipelines, above everything else: each assembles the stages for one job.
+
+    train.py    saeforge train     model or cache → buffer → SAE → trainer → evals
+    toy.py      saeforge toy       toy data with known features → SAE → trainer → MMCS
+    sweep.py    saeforge sweep     a grid of runs from one cache → scaling-law fits
+    harvest.py  saeforge harvest   model → activation cache on disk
+    common.py   the construction path train, toy and sweep share
+"""

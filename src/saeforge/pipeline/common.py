@@ -1,0 +1,111 @@
+"""The construction path every training pipeline (train, toy, sweep) shares, in the order it runs:
+
+    start(cfg)        device, torchrun group, --out, rank split, the budget, `auto` values
+                      resolved, resampling settings checked, the checkpoint to resume
+    build_sae(...)    the architecture, initialized from a sample (rank 0, then broadcast)
+    make_trainer(...) the trainer with its resampler, restored from the checkpoint
+    finish(...)       checkpoint + dictionary saved, the summary fields every run reports
+    write_summary(...) summary.json
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed
+from ..architectures import create
+from ..config import TrainConfig
+from ..errors import UserError
+from ..init import initialize, sample_size
+from ..resample import Resampler, check_settings
+from ..runtime import atomic_write_json, pick_device, prepare_out_dir
+from ..sae import SAE
+from ..trainer import Checkpoint, Trainer, TrainState, read_checkpoint
+
+
+@dataclass
+class Run:
+    cfg: Any  # the command's config (a TrainConfig), `auto` values resolved for the budget
+    device: torch.device
+    out: Path | None  # None: nothing is written (sweep runs)
+    steps: int
+    world: int
+    rank: int
+    local_batch: int
+    checkpoint: Checkpoint | None  # what --resume continues from
+    t_start: float
+    init_s: float = 0.0
+
+
+def start(cfg: TrainConfig) -> Run:
+    t_start = time.perf_counter()
+    distributed.setup(cfg.device)
+    device = pick_device(cfg.device)
+    out = prepare_out_dir(cfg.out, cfg.resume) if cfg.out else None
+    world, rank = distributed.world(), distributed.rank()
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
+    steps = cfg.total_steps()
+    cfg = cfg.resolved(steps)
+    if cfg.resample != "none":
+        check_settings(cfg, steps, steps * cfg.batch_size)
+    checkpoint = read_checkpoint(out) if out and cfg.resume else None
+    if out and checkpoint is None and (out / "metrics.jsonl").exists() and distributed.is_main():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    return Run(cfg, device, out, steps, world, rank, cfg.batch_size // world, checkpoint, t_start)
+
+
+def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
+    """The dictionary, initialized by --init from `sample(n)` (fresh inputs of the training
+    distribution); with `center`, b_dec = the mean of a sample. A resumed run skips the init."""
+    cfg = run.cfg
+    sae = create(cfg.architecture, d_in, d_sae, device=run.device)
+    t0 = time.perf_counter()
+    if run.checkpoint is None:
+        if distributed.is_main():
+            n = sample_size(cfg.init, d_sae, cfg.rare_ratio)
+            initialize(sae, cfg.init, seed=cfg.seed, sample=sample(n) if n else None, rare_ratio=cfg.rare_ratio,
+                       encoder_scale=cfg.encoder_scale)
+            if center:
+                with torch.no_grad():
+                    sae.b_dec.copy_(sample(16384).mean(0))
+        for p in sae.parameters():  # every replica starts from rank 0's dictionary
+            distributed.broadcast_(p.data)
+    run.init_s = time.perf_counter() - t0
+    return sae
+
+
+def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:
+    """The trainer, with a resampler drawing `sampler(n, step)` when --resample is on."""
+    resampler = Resampler(run.cfg, sampler, run.steps) if run.cfg.resample != "none" else None
+    trainer = Trainer(sae, run.cfg, run.out, state=TrainState(input_scale=input_scale), resampler=resampler)
+    if run.checkpoint is not None:
+        trainer.restore(run.checkpoint)
+    return trainer
+
+
+def finish(run: Run, trainer: Trainer) -> dict[str, Any]:
+    """Save the checkpoint and the dictionary; the summary fields every training run reports."""
+    cfg, st = run.cfg, trainer.state
+    if run.out:
+        trainer.save_checkpoint()
+        trainer.save_dictionary()
+    return {"architecture": cfg.architecture, "dict_size": trainer.sae.d_sae, "init": cfg.init,
+            "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed,
+            "l1_coefficient": cfg.l1_coefficient, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}
+
+
+def write_summary(run: Run, trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
+    summary |= {"init_s": round(run.init_s, 4), "train_s": round(trainer.state.train_seconds, 3),
+                "wall_s": round(time.perf_counter() - run.t_start, 3), "device": str(run.device)}
+    if distributed.is_main() and run.out:
+        atomic_write_json(run.out / "summary.json", summary)
+    distributed.barrier()
+    return summary

@@ -1,0 +1,29 @@
+"""`saeforge harvest`: the model's activations on `--tokens` tokens of the dataset, to an activation cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import data
+from ..cache import harvest
+from ..config import HarvestConfig
+from ..models import default_hook, load_model, resolve_hook
+from ..runtime import pick_device
+
+
+def run_harvest(cfg: HarvestConfig) -> dict[str, Any]:
+    device = pick_device(cfg.device)
+    model = load_model(cfg.model, device)
+    hook = cfg.hook or default_hook(model)
+    stop = resolve_hook(model, hook)
+    n_ctx = model.cfg.n_ctx
+    n_contexts = -(-cfg.tokens // (n_ctx - 1))
+
+    def stream(skip: int = 0):
+        return data.contexts(model, cfg.dataset, cfg.split, seed=cfg.seed, batch=cfg.contexts_per_pass,
+                             text_column=cfg.text_column, skip=skip)
+
+    settings = {"model": cfg.model, "hook": hook, "dataset": cfg.dataset, "split": cfg.split, "seed": cfg.seed,
+                "n_ctx": n_ctx}
+    return harvest(model, hook, stop, stream(), cfg.out, settings, n_contexts, cfg.contexts_per_shard,
+                   dtype=cfg.dtype, progress=cfg.progress, skip_contexts=stream)

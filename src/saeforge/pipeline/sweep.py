@@ -1,0 +1,105 @@
+"""`saeforge sweep`: every (size, steps, λ) of the grid trained from one activation cache, each
+measured on held-out activations, one JSON row per finished run appended to <out>/runs.jsonl
+(a finished run is never redone), then the scaling-law fits and plots (scaling.py). With
+--suggest, only the finished sweep is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..buffer import ActivationBuffer
+from ..cache import CacheSource, read_manifest
+from ..config import SweepConfig
+from ..errors import UserError
+from ..init import sample_size
+from ..metrics import Reconstruction
+from ..runtime import atomic_write_bytes, pick_device
+from ..scaling import analyze, init_flops, jsonable, parse_grid, plot, read_results, suggest, train_flops
+from . import common
+
+
+def run_sweep(cfg: SweepConfig) -> list[dict]:
+    out = Path(cfg.out)
+    sizes = parse_grid(cfg.sizes, "sizes")
+    steps = parse_grid(cfg.steps, "steps")
+    l1s = parse_grid(cfg.l1s, "l1s", float)
+    if cfg.suggest:
+        rows = read_results(out / "runs.jsonl")
+        if not rows:
+            raise UserError(f"--suggest: {out / 'runs.jsonl'} holds no finished run; run the sweep first")
+        res = analyze(rows, rows[0]["d_in"], rows[0]["batch_size"], cfg.alpha, n_boot=500)
+        print(json.dumps(suggest(res, cfg.suggest, l1s[0] if len(l1s) == 1 else None)))
+        return rows
+    manifest = read_manifest(cfg.cache)
+    n_shards = len(manifest["shards"])
+    if cfg.eval_cache:
+        eval_src, train_shards = CacheSource(cfg.eval_cache), None
+    else:
+        if n_shards < 2:
+            raise UserError(f"--cache {cfg.cache} has {n_shards} shard; hold-out needs 2 or more, or give --eval-cache")
+        eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
+    device = pick_device(cfg.device)
+    X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)
+    results = out / "runs.jsonl"
+    finished = read_results(results)
+    if results.exists() and len(finished) != len([x for x in results.read_text().splitlines() if x.strip()]):
+        atomic_write_bytes(results, "".join(json.dumps(r) + "\n" for r in finished).encode())  # drop a cut line
+    done = {(r["d_sae"], r["steps"], r["l1_coefficient"]) for r in finished}
+    grid = [(F, S, lam) for lam in l1s for F in sizes for S in steps]
+    bar = tqdm(total=len(grid), initial=sum(g in done for g in grid), disable=not cfg.progress, file=sys.stderr,
+               desc="sweep", unit="run", dynamic_ncols=True)
+    for F, S, lam in grid:
+        if (F, S, lam) in done:
+            continue
+        row = train_one(cfg, F, S, lam, device, train_shards, X_eval)
+        with open(results, "a") as fh:  # one whole line per finished run
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        bar.update(1)
+        bar.set_postfix(F=F, S=S, l1=lam, loss=f"{row['loss_l1']:.3f}")
+    bar.close()
+    rows = [r for r in read_results(results) if (r["d_sae"], r["steps"], r["l1_coefficient"]) in set(grid)]
+    res = analyze(rows, int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
+    (out / "fits.json").write_text(json.dumps(jsonable(res), indent=1))
+    plot(res, rows, out, cfg.alpha)
+    return rows
+
+
+def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards, X_eval) -> dict:
+    t0 = time.perf_counter()
+    run = common.start(cfg.run_config(S, lam, str(device)))
+    source = CacheSource(cfg.cache, seed=cfg.seed, device=device, shards=train_shards)
+    d = source.d_in
+    rows = ActivationBuffer.rows_for(128.0, d, torch.float32, carry_rows=source.rows_per_chunk)
+    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
+    sae = common.build_sae(run, d, F, buffer.sample, center=True)
+    trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)
+    trainer.fit(buffer, S)
+    rec = Reconstruction(F, device)
+    with torch.no_grad():
+        x = X_eval * buffer.scale
+        norms_F = sae.W_dec.norm(dim=1)
+        for i in range(0, len(x), 8192):
+            f_BF = sae.encode(x[i:i + 8192])
+            rec.add(x[i:i + 8192], f_BF, sae.decode(f_BF) - x[i:i + 8192], sparsity_B=(f_BF * norms_F).sum(-1))
+    m = rec.result()
+    tokens = trainer.state.tokens
+    f_train, f_init = train_flops(d, F, tokens), init_flops(cfg.init, d, F, sample_size(cfg.init, F, 0.0))
+    return {"d_sae": F, "steps": S, "l1_coefficient": lam, "d_in": d, "batch_size": cfg.batch_size, "tokens": tokens,
+            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr,
+            "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + lam * m["sparsity"],
+            "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"], "eval_rows": rec.n,
+            "init_s": round(run.init_s, 3), "seconds": round(time.perf_counter() - t0, 3), "seed": cfg.seed}

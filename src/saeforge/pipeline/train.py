@@ -1,0 +1,102 @@
+"""`saeforge train`: a dictionary on a model's activations (live buffer, or an activation cache).
+
+    model (or cache) → ActivationBuffer (s with E‖s·x‖² = d_in, from the first fill) → SAE
+    initialized from the buffer, b_dec = the sample mean → Trainer → dictionary (s folded in)
+    → evals on held-out text with the dictionary spliced in → summary.json
+
+Resume continues from the data position the checkpoint records (contexts read, or the cache
+cursor): never repeating data, but not the same batches as an uninterrupted run, because the
+buffer's unserved rows are not saved (the toy path resumes exactly). Under torchrun the batch
+is global; each rank reads its own shards or every world-th batch of contexts; the input scale
+is the mean of the ranks' estimates; rank 0 initializes, broadcasts and evaluates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from .. import data, distributed
+from ..buffer import DTYPES, ActivationBuffer, ModelSource
+from ..cache import CacheSource, read_manifest
+from ..config import ActivationTrainConfig
+from ..dictionary import load
+from ..evals import evaluate
+from ..models import default_hook, hook_width, load_model, resolve_hook
+from . import common
+
+
+def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
+    run = common.start(cfg)
+    cfg, world, rank, device = run.cfg, run.world, run.rank, run.device
+    model = None
+    if cfg.cache:
+        manifest = read_manifest(cfg.cache)
+        model_spec, hook, dataset = manifest["model"], manifest["hook"], manifest["dataset"]
+        d_in, n_ctx = int(manifest["d_in"]), int(manifest["n_ctx"])
+    else:
+        model = load_model(cfg.model, device)
+        model_spec, dataset = cfg.model, cfg.dataset
+        hook = cfg.hook or default_hook(model)
+        stop_at_layer = resolve_hook(model, hook)
+        d_in, n_ctx = hook_width(model, hook), model.cfg.n_ctx
+
+    resumed = run.checkpoint.state if run.checkpoint else None
+    position = resumed.data_position if resumed else {}
+    if resumed and position.get("world", 1) != world:  # another number of ranks: same global position, re-split
+        position = {"contexts_read": position.get("contexts_read", 0), "epoch": position.get("epoch", 0) + 1}
+    if cfg.cache:
+        source = CacheSource(cfg.cache, seed=cfg.seed, device=device, position=position, rank=rank, world=world)
+        carry = source.rows_per_chunk
+    else:
+        skip = position.get("contexts_read", 0)  # global contexts consumed by all ranks together
+        stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
+                               text_column=cfg.text_column, skip=skip)
+        if world > 1:
+            stream = itertools.islice(stream, rank, None, world)
+        source = ModelSource(model, hook, stream, stop_at_layer, contexts_read=skip)
+        carry = cfg.contexts_per_pass * (n_ctx - 1)
+    st_dtype = DTYPES[cfg.buffer_dtype]
+    rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
+    buffer = ActivationBuffer(source, rows, run.local_batch, device, st_dtype, seed=cfg.seed * world + rank,
+                              scale=resumed.input_scale if resumed else None)
+    if not resumed:
+        buffer.scale = distributed.all_reduce_mean([buffer.scale], device)[0]
+
+    sae = common.build_sae(run, d_in, cfg.dict_size or 8 * d_in, buffer.sample, center=True)
+    sae.metadata.update(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True,
+                        dataset_path=dataset, seed=cfg.seed, dict_size=sae.d_sae, source="cache" if cfg.cache else "model")
+    trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)
+
+    def position_now() -> dict[str, Any]:
+        st = dict(source.state(), world=world)
+        if "contexts_read" in st:  # ranks read equally: the global count
+            st["contexts_read"] = skip + (st["contexts_read"] - skip) * world
+        return st
+
+    def on_step(tr, _out) -> bool:
+        if cfg.checkpoint_every and tr.step % cfg.checkpoint_every == 0:
+            tr.state.data_position = position_now()
+        return False
+
+    trainer.fit(buffer, run.steps, callback=on_step)
+    trainer.state.data_position = position_now()
+    last = trainer.last_log
+    summary: dict[str, Any] = {
+        "model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache or None, "d_in": d_in,
+        **common.finish(run, trainer), "input_scale": buffer.scale, "buffer_rows": rows,
+        "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),
+        "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
+    }
+    t_eval = time.perf_counter()
+    if cfg.eval_tokens and distributed.is_main():
+        if model is None:
+            model = load_model(model_spec, device)
+        held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass,
+                             text_column=cfg.text_column, loop=False)
+        ev = evaluate(model, load(run.out, device=device), hook, held, cfg.eval_tokens, progress=cfg.progress)
+        ev.pop("firing_frequency")
+        summary.update(ev)
+    summary["eval_s"] = round(time.perf_counter() - t_eval, 3)
+    return common.write_summary(run, trainer, summary)

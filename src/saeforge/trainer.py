@@ -1,0 +1,323 @@
+"""The training loop: Adam on an SAE's loss, logging, dead-feature statistics, checkpoints.
+
+The trainer sees batches x_BD (it does not know where they come from), an SAE (through the
+interface of sae.py), a TrainConfig, and what it is given: a resampler, a per-step callback.
+Per step it runs `sae.step` (loss and gradients), the optional unit-norm projection and Adam;
+every value it needs later stays on the device, so the host syncs only on logging and
+checkpoint steps.
+
+Everything a run has beyond its config and weights is one typed `TrainState`; a checkpoint
+(`<out>/checkpoint/`: state.safetensors + state.json, docs/design.md) is its serialization
+plus the weights and Adam's moments. A resumed run ends with exactly the weights of an
+uninterrupted one, provided the batches resume at the same step (toy batches do).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from . import distributed, metrics
+from .config import TrainConfig
+from .dictionary import log_sparsity, save
+from .errors import UserError
+from .runtime import CHECKPOINT, atomic_save_tensors, atomic_write_bytes, atomic_write_json, read_json, read_tensors
+from .sae import SAE, StepOutput
+
+STATE_FORMAT = 2  # state.json's layout; 1 (saeforge 0.1) kept the non-tensor state under "extra"
+
+
+@dataclass
+class TrainState:
+    """A run's progress: what a checkpoint restores besides the weights and Adam's moments."""
+
+    step: int = 0
+    tokens: int = 0  # training inputs seen, all ranks together
+    input_scale: float = 1.0  # s with E‖s·x‖² = d_in; the trainer sees s·x
+    data_position: dict[str, Any] = field(default_factory=dict)  # the source's resumable position
+    train_seconds: float = 0.0
+    firing_tokens: int = 0  # inputs behind firing_counts_F (logging steps only)
+    resample_events: list[dict[str, Any]] = field(default_factory=list)
+    mmcs_trace: list[float] = field(default_factory=list)  # runs with known features: MMCS after each step
+    tokens_since_fired_F: torch.Tensor | None = None
+    firing_counts_F: torch.Tensor | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not isinstance(v, torch.Tensor) and v is not None}
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: TrainState
+    tensors: dict[str, torch.Tensor]  # sae.*, adam.*, rng.*
+    adam_steps: dict[str, float]
+    metadata: dict[str, Any]
+
+
+def read_checkpoint(out: Path) -> Checkpoint | None:
+    """The checkpoint in `out` (or the previous one, if a swap was interrupted); None if there is none."""
+    for cand in (out / CHECKPOINT, out / f".{CHECKPOINT}.old"):
+        if (cand / "state.json").is_file() and (cand / "state.safetensors").is_file():
+            break
+    else:
+        return None
+    raw = read_json(cand / "state.json", f"the checkpoint is corrupt; delete {cand} to start over")
+    tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
+    if raw.get("format", 1) == 1:  # saeforge 0.1: the callers' state under "extra"
+        extra = raw.get("extra", {})
+        raw |= {"input_scale": extra.get("input_scale", 1.0), "data_position": extra.get("data", {}),
+                "resample_events": extra.get("resample_events", []), "mmcs_trace": extra.get("mmcs_trace", [])}
+    names = {f for f in TrainState.__dataclass_fields__ if not f.endswith("_F")}
+    state = TrainState(**{k: raw[k] for k in names if k in raw}, tokens_since_fired_F=tensors["tokens_since_fired"],
+                       firing_counts_F=tensors["firing_counts"])
+    return Checkpoint(cand, state, tensors, raw.get("adam_steps", {}), raw.get("metadata", {}))
+
+
+class Resampler(Protocol):
+    def __call__(self, trainer: "Trainer") -> dict[str, Any] | None: ...
+
+
+class Trainer:
+    def __init__(self, sae: SAE, cfg: TrainConfig, out_dir: str | Path | None = None, *,
+                 state: TrainState | None = None, resampler: Resampler | None = None):
+        self.sae, self.cfg, self.resampler = sae, cfg, resampler
+        self.out = Path(out_dir) if out_dir else None
+        dev = sae.W_enc.device
+        kw: dict[str, Any] = {"fused": True} if dev.type in ("cuda", "cpu") else {}
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    eps=cfg.adam_eps, **kw)
+        self.state = state or TrainState()
+        for name in ("tokens_since_fired_F", "firing_counts_F"):
+            if getattr(self.state, name) is None:
+                setattr(self.state, name, torch.zeros(sae.d_sae, dtype=torch.long, device=dev))
+        self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
+        self.log_extra: dict[str, Any] = {}  # fields a callback adds to the next metrics.jsonl rows
+        self.last_log: dict[str, Any] = {}
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def dead_window(self) -> int:
+        return self.cfg.dead_window or 10 * self.cfg.batch_size
+
+    def l1_now(self) -> float:
+        w = self.cfg.l1_warmup_steps
+        return self.cfg.l1_coefficient * min(1.0, (self.step + 1) / w) if w else self.cfg.l1_coefficient
+
+    def lr_now(self) -> float:
+        """Linear warm-up from 0, constant, then linear decay to 0 over the budget's last steps."""
+        cfg, step = self.cfg, self.step
+        scale = 1.0
+        if cfg.lr_warmup_steps:
+            scale = min(scale, (step + 1) / cfg.lr_warmup_steps)
+        if cfg.lr_decay_steps and self.total_steps:
+            scale = min(scale, max(0.0, (self.total_steps - step) / cfg.lr_decay_steps))
+        return cfg.lr * scale
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, x_BD: torch.Tensor) -> StepOutput:
+        sae, st = self.sae, self.state
+        out = sae.step(x_BD, self.l1_now())
+        if distributed.active():  # one all-reduce: mean gradient of the global batch + firing sums
+            distributed.all_reduce_step(list(sae.parameters()), out.feature_sums_F)
+        if self.cfg.unit_norm_decoder:
+            sae.remove_parallel_grad_()
+        if self.cfg.lr_warmup_steps or self.cfg.lr_decay_steps:
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_now()
+        self.opt.step()
+        if self.cfg.unit_norm_decoder:
+            sae.normalize_decoder_()
+        B = x_BD.shape[0] * distributed.world()
+        st.tokens_since_fired_F.add_(B).masked_fill_(out.feature_sums_F > 0, 0)
+        st.step += 1
+        st.tokens += B
+        return out
+
+    @torch.no_grad()
+    def renew_features(self, idx_K: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Give features idx_K new parameter values (`values[name]` holds their slices along the
+        feature axis); their Adam moments and firing counters start over."""
+        for name, axis in self.sae.feature_axes.items():
+            p = getattr(self.sae, name)
+            sl = (slice(None),) * axis + (idx_K,)
+            if name in values:
+                p[sl] = values[name].to(p.dtype)
+            st = self.opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st:
+                    st[key][sl] = 0.0
+        self.state.tokens_since_fired_F[idx_K] = 0
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, batches: Iterator[torch.Tensor], steps: int,
+            callback: Callable[["Trainer", StepOutput], bool] | None = None) -> None:
+        """Train until `steps` total steps (counting resumed ones) or until callback returns True."""
+        cfg = self.cfg = self.cfg.resolved(steps)
+        self.total_steps = steps
+        bar = tqdm(total=steps, initial=self.step, disable=not cfg.progress, file=sys.stderr,
+                   desc="train", unit="step", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        stop = False
+        try:
+            while self.step < steps and not stop:
+                x_BD = next(batches)
+                out = self.train_step(x_BD)
+                if self.resampler is not None:
+                    event = self.resampler(self)
+                    if event is not None:
+                        self.state.resample_events.append(event)
+                if callback is not None:
+                    stop = bool(callback(self, out))
+                if self.step % cfg.log_every == 0 or self.step == steps or stop:
+                    row = self.log(x_BD, out, time.perf_counter() - t0)
+                    bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{row['l0']:.1f}", ev=f"{row['explained_variance']:.3f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out:
+                    self.save_checkpoint(extra_seconds=time.perf_counter() - t0)
+                bar.update(1)
+        finally:
+            bar.close()
+            self.state.train_seconds += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:
+        st = self.state
+        fired_BF = out.f_BF > 0
+        st.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0))
+        st.firing_tokens += x_BD.shape[0] * distributed.world()
+        loss, mse, sparsity, l0, ev = distributed.all_reduce_mean(  # means over ranks (equal local batches)
+            [out.loss.item(), out.mse.item(), out.sparsity.item(), metrics.l0(out.f_BF).item(),
+             metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item()], x_BD.device)
+        row = {
+            "step": self.step, "tokens": st.tokens, "loss": loss, "mse": mse, "sparsity": sparsity, "l0": l0,
+            "explained_variance": ev,
+            "dead_fraction": metrics.dead_fraction(st.tokens_since_fired_F, self.dead_window).item(),
+            "lr": self.opt.param_groups[0]["lr"], "l1_coefficient": self.l1_now(),
+            "elapsed_s": round(st.train_seconds + elapsed, 3),
+        }
+        if self.resampler is not None:
+            row["resampled"] = self.resample_summary()["resampled"]
+        row.update(self.log_extra)
+        self.last_log = row
+        if self.out and distributed.is_main():
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return row
+
+    # ---------------------------------------------------------------- outputs
+    def resample_summary(self) -> dict[str, Any]:
+        events = self.state.resample_events
+        return {"resample": self.cfg.resample, "resample_events": len(events),
+                "resampled": sum(e.get("resampled", e["dead"]) for e in events),
+                "resample_s": round(sum(e["seconds"] for e in events), 4)}
+
+    def dead_count(self) -> int:
+        return int((self.state.tokens_since_fired_F >= self.dead_window).sum())
+
+    def save_dictionary(self, path: str | Path | None = None) -> Path:
+        target = Path(path) if path else self.out
+        if target is None:
+            raise ValueError("no output directory")
+        if not distributed.is_main():
+            return target
+        st = self.state
+        self.sae.metadata.update(tokens_seen=st.tokens, steps=st.step, l1_coefficient=self.cfg.l1_coefficient,
+                                 resample=self.cfg.resample, input_scale=st.input_scale)
+        sparsity = log_sparsity(st.firing_counts_F, st.firing_tokens) if st.firing_tokens else None
+        return save(self.sae, target, sparsity_F=sparsity, input_scale=st.input_scale)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, extra_seconds: float = 0.0) -> Path:
+        """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename.
+        Rank 0 writes; every rank waits for it, so a resumed run finds the same state everywhere."""
+        assert self.out is not None
+        if not distributed.is_main():
+            distributed.barrier()
+            return self.out / CHECKPOINT
+        final, tmp, old = self.out / CHECKPOINT, self.out / f".{CHECKPOINT}.tmp", self.out / f".{CHECKPOINT}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        st = self.state
+        tensors: dict[str, torch.Tensor] = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        adam_steps = {}
+        for name, p in self.sae.named_parameters():
+            ost = self.opt.state.get(p, {})
+            if ost:
+                tensors[f"adam.{name}.exp_avg"] = ost["exp_avg"]
+                tensors[f"adam.{name}.exp_avg_sq"] = ost["exp_avg_sq"]
+                adam_steps[name] = float(ost["step"])
+        tensors["tokens_since_fired"] = st.tokens_since_fired_F
+        tensors["firing_counts"] = st.firing_counts_F
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        atomic_save_tensors(tmp / "state.safetensors", tensors)
+        atomic_write_json(tmp / "state.json", {
+            "format": STATE_FORMAT, **st.to_json(), "train_seconds": st.train_seconds + extra_seconds,
+            "adam_steps": adam_steps, "architecture": self.sae.architecture, "config": asdict(self.cfg),
+            "metadata": self.sae.metadata,
+        })
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
+        return final
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from a checkpoint: weights, Adam's moments, torch's RNG, the training state."""
+        dev = self.sae.W_enc.device
+        params = dict(self.sae.named_parameters())
+        sd = {k[4:]: v for k, v in ckpt.tensors.items() if k.startswith("sae.")}
+        for k, v in sd.items():
+            if k not in params or v.shape != params[k].shape:
+                raise UserError(f"checkpoint {ckpt.path} does not match this run's dictionary ({k} {list(v.shape)}); "
+                                "use the same --dict-size / model, or another --out")
+        self.sae.load_state_dict(sd)
+        opt_state = {}
+        for i, (name, p) in enumerate(self.sae.named_parameters()):
+            if name in ckpt.adam_steps:
+                opt_state[i] = {"step": torch.tensor(ckpt.adam_steps[name], dtype=torch.float32),
+                                "exp_avg": ckpt.tensors[f"adam.{name}.exp_avg"].to(dev),
+                                "exp_avg_sq": ckpt.tensors[f"adam.{name}.exp_avg_sq"].to(dev)}
+        sd_opt = self.opt.state_dict()
+        sd_opt["state"] = opt_state
+        self.opt.load_state_dict(sd_opt)
+        torch.set_rng_state(ckpt.tensors["rng.cpu"])
+        if "rng.cuda" in ckpt.tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ckpt.tensors["rng.cuda"])
+        st = ckpt.state
+        st.tokens_since_fired_F = st.tokens_since_fired_F.to(dev)
+        st.firing_counts_F = st.firing_counts_F.to(dev)
+        self.state = st
+        self.sae.metadata.update(ckpt.metadata)
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics.jsonl lines logged after the checkpoint (the resumed run logs them again),
+        naming the penalty `sparsity` in lines an older release wrote as `l1`."""
+        file = self.out / "metrics.jsonl" if self.out and distributed.is_main() else None
+        if not file or not file.exists():
+            return
+        keep = []
+        for ln in file.read_text().splitlines():
+            row = json.loads(ln) if ln.strip() else None
+            if row is None or row.get("step", 0) > self.step:
+                continue
+            if "l1" in row and "sparsity" not in row:
+                row = {("sparsity" if k == "l1" else k): v for k, v in row.items()}
+            keep.append(json.dumps(row))
+        atomic_write_bytes(file, ("\n".join(keep) + "\n" if keep else "").encode())

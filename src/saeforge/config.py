@@ -296,6 +296,7 @@ class SweepConfig(RunConfig):
     batch_size: int = inherit(TrainConfig, "batch_size")
     lr: float = inherit(TrainConfig, "lr")
     init: str = inherit(TrainConfig, "init")
+    buffer_mb: float = inherit(ActivationTrainConfig, "buffer_mb")
     lr_decay_fraction: float = opt(0.2, "each run decays its learning rate linearly to 0 over this last fraction "
                                    "of its steps", ge=0, le=1)
     l1_warmup_fraction: float = opt(0.1, "each run ramps λ from 0 over this first fraction of its steps", ge=0, le=1)

@@ -83,7 +83,7 @@ def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards
     run = common.start(cfg.run_config(S, lam, str(device)))
     source = CacheSource(cfg.cache, seed=cfg.seed, device=device, shards=train_shards)
     d = source.d_in
-    rows = ActivationBuffer.rows_for(128.0, d, torch.float32, carry_rows=source.rows_per_chunk)
+    rows = ActivationBuffer.rows_for(cfg.buffer_mb, d, torch.float32, carry_rows=source.rows_per_chunk)
     buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
     sae = common.build_sae(run, d, F, buffer.sample, center=True)
     trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)

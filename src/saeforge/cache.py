@@ -30,11 +30,16 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .buffer import DTYPES
-from .runtime import atomic_save_tensors, atomic_write_json, read_json
+from .runtime import atomic_save_tensors, atomic_write_json, check_json, read_json
 from .errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "saeforge-activation-cache"
+MANIFEST_FIELDS = {"model": (str, True), "hook": (str, True), "dataset": (str, True), "split": (str, False),
+                   "seed": (int, False), "dtype": (str, False), "n_ctx": (int, False), "d_in": (int, False),
+                   "contexts_per_shard": (int, False), "shards": (list, True), "complete": (bool, False)}
+SHARD_FIELDS = {"file": (str, True), "contexts": (int, True), "rows": (int, True), "bytes": (int, True),
+                "sha256": (str, True), "sum_sq_norm": (float, False)}
 # Settings that must match for a harvest to resume an existing cache.
 IDENTITY = ("model", "hook", "dataset", "split", "seed", "dtype", "n_ctx", "contexts_per_shard")
 
@@ -57,6 +62,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     m = read_json(f, "the cache's manifest is corrupt; harvest the cache again")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise UserError(f"--cache {d}: {MANIFEST} is not a saeforge activation cache manifest")
+    check_json(m, str(f), MANIFEST_FIELDS)
+    for s in m["shards"]:
+        check_json(s, f"{f} (shards)", SHARD_FIELDS)
+        if Path(s["file"]).name != s["file"] or not s["file"].endswith(".safetensors"):
+            raise UserError(f"{f}: shard file {s['file']!r} must be a .safetensors name inside the cache directory")
+        if min(s["rows"], s["contexts"], s["bytes"]) < 0:
+            raise UserError(f"{f}: shard {s['file']} has a negative count")
+    if m["shards"] and (m.get("d_in") is None or m.get("n_ctx") is None or m["d_in"] < 1 or m["n_ctx"] < 2):
+        raise UserError(f"{f}: d_in must be >= 1 and n_ctx >= 2 once the cache holds a shard")
     return m
 
 

@@ -88,9 +88,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from . import data, report
     from .analysis import collect, load_with_model
-    from .runtime import pick_device
+    from .runtime import check_out_dir, pick_device
 
     cfg = build_config(InspectConfig, args)
+    check_out_dir(cfg.out, outputs=("index.html", "density.png", "features.png"))
     device = pick_device(cfg.device)
     sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
     dataset = cfg.dataset or sae.metadata.get("dataset_path") or "embedded"

@@ -165,6 +165,13 @@ class TrainConfig(RunConfig):
     dead_window: int = opt(0, "a feature is dead after this many tokens without firing (0: 10 batches)", ge=0)
     resume: bool = opt(False, "continue from the checkpoint in --out if there is one")
 
+    def validate(self) -> None:
+        super().validate()
+        if not self.steps and not self.tokens:
+            raise UserError("give --steps N or --tokens N (both are 0)")
+        if self.resample_at:
+            parse_steps(self.resample_at)
+
     def total_steps(self) -> int:
         if self.steps:
             return self.steps
@@ -401,6 +408,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     try:
         text = p.read_text()
         data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
     if not isinstance(data, dict):

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError, quiet_hub_logs
+from .errors import UserError, quiet_hub_logs, quiet_logs
 
 EMBEDDED = "embedded"
 HELDOUT_EVERY = 20
@@ -130,7 +130,8 @@ def load_documents(spec: str, split: str, seed: int):
         fmt = fmts.pop()
         kw = {"sample_by": "document"} if fmt == "text" else {}
         try:
-            ds = datasets.load_dataset(fmt, data_files=files, split="train", **kw)
+            with quiet_logs("datasets"):
+                ds = datasets.load_dataset(fmt, data_files=files, split="train", **kw)
         except Exception as e:  # datasets raises many types for unreadable files
             raise UserError(f"--dataset {spec}: cannot read it as {fmt}: {_first_line(e)}") from None
         if len(ds) == 0:
@@ -154,7 +155,10 @@ def load_documents(spec: str, split: str, seed: int):
     return ds.shuffle(seed=seed, buffer_size=10_000), DatasetSpec(spec, "hub", "dataset" if test else "document")
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
+    """The first line of the innermost cause (datasets wraps the parser's message)."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
     return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
 
 
@@ -170,9 +174,16 @@ def _encoder(tokenizer):
 def _row_tokens(row: dict[str, Any], encode, text_column: str) -> list[int]:
     for key in ("tokens", "input_ids"):
         if key in row and row[key] is not None:
-            return list(row[key])
+            ids = row[key]
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise UserError(f"dataset column {key!r} must hold lists of token ids, got {str(ids)[:40]!r}")
+            return list(ids)
     if text_column in row:
-        return encode(row[text_column] or "")
+        text = row[text_column]
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"dataset column {text_column!r} must hold text, got {type(text).__name__} "
+                            f"{str(text)[:40]!r}; pass --text-column")
+        return encode(text or "")
     raise UserError(f"dataset rows have no {text_column!r}, 'tokens' or 'input_ids' column "
                     f"(columns: {', '.join(sorted(row))}); pass --text-column")
 
@@ -209,6 +220,9 @@ def contexts(model, spec: str = EMBEDDED, split: str = "train", seed: int = 0, b
             if encode is None and "tokens" not in row and "input_ids" not in row:
                 raise UserError("the model has no tokenizer; use a dataset with a 'tokens' or 'input_ids' column")
             toks = _row_tokens(row, encode, text_column)
+            if toks and not 0 <= min(toks) <= max(toks) < model.cfg.d_vocab:
+                raise UserError(f"--dataset {spec}: token id {max(toks) if max(toks) >= 0 else min(toks)} is outside "
+                                f"the model's vocabulary (0..{model.cfg.d_vocab - 1})")
             if toks and toks[0] == bos:
                 toks = toks[1:]
             stream.append(bos)

@@ -18,7 +18,7 @@ import torch
 
 from .architectures import ARCHITECTURES
 from .errors import UserError
-from .runtime import atomic_save_tensors, atomic_write_json, read_json, read_tensors
+from .runtime import atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
 from .sae import SAE
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
@@ -62,18 +62,27 @@ def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, 
     return path
 
 
+CFG_FIELDS = {"d_in": (int, True), "d_sae": (int, True), "architecture": (str, False), "dtype": (str, False),
+              "apply_b_dec_to_input": (bool, False), "normalize_activations": (str, False),
+              "activation_fn": (str, False), "activation_fn_str": (str, False), "metadata": (dict, False),
+              "saeforge": (dict, False), "model_name": (str, False), "hook_name": (str, False),
+              "hook_point": (str, False), "context_size": (int, False)}
+# metadata fields saeforge reads back (analysis, eval, inspect): in `metadata`, `saeforge` or at the top level
+META_FIELDS = {"model_name": (str, False), "hook_name": (str, False), "dataset_path": (str, False),
+               "context_size": (int, False), "input_scale_folded": (float, False)}
+
+
 def _read_cfg(path: Path) -> dict[str, Any]:
     cfg_path = path / CFG
     if not cfg_path.is_file():
         raise UserError(f"{path} is not a dictionary directory: {CFG} is missing")
-    cfg = read_json(cfg_path, "the file is corrupt or truncated")
-    if not isinstance(cfg, dict):
-        raise UserError(f"{cfg_path} must hold a JSON object")
+    cfg = check_json(read_json(cfg_path, "the file is corrupt or truncated"), str(cfg_path), CFG_FIELDS)
+    for key in ("metadata", "saeforge"):
+        check_json(cfg.get(key) or {}, f"{cfg_path} ({key})", META_FIELDS)
     for key in ("d_in", "d_sae"):
-        v = cfg.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"{cfg_path}: {key} must be a positive integer, got {v!r}")
-    arch = cfg.get("architecture", "standard")
+        if cfg[key] < 1:
+            raise UserError(f"{cfg_path}: {key} must be a positive integer, got {cfg[key]!r}")
+    arch = cfg.get("architecture") or "standard"
     if arch not in ARCHITECTURES:
         raise UserError(f"{cfg_path}: architecture {arch!r} is not supported; saeforge loads "
                         f"{', '.join(map(repr, ARCHITECTURES))} dictionaries")
@@ -90,7 +99,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     if not path.is_dir():
         raise UserError(f"dictionary directory {path} does not exist")
     cfg = _read_cfg(path)
-    cls = ARCHITECTURES[cfg.get("architecture", "standard")]
+    cls = ARCHITECTURES[cfg.get("architecture") or "standard"]
     params = cls.from_saved_config(cfg, str(path / CFG))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     tensors = read_tensors(path / WEIGHTS, "the dictionary weights")
@@ -111,7 +120,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
             raise UserError(f"{path / WEIGHTS}: {name} has dtype {t.dtype}; weights must be floating point")
         if not torch.isfinite(t).all():
             raise UserError(f"{path / WEIGHTS}: {name} contains NaN or infinite values")
-    cfg_dtype = cfg.get("dtype", "float32")
+    cfg_dtype = cfg.get("dtype") or "float32"
     if dtype is None:
         if cfg_dtype.removeprefix("torch.") not in DTYPES:
             raise UserError(f"{path / CFG}: dtype {cfg_dtype!r} is unknown; use one of {', '.join(DTYPES)}")

@@ -14,12 +14,19 @@ class UserError(Exception):
 
 
 @contextmanager
-def quiet_hub_logs():
-    """Silence huggingface_hub's retry warnings, so a failed hub lookup ends in our one line."""
-    log = logging.getLogger("huggingface_hub")
-    level = log.level
-    log.setLevel(logging.ERROR)
+def quiet_logs(*names: str, level: int = logging.CRITICAL):
+    """Silence third-party loggers (huggingface_hub's retries, datasets' own error lines) for the
+    block, so that a failure ends in our one line; restored afterwards."""
+    logs = [logging.getLogger(n) for n in names]
+    before = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(level)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, lvl in zip(logs, before):
+            log.setLevel(lvl)
+
+
+def quiet_hub_logs():
+    return quiet_logs("huggingface_hub", level=logging.ERROR)

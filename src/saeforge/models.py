@@ -220,7 +220,9 @@ def resolve_hook(model, name: str) -> int | None:
     Hooks inside block L stop at L + 1; embedding hooks at 0; anything after the last block
     (`ln_final.*`, `unembed.*`) runs the whole model (None).
     """
-    valid = list(model.hook_dict)
+    valid = usable_hooks(model)
+    if name in model.hook_dict and name not in valid:
+        hook_width(model, name)  # raises: the hook exists but its activations do not fit a dictionary
     if name not in model.hook_dict:
         parts = name.split(".")
         if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) >= model.cfg.n_layers:
@@ -237,11 +239,36 @@ def resolve_hook(model, name: str) -> int | None:
     return None
 
 
+def hook_widths(model) -> dict[str, int]:
+    """Every hook whose activation is one vector per token [batch, pos, width > 1] in a forward as
+    training runs it (return_type None), with its width; probed once on two tokens and kept on the
+    model. Per-head, attention-pattern and LayerNorm-scale hooks, and hooks this model's config does
+    not fire (hook_attn_in, unembed.*), are not in it."""
+    widths = getattr(model, "_saeforge_hook_widths", None)
+    if widths is None:
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def record(act, hook):
+            shapes[hook.name] = tuple(act.shape)
+            return act
+
+        tokens = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+        with torch.no_grad():
+            model.run_with_hooks(tokens, fwd_hooks=[(n, record) for n in model.hook_dict], return_type=None)
+        widths = {n: s[-1] for n, s in shapes.items() if len(s) == 3 and s[:2] == (1, 2) and s[-1] > 1}
+        model._saeforge_hook_widths = widths
+    return widths
+
+
+def usable_hooks(model) -> list[str]:
+    return [n for n in model.hook_dict if n in hook_widths(model)]
+
+
 def hook_width(model, hook: str) -> int:
-    """d_in of a hook point (d_model for resid/out hooks, d_mlp for mlp.hook_post, ...)."""
-    name = hook.rsplit(".", 1)[-1]
-    if name in ("hook_pre", "hook_post", "hook_pre_linear") and ".mlp." in hook:
-        return model.cfg.d_mlp
-    if name in ("hook_z", "hook_q", "hook_k", "hook_v", "hook_result", "hook_pattern", "hook_attn_scores"):
-        raise UserError(f"--hook {hook}: per-head hooks are not supported; use a residual, mlp or attn_out hook")
-    return model.cfg.d_model
+    """d_in of a hook point (d_model for resid/out hooks, d_mlp for mlp.hook_pre/post, ...)."""
+    widths = hook_widths(model)
+    if hook not in widths:
+        raise UserError(f"--hook {hook}: its activations are not one vector per token (per-head, attention or "
+                        "LayerNorm-scale hooks, or hooks this model does not run); use a residual, attn_out, mlp "
+                        "or hook_normalized hook")
+    return widths[hook]

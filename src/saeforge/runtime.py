@@ -35,18 +35,51 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def prepare_out_dir(path: str | Path, resume: bool) -> Path:
-    """Create --out, refusing to clobber a previous run unless it is being resumed."""
+def check_out_dir(path: str | Path, what: str = "--out", outputs: tuple[str, ...] = ()) -> Path:
+    """Refuse, before any work, an output directory that could not be written; creates nothing."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    if not resume and ((out / "summary.json").exists() or (out / CHECKPOINT).exists()):
+        raise UserError(f"{what} {out} exists and is not a directory")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {out}: {parent} is a file, so the directory cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out}: cannot write into {parent} (permission denied)")
+    for name in outputs:
+        if (out / name).is_dir():
+            raise UserError(f"{what} {out}: {name} is a directory where saeforge writes a file; move it away")
+    return out
+
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
+
+
+def check_run_dir(path: str | Path, resume: bool) -> Path:
+    """A training run's --out: writable, and holding nothing that the run would overwrite unless
+    it is the run being resumed."""
+    out = check_out_dir(path, outputs=RUN_FILES)
+    has_run = (out / "summary.json").exists() or (out / CHECKPOINT).exists()
+    if not resume and has_run:
         raise UserError(f"--out {out} already holds a run; pass --resume to continue it, or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
-    distributed.barrier()  # every rank has checked before any writes
+    if not (out / CHECKPOINT).exists() and ((out / "cfg.json").exists() or (out / "sae_weights.safetensors").exists()):
+        raise UserError(f"--out {out} holds a saved dictionary and no checkpoint to resume; training would overwrite "
+                        "it: choose another --out")
+    return out
+
+
+def make_out_dir(out: Path, what: str = "--out") -> Path:
+    """Create the output directory (rank 0; every rank waits) and make sure a file can be written in it."""
+    if distributed.is_main():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=out, prefix=".saeforge-probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(f"cannot write into {what} {out}: {e.strerror}") from None
+    distributed.barrier()
     return out
 
 
@@ -86,6 +119,36 @@ def read_json(file: Path, fix: str) -> Any:
         return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{file} is not valid JSON ({e}); {fix}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {file}: {e.strerror}") from None
+
+
+_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+          list: "a list"}
+
+
+def _is(v: Any, t: type) -> bool:
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, t) and not (t is int and isinstance(v, bool))
+
+
+def check_json(obj: Any, where: str, spec: dict[str, tuple[Any, bool]]) -> Any:
+    """Check a JSON object read from a file against {field: (type or tuple of types, required)};
+    a wrong or missing field is a UserError naming the file, the field and what was expected.
+    Fields not in `spec` are left alone; None counts as missing."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} must hold a JSON object, got {type(obj).__name__}")
+    for key, (types, required) in spec.items():
+        types = types if isinstance(types, tuple) else (types,)
+        expected = " or ".join(_WORDS[t] for t in types)
+        if obj.get(key) is None:
+            if required:
+                raise UserError(f"{where}: the field {key!r} is missing (expected {expected})")
+            continue
+        if not any(_is(obj[key], t) for t in types):
+            raise UserError(f"{where}: the field {key!r} must be {expected}, got {json.dumps(obj[key])[:60]}")
+    return obj
 
 
 def read_tensors(file: Path, what: str) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .runtime import check_json
 
 
 def train_flops(d_in: int, d_sae: int, tokens: int) -> float:
@@ -194,17 +195,30 @@ def parse_grid(text: str, name: str, kind=int) -> list:
 OLD_NAMES = {"l1": "l1_coefficient", "l1_norm": "sparsity"}  # runs.jsonl of saeforge 0.1
 
 
+RUN_FIELDS = {"d_sae": (int, True), "steps": (int, True), "l1_coefficient": (float, True), "d_in": (int, True),
+              "batch_size": (int, True), "flops": (float, True), "mse": (float, True), "sparsity": (float, True),
+              "l0": (float, True), "loss_l1": (float, True)}
+
+
 def read_results(path: Path) -> list[dict]:
+    """The finished runs of a sweep; a line cut by an interruption is skipped (that run is redone),
+    a row that is not a sweep result is an error naming its line."""
     if not path.exists():
         return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(lines, 1):
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by an interruption: that run is redone
-            rows.append({OLD_NAMES.get(k, k): v for k, v in row.items()})
+                continue
+            if isinstance(row, dict):
+                row = {OLD_NAMES.get(k, k): v for k, v in row.items()}
+            rows.append(check_json(row, f"{path} line {i}", RUN_FIELDS))
     return rows
 
 

@@ -30,7 +30,8 @@ from . import distributed, metrics
 from .config import TrainConfig
 from .dictionary import log_sparsity, save
 from .errors import UserError
-from .runtime import CHECKPOINT, atomic_save_tensors, atomic_write_bytes, atomic_write_json, read_json, read_tensors
+from .runtime import (CHECKPOINT, atomic_save_tensors, atomic_write_bytes, atomic_write_json, check_json, read_json,
+                      read_tensors)
 from .sae import SAE, StepOutput
 
 STATE_FORMAT = 2  # state.json's layout; 1 (saeforge 0.1) kept the non-tensor state under "extra"
@@ -55,6 +56,9 @@ class TrainState:
         return {k: v for k, v in asdict(self).items() if not isinstance(v, torch.Tensor) and v is not None}
 
 
+IDENTITY = ("seed", "cache", "text_column", "d_model", "n_features", "n_active", "decay", "correlated")
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -62,6 +66,24 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]  # sae.*, adam.*, rng.*
     adam_steps: dict[str, float]
     metadata: dict[str, Any]
+    config: dict[str, Any]
+    architecture: str
+
+    def identity(self) -> dict[str, Any]:
+        """What makes the checkpoint's run that run: its data, model, hook, architecture, seed."""
+        ident = {k: self.config[k] for k in IDENTITY if k in self.config} | {"architecture": self.architecture}
+        for key, meta in (("model", "model_name"), ("hook", "hook_name"), ("dataset", "dataset_path")):
+            if meta in self.metadata:
+                ident[key] = self.metadata[meta]
+        return ident
+
+
+STATE_FIELDS = {"format": (int, False), "step": (int, True), "tokens": (int, True), "input_scale": (float, False),
+                "data_position": (dict, False), "train_seconds": (float, False), "firing_tokens": (int, False),
+                "resample_events": (list, False), "mmcs_trace": (list, False), "adam_steps": (dict, False),
+                "metadata": (dict, False), "config": (dict, False), "extra": (dict, False),
+                "architecture": (str, False)}
+EVENT_FIELDS = {"step": (int, True), "dead": (int, True), "seconds": (float, True), "resampled": (int, False)}
 
 
 def read_checkpoint(out: Path) -> Checkpoint | None:
@@ -71,16 +93,33 @@ def read_checkpoint(out: Path) -> Checkpoint | None:
             break
     else:
         return None
-    raw = read_json(cand / "state.json", f"the checkpoint is corrupt; delete {cand} to start over")
-    tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
+    fix = f"the checkpoint is corrupt; delete {cand} to start over"
+    where = str(cand / "state.json")
+    raw = check_json(read_json(cand / "state.json", fix), where, STATE_FIELDS)
     if raw.get("format", 1) == 1:  # saeforge 0.1: the callers' state under "extra"
-        extra = raw.get("extra", {})
+        extra = raw.get("extra") or {}
         raw |= {"input_scale": extra.get("input_scale", 1.0), "data_position": extra.get("data", {}),
                 "resample_events": extra.get("resample_events", []), "mmcs_trace": extra.get("mmcs_trace", [])}
+        check_json(raw, f"{where} (extra)", STATE_FIELDS)
+    for event in raw.get("resample_events") or []:
+        check_json(event, f"{where} (resample_events)", EVENT_FIELDS)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw.get("mmcs_trace") or []):
+        raise UserError(f"{where}: the field 'mmcs_trace' must be a list of numbers")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (raw.get("adam_steps") or {}).values()):
+        raise UserError(f"{where}: the field 'adam_steps' must map parameter names to numbers")
+    check_json(raw.get("data_position") or {}, f"{where} (data_position)",
+               {k: (int, False) for k in ("contexts_read", "epoch", "cursor", "offset", "world")})
+    if raw.get("step", 0) < 0 or raw.get("tokens", 0) < 0 or not raw.get("input_scale", 1.0) > 0:
+        raise UserError(f"{where}: step and tokens must be >= 0 and input_scale > 0; {fix}")
+    tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
+    missing = sorted({"tokens_since_fired", "firing_counts", "rng.cpu"} - set(tensors))
+    if missing:
+        raise UserError(f"{cand / 'state.safetensors'} lacks {', '.join(missing)}; {fix}")
     names = {f for f in TrainState.__dataclass_fields__ if not f.endswith("_F")}
-    state = TrainState(**{k: raw[k] for k in names if k in raw}, tokens_since_fired_F=tensors["tokens_since_fired"],
-                       firing_counts_F=tensors["firing_counts"])
-    return Checkpoint(cand, state, tensors, raw.get("adam_steps", {}), raw.get("metadata", {}))
+    state = TrainState(**{k: raw[k] for k in names if raw.get(k) is not None},
+                       tokens_since_fired_F=tensors["tokens_since_fired"], firing_counts_F=tensors["firing_counts"])
+    return Checkpoint(cand, state, tensors, raw.get("adam_steps") or {}, raw.get("metadata") or {},
+                      raw.get("config") or {}, raw.get("architecture") or "standard")
 
 
 class Resampler(Protocol):
@@ -101,6 +140,7 @@ class Trainer:
             if getattr(self.state, name) is None:
                 setattr(self.state, name, torch.zeros(sae.d_sae, dtype=torch.long, device=dev))
         self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=dev)  # first step with a non-finite loss
         self.log_extra: dict[str, Any] = {}  # fields a callback adds to the next metrics.jsonl rows
         self.last_log: dict[str, Any] = {}
 
@@ -144,7 +184,17 @@ class Trainer:
         st.tokens_since_fired_F.add_(B).masked_fill_(out.feature_sums_F > 0, 0)
         st.step += 1
         st.tokens += B
+        # on the device, no sync: read on logging and checkpoint steps (check_finite)
+        self.first_bad_step = torch.where((self.first_bad_step == 0) & ~torch.isfinite(out.loss), st.step,
+                                          self.first_bad_step)
         return out
+
+    def check_finite(self) -> None:
+        """Stop a diverged run before it writes anything: the last checkpoint and dictionary stay."""
+        bad = int(self.first_bad_step)
+        if bad:
+            raise UserError(f"training diverged at step {bad} (the loss is not finite); the last checkpoint and "
+                            f"dictionary in --out are kept. Lower --lr (now {self.cfg.lr:g}) or raise --lr-warmup-steps")
 
     @torch.no_grad()
     def renew_features(self, idx_K: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
@@ -182,14 +232,17 @@ class Trainer:
                 if callback is not None:
                     stop = bool(callback(self, out))
                 if self.step % cfg.log_every == 0 or self.step == steps or stop:
+                    self.check_finite()
                     row = self.log(x_BD, out, time.perf_counter() - t0)
                     bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{row['l0']:.1f}", ev=f"{row['explained_variance']:.3f}")
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out:
+                    self.check_finite()
                     self.save_checkpoint(extra_seconds=time.perf_counter() - t0)
                 bar.update(1)
         finally:
             bar.close()
             self.state.train_seconds += time.perf_counter() - t0
+        self.check_finite()
 
     @torch.no_grad()
     def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:
@@ -286,6 +339,20 @@ class Trainer:
             if k not in params or v.shape != params[k].shape:
                 raise UserError(f"checkpoint {ckpt.path} does not match this run's dictionary ({k} {list(v.shape)}); "
                                 "use the same --dict-size / model, or another --out")
+        if set(sd) != set(self.sae.state_dict()):
+            raise UserError(f"checkpoint {ckpt.path} does not hold every weight of this run's dictionary "
+                            f"({', '.join(sorted(set(self.sae.state_dict()) - set(sd)))} missing); delete it to start over")
+        for key in ("tokens_since_fired", "firing_counts"):
+            t = ckpt.tensors[key]
+            if tuple(t.shape) != (self.sae.d_sae,) or t.dtype != torch.long:
+                raise UserError(f"checkpoint {ckpt.path}: {key} is not an int64 vector of {self.sae.d_sae}; "
+                                "delete it to start over")
+        for name in ckpt.adam_steps:
+            for key in (f"adam.{name}.exp_avg", f"adam.{name}.exp_avg_sq"):
+                if key not in ckpt.tensors or name not in params or ckpt.tensors[key].shape != params[name].shape:
+                    raise UserError(f"checkpoint {ckpt.path}: {key} is missing or misshapen; delete it to start over")
+        if ckpt.tensors["rng.cpu"].dtype != torch.uint8:
+            raise UserError(f"checkpoint {ckpt.path}: rng.cpu is not a byte tensor; delete it to start over")
         self.sae.load_state_dict(sd)
         opt_state = {}
         for i, (name, p) in enumerate(self.sae.named_parameters()):
@@ -296,7 +363,10 @@ class Trainer:
         sd_opt = self.opt.state_dict()
         sd_opt["state"] = opt_state
         self.opt.load_state_dict(sd_opt)
-        torch.set_rng_state(ckpt.tensors["rng.cpu"])
+        try:
+            torch.set_rng_state(ckpt.tensors["rng.cpu"])
+        except RuntimeError:
+            raise UserError(f"checkpoint {ckpt.path}: rng.cpu is not a torch RNG state; delete it to start over") from None
         if "rng.cuda" in ckpt.tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(ckpt.tensors["rng.cuda"])
         st = ckpt.state

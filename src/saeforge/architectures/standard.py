@@ -32,7 +32,7 @@ class StandardSAE(SAE):
     def from_saved_config(cls, cfg: dict, where: str) -> dict:
         from ..errors import UserError
 
-        act = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+        act = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
         if act != "relu":
             raise UserError(f"{where}: activation_fn {act!r} is not supported; saeforge loads ReLU dictionaries")
         return {}

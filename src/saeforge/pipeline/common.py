@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..init import initialize, sample_size
 from ..resample import Resampler, check_settings
-from ..runtime import atomic_write_json, pick_device, prepare_out_dir
+from ..runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
 from ..sae import SAE
 from ..trainer import Checkpoint, Trainer, TrainState, read_checkpoint
 
@@ -47,7 +47,7 @@ def start(cfg: TrainConfig) -> Run:
     t_start = time.perf_counter()
     distributed.setup(cfg.device)
     device = pick_device(cfg.device)
-    out = prepare_out_dir(cfg.out, cfg.resume) if cfg.out else None
+    out = check_run_dir(cfg.out, cfg.resume) if cfg.out else None  # created by make_trainer, after the checks
     world, rank = distributed.world(), distributed.rank()
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
@@ -55,10 +55,20 @@ def start(cfg: TrainConfig) -> Run:
     cfg = cfg.resolved(steps)
     if cfg.resample != "none":
         check_settings(cfg, steps, steps * cfg.batch_size)
-    checkpoint = read_checkpoint(out) if out and cfg.resume else None
-    if out and checkpoint is None and (out / "metrics.jsonl").exists() and distributed.is_main():
-        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    checkpoint = read_checkpoint(out) if out and cfg.resume and out.is_dir() else None
     return Run(cfg, device, out, steps, world, rank, cfg.batch_size // world, checkpoint, t_start)
+
+
+def check_same_run(run: Run, identity: dict[str, Any]) -> None:
+    """--resume continues the run in --out only: the same data, model, hook, architecture, seed…
+    (`identity`: field → this run's value, compared with what the checkpoint recorded)."""
+    if run.checkpoint is None:
+        return
+    recorded = run.checkpoint.identity()
+    differ = [f"{k} {recorded[k]!r} → {v!r}" for k, v in identity.items() if k in recorded and recorded[k] != v]
+    if differ:
+        raise UserError(f"--resume: {run.out} holds a run with other settings ({'; '.join(differ)}); "
+                        "resume it with its own settings, or choose another --out")
 
 
 def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
@@ -87,6 +97,10 @@ def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int], torch.Tensor]
     trainer = Trainer(sae, run.cfg, run.out, state=TrainState(input_scale=input_scale), resampler=resampler)
     if run.checkpoint is not None:
         trainer.restore(run.checkpoint)
+    if run.out:
+        make_out_dir(run.out)
+        if run.checkpoint is None and (run.out / "metrics.jsonl").exists() and distributed.is_main():
+            (run.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
     return trainer
 
 

@@ -8,10 +8,11 @@ from .. import data
 from ..cache import harvest
 from ..config import HarvestConfig
 from ..models import default_hook, load_model, resolve_hook
-from ..runtime import pick_device
+from ..runtime import check_out_dir, pick_device
 
 
 def run_harvest(cfg: HarvestConfig) -> dict[str, Any]:
+    check_out_dir(cfg.out, outputs=("manifest.json",))
     device = pick_device(cfg.device)
     model = load_model(cfg.model, device)
     hook = cfg.hook or default_hook(model)

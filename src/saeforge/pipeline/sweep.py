@@ -21,13 +21,15 @@ from ..config import SweepConfig
 from ..errors import UserError
 from ..init import sample_size
 from ..metrics import Reconstruction
-from ..runtime import atomic_write_bytes, pick_device
+from ..runtime import atomic_write_bytes, check_out_dir, make_out_dir, pick_device
 from ..scaling import analyze, init_flops, jsonable, parse_grid, plot, read_results, suggest, train_flops
 from . import common
 
 
 def run_sweep(cfg: SweepConfig) -> list[dict]:
     out = Path(cfg.out)
+    if not cfg.suggest:
+        check_out_dir(out, outputs=("runs.jsonl", "fits.json"))
     sizes = parse_grid(cfg.sizes, "sizes")
     steps = parse_grid(cfg.steps, "steps")
     l1s = parse_grid(cfg.l1s, "l1s", float)
@@ -46,11 +48,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         if n_shards < 2:
             raise UserError(f"--cache {cfg.cache} has {n_shards} shard; hold-out needs 2 or more, or give --eval-cache")
         eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --out {out}: {e.strerror}") from None
     device = pick_device(cfg.device)
+    make_out_dir(out)
     X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)
     results = out / "runs.jsonl"
     finished = read_results(results)

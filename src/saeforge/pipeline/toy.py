@@ -24,6 +24,8 @@ THRESHOLDS = ("0.95", "0.98", "0.99")
 def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     run = common.start(cfg)
     cfg, steps, device = run.cfg, run.steps, run.device
+    common.check_same_run(run, {k: getattr(cfg, k) for k in ("d_model", "n_features", "n_active", "decay",
+                                                             "correlated", "seed", "architecture")})
     data = ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
                    correlated=cfg.correlated, seed=cfg.seed, device=device)
     # fresh draws from the same distribution, never trained on: steps −1, −2, … for the init;

@@ -42,6 +42,8 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
         stop_at_layer = resolve_hook(model, hook)
         d_in, n_ctx = hook_width(model, hook), model.cfg.n_ctx
 
+    common.check_same_run(run, {"model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache,
+                                "text_column": cfg.text_column, "seed": cfg.seed, "architecture": cfg.architecture})
     resumed = run.checkpoint.state if run.checkpoint else None
     position = resumed.data_position if resumed else {}
     if resumed and position.get("world", 1) != world:  # another number of ranks: same global position, re-split

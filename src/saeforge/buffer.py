@@ -18,7 +18,7 @@ and a batch mixes rows from contexts of up to twice the buffer's age. Batches ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -32,7 +32,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class Source(Protocol):
     d_in: int
 
-    def fill(self, storage: torch.Tensor, idx: torch.Tensor) -> None: ...
+    def fill(self, storage: torch.Tensor, idx: torch.Tensor, origin_N: torch.Tensor) -> None: ...
     def state(self) -> dict[str, Any]: ...
 
 
@@ -41,59 +41,165 @@ class ModelSource:
 
     Position 0 (BOS) of every context is skipped (see data.py). Rows a pass produces beyond
     what a fill asked for are carried (on the device) into the next fill, so no context is
-    wasted and the data order is a pure function of the context stream.
+    wasted and the data order is a pure function of the context stream. Every row written
+    gets its origin, its index in the stream of rows (context · (n_ctx − 1) + position − 1),
+    so that `replay` can compute it again.
+
+    `stream_from(k)` is the context stream from context k on (batches of whole contexts).
     """
 
-    def __init__(self, model, hook: str, contexts: Iterator[torch.Tensor], stop_at_layer: int | None,
-                 contexts_read: int = 0):
-        self.model, self.hook, self.contexts, self.stop_at_layer = model, hook, contexts, stop_at_layer
+    def __init__(self, model, hook: str, stream_from: Callable[[int], Iterator[torch.Tensor]],
+                 stop_at_layer: int | None, contexts_read: int = 0):
+        self.model, self.hook, self.stop_at_layer = model, hook, stop_at_layer
+        if not callable(stream_from):  # a plain iterator of batches: no replay
+            stream_from = (lambda it: lambda k: it)(stream_from)
+        self.stream_from = stream_from
         self.d_in = hook_width(model, hook)
         self.device = next(model.parameters()).device
+        self.rows_per_context = model.cfg.n_ctx - 1
         self.contexts_read = contexts_read
+        self.contexts: Iterator[torch.Tensor] | None = None  # opened at the first fill (or by replay)
         self.carry: torch.Tensor | None = None
+        self.carry_origin = 0
 
     def state(self) -> dict[str, Any]:
-        return {"contexts_read": self.contexts_read}
+        return {"contexts_read": self.contexts_read, "carry_rows": 0 if self.carry is None else len(self.carry)}
+
+    def _forward(self, tokens: torch.Tensor, keep: Callable[[torch.Tensor], None]) -> None:
+        def hook_fn(act, hook):
+            keep(act[:, 1:].reshape(-1, act.shape[-1]))
+            return act
+
+        self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=[(self.hook, hook_fn)],
+                                  stop_at_layer=self.stop_at_layer, return_type=None)
 
     @torch.no_grad()
-    def fill(self, storage: torch.Tensor, idx: torch.Tensor) -> None:
+    def fill(self, storage: torch.Tensor, idx: torch.Tensor, origin_N: torch.Tensor) -> None:
         pos = 0
         if self.carry is not None:
             take = min(len(self.carry), len(idx))
             storage.index_copy_(0, idx[:take], self.carry[:take])
+            origin_N.index_copy_(0, idx[:take], torch.arange(self.carry_origin, self.carry_origin + take,
+                                                             device=origin_N.device))
             self.carry = self.carry[take:] if take < len(self.carry) else None
+            self.carry_origin += take
             pos = take
+        if self.contexts is None:
+            self.contexts = self.stream_from(self.contexts_read)
         while pos < len(idx):
-            tokens = next(self.contexts).to(self.device)
+            tokens = next(self.contexts)
+            first = self.contexts_read * self.rows_per_context
             self.contexts_read += tokens.shape[0]
 
-            def write(act, hook, start=pos):
-                rows = act[:, 1:].reshape(-1, act.shape[-1])
+            def write(rows, start=pos):
                 take = min(len(rows), len(idx) - start)
                 storage.index_copy_(0, idx[start:start + take], rows[:take].to(storage.dtype))
+                origin_N.index_copy_(0, idx[start:start + take], torch.arange(first, first + take,
+                                                                              device=origin_N.device))
                 if take < len(rows):
                     self.carry = rows[take:].to(storage.dtype).clone()
-                return act
+                    self.carry_origin = first + take
 
-            self.model.run_with_hooks(tokens, fwd_hooks=[(self.hook, write)], stop_at_layer=self.stop_at_layer,
-                                      return_type=None)
+            self._forward(tokens, write)
             pos += tokens.shape[0] * (tokens.shape[1] - 1)
+
+    @torch.no_grad()
+    def replay(self, storage: torch.Tensor, idx_K: torch.Tensor, origin_K: torch.Tensor, carry_rows: int,
+               batch: int) -> None:
+        """Compute again the rows of origins origin_K (into storage rows idx_K) and the carry, by
+        running the model over the same batches of contexts as the first time (`batch` contexts
+        per pass, from a multiple of `batch`), ending where the stream stood: at contexts_read."""
+        end = self.contexts_read * self.rows_per_context
+        self.carry_origin = end - carry_rows
+        lo = min(int(origin_K.min()) if len(origin_K) else end, self.carry_origin)
+        first_context = lo // self.rows_per_context // batch * batch
+        where = torch.full((end - first_context * self.rows_per_context,), -1, dtype=torch.long, device=idx_K.device)
+        where[origin_K - first_context * self.rows_per_context] = idx_K
+        self.contexts = self.stream_from(first_context)
+        read, carried = first_context, []
+        while read < self.contexts_read:
+            tokens = next(self.contexts)
+            first = read * self.rows_per_context
+            read += tokens.shape[0]
+
+            def write(rows, first=first):
+                rows = rows.to(storage.dtype)
+                sel = where[first - first_context * self.rows_per_context:][: len(rows)]
+                hit = sel >= 0
+                storage.index_copy_(0, sel[hit], rows[hit])
+                if first + len(rows) > self.carry_origin:
+                    carried.append(rows[max(0, self.carry_origin - first):])
+
+            self._forward(tokens, write)
+        if read != self.contexts_read:
+            raise UserError("the checkpoint's buffer cannot be rebuilt: the dataset no longer gives the same "
+                            "contexts (was --contexts-per-pass changed?)")
+        self.carry = torch.cat(carried).clone() if carry_rows else None
 
 
 class ActivationBuffer:
+    """`restore`: the snapshot (`snapshot()`) of a buffer to rebuild exactly, instead of a first fill."""
+
+    REPLAYED = 2  # a snapshot stores the rows older than this many buffers of the stream; newer ones are replayed
+
     def __init__(self, source: Source, n_rows: int, batch_size: int, device: torch.device | str,
-                 dtype: torch.dtype = torch.float32, seed: int = 0, scale: float | None = None):
+                 dtype: torch.dtype = torch.float32, seed: int = 0, scale: float | None = None,
+                 restore: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None):
         if n_rows < 2 * batch_size:
             raise UserError(f"the activation buffer holds {n_rows} rows, fewer than 2 batches of {batch_size}; "
                             "raise --buffer-mb or lower --batch-size")
         self.source, self.batch_size = source, batch_size
         self.storage = torch.empty(n_rows, source.d_in, dtype=dtype, device=device)
+        self.origin_N = torch.zeros(n_rows, dtype=torch.long, device=device)  # each row's index in the stream
         self.gen = torch.Generator().manual_seed(seed)
         self.device = torch.device(device)
+        self.half = n_rows // 2 // batch_size * batch_size
+        if restore is not None:
+            self._restore(*restore)
+            self.scale = scale
+            return
         all_rows = torch.arange(n_rows, device=device)
-        self.source.fill(self.storage, all_rows)
+        self.source.fill(self.storage, all_rows, self.origin_N)
         self.scale = scale if scale is not None else self.estimate_scale()
         self._new_cycle()
+
+    def snapshot(self, contexts_per_pass: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What rebuilds this buffer exactly (a ModelSource's): its permutation, RNG and row origins,
+        plus the rows older than REPLAYED buffers of the stream (about 1/16 of them), which are
+        stored as they are; the others are recomputed by the model on resume."""
+        lo = max(0, self.source.contexts_read * self.source.rows_per_context - self.REPLAYED * len(self.storage))
+        old = torch.nonzero(self.origin_N < lo).flatten()
+        meta = {"rows": len(self.storage), "d_in": self.storage.shape[1], "served": self.served, "replay_from": lo,
+                "contexts_per_pass": contexts_per_pass, **self.source.state()}
+        return meta, {"perm": self.perm, "origin": self.origin_N, "rng": self.gen.get_state(),
+                      "old_idx": old, "old_rows": self.storage[old]}
+
+    def _restore(self, meta: dict[str, Any], t: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(t["rng"])
+        self.perm, self.served = t["perm"].to(self.device), meta["served"]
+        self.origin_N.copy_(t["origin"])
+        self.storage.index_copy_(0, t["old_idx"].to(self.device), t["old_rows"].to(self.device, self.storage.dtype))
+        new = torch.nonzero(self.origin_N >= meta["replay_from"]).flatten()
+        self.source.replay(self.storage, new, self.origin_N[new], meta["carry_rows"], meta["contexts_per_pass"])
+
+    @staticmethod
+    def fits(meta: dict[str, Any], t: dict[str, torch.Tensor], n_rows: int, d_in: int) -> bool:
+        """Whether a snapshot rebuilds a buffer of this shape (False: --buffer-mb changed); a damaged
+        snapshot is a UserError."""
+        from .runtime import check_json
+
+        check_json(meta, "the checkpoint's buffer snapshot", {k: (int, True) for k in (
+            "rows", "d_in", "served", "replay_from", "contexts_per_pass", "contexts_read", "carry_rows")})
+        if (meta["rows"], meta["d_in"]) != (n_rows, d_in):
+            return False
+        shapes = {"perm": (n_rows,), "origin": (n_rows,), "old_idx": (len(t.get("old_idx", ())),),
+                  "old_rows": (len(t.get("old_idx", ())), d_in)}
+        if (set(shapes) | {"rng"}) - set(t) or any(tuple(t[k].shape) != v for k, v in shapes.items()) or not (
+                0 <= meta["served"] <= n_rows and 0 <= meta["carry_rows"] and meta["contexts_per_pass"] >= 1
+                and t["perm"].dtype == t["origin"].dtype == t["old_idx"].dtype == torch.long
+                and t["rng"].dtype == torch.uint8):
+            raise UserError("the checkpoint's buffer snapshot is damaged; delete the checkpoint to start over")
+        return True
 
     @staticmethod
     def rows_for(memory_mb: float, d_in: int, dtype: torch.dtype, carry_rows: int = 0) -> int:
@@ -112,14 +218,13 @@ class ActivationBuffer:
     def _new_cycle(self) -> None:
         self.perm = torch.randperm(len(self.storage), generator=self.gen).to(self.device)
         self.served = 0
-        self.half = len(self.storage) // 2 // self.batch_size * self.batch_size
 
     def __iter__(self) -> "ActivationBuffer":
         return self
 
     def __next__(self) -> torch.Tensor:
         if self.served >= self.half:
-            self.source.fill(self.storage, self.perm[: self.served])
+            self.source.fill(self.storage, self.perm[: self.served], self.origin_N)
             self._new_cycle()
         rows = self.perm[self.served: self.served + self.batch_size]
         self.served += self.batch_size

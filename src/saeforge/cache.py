@@ -210,7 +210,7 @@ class CacheSource:
             raise UserError(f"--cache {self.dir}: shard {s['file']} does not hold [{s['rows']}, {self.d_in}] activations")
         return t
 
-    def fill(self, storage: torch.Tensor, idx: torch.Tensor) -> None:
+    def fill(self, storage: torch.Tensor, idx: torch.Tensor, origin_N: torch.Tensor | None = None) -> None:
         pos = 0
         while pos < len(idx):
             if self.current is None:

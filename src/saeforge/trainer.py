@@ -15,6 +15,7 @@ uninterrupted one, provided the batches resume at the same step (toy batches do)
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -51,9 +52,11 @@ class TrainState:
     mmcs_trace: list[float] = field(default_factory=list)  # runs with known features: MMCS after each step
     tokens_since_fired_F: torch.Tensor | None = None
     firing_counts_F: torch.Tensor | None = None
+    data_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the source's resumable tensors
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not isinstance(v, torch.Tensor) and v is not None}
+        return {k: v for k, v in asdict(self).items()
+                if not isinstance(v, torch.Tensor) and v is not None and k != "data_tensors"}
 
 
 IDENTITY = ("seed", "cache", "text_column", "d_model", "n_features", "n_active", "decay", "correlated")
@@ -109,15 +112,17 @@ def read_checkpoint(out: Path) -> Checkpoint | None:
         raise UserError(f"{where}: the field 'adam_steps' must map parameter names to numbers")
     check_json(raw.get("data_position") or {}, f"{where} (data_position)",
                {k: (int, False) for k in ("contexts_read", "epoch", "cursor", "offset", "world")})
-    if raw.get("step", 0) < 0 or raw.get("tokens", 0) < 0 or not raw.get("input_scale", 1.0) > 0:
+    scale = raw.get("input_scale")
+    if raw["step"] < 0 or raw["tokens"] < 0 or (scale is not None and not (scale > 0 and math.isfinite(scale))):
         raise UserError(f"{where}: step and tokens must be >= 0 and input_scale > 0; {fix}")
     tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
     missing = sorted({"tokens_since_fired", "firing_counts", "rng.cpu"} - set(tensors))
     if missing:
         raise UserError(f"{cand / 'state.safetensors'} lacks {', '.join(missing)}; {fix}")
-    names = {f for f in TrainState.__dataclass_fields__ if not f.endswith("_F")}
+    names = {f for f in TrainState.__dataclass_fields__ if not f.endswith("_F") and f != "data_tensors"}
     state = TrainState(**{k: raw[k] for k in names if raw.get(k) is not None},
-                       tokens_since_fired_F=tensors["tokens_since_fired"], firing_counts_F=tensors["firing_counts"])
+                       tokens_since_fired_F=tensors["tokens_since_fired"], firing_counts_F=tensors["firing_counts"],
+                       data_tensors={k[5:]: v for k, v in tensors.items() if k.startswith("data.")})
     return Checkpoint(cand, state, tensors, raw.get("adam_steps") or {}, raw.get("metadata") or {},
                       raw.get("config") or {}, raw.get("architecture") or "standard")
 
@@ -313,6 +318,7 @@ class Trainer:
                 adam_steps[name] = float(ost["step"])
         tensors["tokens_since_fired"] = st.tokens_since_fired_F
         tensors["firing_counts"] = st.firing_counts_F
+        tensors |= {f"data.{k}": v for k, v in st.data_tensors.items()}
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()

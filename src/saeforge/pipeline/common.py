@@ -56,6 +56,9 @@ def start(cfg: TrainConfig) -> Run:
     if cfg.resample != "none":
         check_settings(cfg, steps, steps * cfg.batch_size)
     checkpoint = read_checkpoint(out) if out and cfg.resume and out.is_dir() else None
+    if checkpoint is not None and checkpoint.state.step > steps:
+        raise UserError(f"--resume: the checkpoint in {out} is at step {checkpoint.state.step}, past this budget of "
+                        f"{steps} steps; give a larger --steps / --tokens")
     return Run(cfg, device, out, steps, world, rank, cfg.batch_size // world, checkpoint, t_start)
 
 

@@ -5,8 +5,9 @@
     → evals on held-out text with the dictionary spliced in → summary.json
 
 Resume continues from the data position the checkpoint records (contexts read, or the cache
-cursor): never repeating data, but not the same batches as an uninterrupted run, because the
-buffer's unserved rows are not saved (the toy path resumes exactly). Under torchrun the batch
+cursor), never repeating data. A single-process live run also rebuilds its buffer exactly from
+the checkpoint's snapshot (buffer.py: row origins, permutation, RNG, the oldest rows; the rest
+recomputed by the model), so it ends with the weights of an uninterrupted run. Under torchrun the batch
 is global; each rank reads its own shards or every world-th batch of contexts; the input scale
 is the mean of the ranks' estimates; rank 0 initializes, broadcasts and evaluates.
 """
@@ -14,6 +15,7 @@ is the mean of the ranks' estimates; rank 0 initializes, broadcasts and evaluate
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from typing import Any
 
@@ -53,16 +55,28 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
         carry = source.rows_per_chunk
     else:
         skip = position.get("contexts_read", 0)  # global contexts consumed by all ranks together
-        stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
-                               text_column=cfg.text_column, skip=skip)
-        if world > 1:
-            stream = itertools.islice(stream, rank, None, world)
-        source = ModelSource(model, hook, stream, stop_at_layer, contexts_read=skip)
+
+        def stream_from(k: int):
+            stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
+                                   text_column=cfg.text_column, skip=k)
+            return itertools.islice(stream, rank, None, world) if world > 1 else stream
+
+        source = ModelSource(model, hook, stream_from, stop_at_layer, contexts_read=skip)
         carry = cfg.contexts_per_pass * (n_ctx - 1)
     st_dtype = DTYPES[cfg.buffer_dtype]
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
+    snap = position.get("buffer")  # a single-process live run rebuilds its buffer exactly (buffer.py)
+    restore = None
+    if snap and not cfg.cache and world == 1:
+        tensors = {k.removeprefix("buffer."): v for k, v in resumed.data_tensors.items()}
+        if ActivationBuffer.fits(snap, tensors, rows, d_in) and snap["contexts_per_pass"] == cfg.contexts_per_pass:
+            restore = (snap, tensors)
+        else:
+            print("saeforge: note: --buffer-mb or --contexts-per-pass changed since the checkpoint; the run goes "
+                  "on from its data position with a fresh buffer (not the batches an uninterrupted run would see)",
+                  file=sys.stderr)
     buffer = ActivationBuffer(source, rows, run.local_batch, device, st_dtype, seed=cfg.seed * world + rank,
-                              scale=resumed.input_scale if resumed else None)
+                              scale=resumed.input_scale if resumed else None, restore=restore)
     if not resumed:
         buffer.scale = distributed.all_reduce_mean([buffer.scale], device)[0]
 
@@ -71,19 +85,22 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
                         dataset_path=dataset, seed=cfg.seed, dict_size=sae.d_sae, source="cache" if cfg.cache else "model")
     trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)
 
-    def position_now() -> dict[str, Any]:
-        st = dict(source.state(), world=world)
-        if "contexts_read" in st:  # ranks read equally: the global count
-            st["contexts_read"] = skip + (st["contexts_read"] - skip) * world
-        return st
+    def save_position(st) -> None:
+        pos = dict(source.state(), world=world)
+        if "contexts_read" in pos:  # ranks read equally: the global count
+            pos["contexts_read"] = skip + (pos["contexts_read"] - skip) * world
+        if world == 1 and not cfg.cache:
+            pos["buffer"], tensors = buffer.snapshot(cfg.contexts_per_pass)
+            st.data_tensors = {f"buffer.{k}": v for k, v in tensors.items()}
+        st.data_position = pos
 
     def on_step(tr, _out) -> bool:
         if cfg.checkpoint_every and tr.step % cfg.checkpoint_every == 0:
-            tr.state.data_position = position_now()
+            save_position(tr.state)
         return False
 
     trainer.fit(buffer, run.steps, callback=on_step)
-    trainer.state.data_position = position_now()
+    save_position(trainer.state)
     last = trainer.last_log
     summary: dict[str, Any] = {
         "model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache or None, "d_in": d_in,

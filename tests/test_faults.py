@@ -1,0 +1,277 @@
+"""Bad inputs and faults, tried as a careless or unlucky user would, one class of fault per section:
+each ends in one line `saeforge: error: …`, exit status 2, and nothing good lost (or a clean run)."""
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import saeforge
+from saeforge.cache import CacheSource
+from saeforge.cli import main
+from saeforge.errors import UserError
+
+TOY = ["toy", "--init", "orthogonal", "--d-model", "8", "--n-features", "16", "--batch-size", "32", "--no-progress",
+       "--target-mmcs", "0", "--lr-decay-steps", "0", "--log-every", "5"]
+
+
+def one_line_error(capsys, code, *fragments):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("saeforge: error: "), err
+    for f in fragments:
+        assert f in err[0], err
+    return err[0]
+
+
+def live(model_dir, text_dir, out, *extra):
+    return ["train", "--model", str(model_dir), "--dataset", str(text_dir), "--out", str(out), "--batch-size", "64",
+            "--dict-size", "64", "--buffer-mb", "1", "--contexts-per-pass", "4", "--eval-tokens", "0",
+            "--no-progress", "--lr-warmup-steps", "5", "--l1-warmup-steps", "5", "--lr-decay-steps", "0",
+            "--log-every", "10", *extra]
+
+
+@pytest.fixture
+def dictionary(tmp_path):
+    sae = saeforge.SparseAutoencoder(8, 16)
+    torch.nn.init.normal_(sae.W_enc)
+    sae.metadata.update(model_name="embedded", hook_name="blocks.2.hook_resid_post")
+    return saeforge.save(sae, tmp_path / "dict")
+
+
+# ------------------------------------------------------------------ files with valid syntax, wrong content
+@pytest.mark.parametrize("key, value, fragment", [
+    ("dtype", 32, "'dtype' must be a string"),
+    ("metadata", "blocks.0", "'metadata' must be an object"),
+    ("d_sae", "16", "'d_sae' must be an integer"),
+    ("apply_b_dec_to_input", "yes", "'apply_b_dec_to_input' must be true or false"),
+])
+def test_cfg_json_fields_of_the_wrong_type(dictionary, capsys, key, value, fragment):
+    cfg = json.loads((dictionary / "cfg.json").read_text())
+    cfg[key] = value
+    (dictionary / "cfg.json").write_text(json.dumps(cfg))
+    one_line_error(capsys, main(["info", str(dictionary)]), "cfg.json", fragment)
+
+
+def test_a_hook_name_that_is_a_list(dictionary, capsys):
+    cfg = json.loads((dictionary / "cfg.json").read_text())
+    cfg["saeforge"]["hook_name"] = ["blocks.0.hook_resid_post"]
+    (dictionary / "cfg.json").write_text(json.dumps(cfg))
+    one_line_error(capsys, main(["eval", str(dictionary), "--no-progress"]), "'hook_name' must be a string")
+
+
+def test_runs_jsonl_rows_that_are_not_sweep_results(tmp_path, capsys):
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "runs.jsonl").write_text('{"d_sae": 64, "steps": 10}\n[1, 2]\n')
+    one_line_error(capsys, main(["sweep", "--out", str(tmp_path / "sw"), "--suggest", "1e12"]), "runs.jsonl line 1",
+                   "'l1_coefficient' is missing")
+
+
+def test_dataset_rows_whose_text_is_not_a_string(model_dir, tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": [1, 2, 3]}) + "\n" for _ in range(30)))
+    code = main(live(model_dir, tmp_path / "d.jsonl", tmp_path / "o", "--tokens", "640"))
+    one_line_error(capsys, code, "column 'text' must hold text")
+    assert not (tmp_path / "o").exists()
+
+
+def test_token_ids_outside_the_vocabulary(model_dir, tmp_path, capsys):
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"tokens": [5, 99999] * 40}) + "\n" for _ in range(30)))
+    code = main(live(model_dir, tmp_path / "t.jsonl", tmp_path / "o", "--tokens", "640"))
+    one_line_error(capsys, code, "outside the model's vocabulary")
+
+
+def test_a_manifest_that_points_outside_the_cache(tmp_path):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "manifest.json").write_text(json.dumps({
+        "format": "saeforge-activation-cache", "model": "embedded", "hook": "h", "dataset": "d", "d_in": 4,
+        "n_ctx": 8, "shards": [{"file": "../../etc/passwd", "contexts": 1, "rows": 7, "bytes": 10, "sha256": "0"}]}))
+    with pytest.raises(UserError, match="inside the cache directory"):
+        CacheSource(cache)
+
+
+# ------------------------------------------------------------------ every file we read, mutated field by field
+WRONG = [None, "x", -1, 1.5, True, [1], {"a": 1}]
+
+
+def mutations(obj: dict):
+    """(description, mutated copy): each key missing or of every wrong type, and one extra key."""
+    yield "extra key", {**obj, "zzz_extra": 1}
+    for key in obj:
+        yield f"{key} missing", {k: v for k, v in obj.items() if k != key}
+        for w in WRONG:
+            yield f"{key}={w!r}", {**obj, key: w}
+
+
+def test_mutated_cfg_json_loads_cleanly_or_fails_in_one_line(dictionary):
+    original = json.loads((dictionary / "cfg.json").read_text())
+    nested = [(f"metadata.{d}", {**original, "metadata": m}) for d, m in mutations(original["metadata"])]
+    nested += [(f"saeforge.{d}", {**original, "saeforge": m}) for d, m in mutations(original["saeforge"])]
+    for desc, cfg in [*mutations(original), *nested]:
+        (dictionary / "cfg.json").write_text(json.dumps(cfg))
+        try:
+            sae = saeforge.load(dictionary)
+        except UserError as e:
+            assert "\n" not in str(e), desc
+        else:
+            assert sae.encode(torch.ones(2, sae.d_in)).shape == (2, sae.d_sae), desc
+
+
+def test_mutated_state_json_resumes_cleanly_or_fails_in_one_line(tmp_path, capsys):
+    good = tmp_path / "good"
+    assert main([*TOY, "--steps", "10", "--checkpoint-every", "10", "--out", str(good)]) == 0
+    original = json.loads((good / "checkpoint" / "state.json").read_text())
+    cases = list(mutations(original))
+    cases += [(f"data_position.{d}", {**original, "data_position": m}) for d, m in mutations({"contexts_read": 3})]
+    cases += [(f"resample_events.{d}", {**original, "resample_events": [m]})
+              for d, m in mutations({"step": 5, "dead": 1, "seconds": 0.1})]
+    for i, (desc, state) in enumerate(cases):
+        run = tmp_path / f"r{i}"
+        shutil.copytree(good, run)
+        (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+        code = main([*TOY, "--steps", "12", "--checkpoint-every", "10", "--out", str(run), "--resume"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 0 or (code == 2 and len(err) == 1 and err[0].startswith("saeforge: error: ")), (desc, err)
+        shutil.rmtree(run)
+
+
+def test_mutated_manifest_reads_cleanly_or_fails_in_one_line(model_dir, text_dir, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["harvest", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "300",
+                 "--contexts-per-shard", "4", "--out", str(cache), "--no-progress"]) == 0
+    original = json.loads((cache / "manifest.json").read_text())
+    cases = list(mutations(original))
+    cases += [(f"shards[0].{d}", {**original, "shards": [m, *original["shards"][1:]]})
+              for d, m in mutations(original["shards"][0])]
+    for desc, manifest in cases:
+        (cache / "manifest.json").write_text(json.dumps(manifest))
+        try:
+            src = CacheSource(cache)
+            storage = torch.empty(16, src.d_in)
+            src.fill(storage, torch.arange(16))
+        except UserError as e:
+            assert "\n" not in str(e), desc
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------ late failures: checked before the work
+def test_an_out_that_cannot_be_created_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main(["train", "--out", str(tmp_path / "file" / "run"), "--tokens", "1000", "--no-progress"])
+    one_line_error(capsys, code, "is a file")
+
+
+def test_no_budget_is_refused_and_creates_nothing(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), "--tokens", "0", "--no-progress"])
+    one_line_error(capsys, code, "give --steps N or --tokens N")
+    assert not (tmp_path / "run").exists()
+
+
+def test_inspect_output_blocked_by_a_directory_is_refused_first(dictionary, tmp_path, capsys):
+    (tmp_path / "rep" / "index.html").mkdir(parents=True)
+    t0 = time.perf_counter()
+    code = main(["inspect", str(dictionary), "--out", str(tmp_path / "rep"), "--no-progress"])
+    one_line_error(capsys, code, "index.html is a directory")
+    assert time.perf_counter() - t0 < 30  # refused before any model ran (no timing claim: a generous bound)
+
+
+# ------------------------------------------------------------------ good results are never overwritten
+def test_resume_with_another_hook_is_refused(model_dir, text_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(live(model_dir, text_dir, out, "--tokens", "1280", "--checkpoint-every", "10")) == 0
+    capsys.readouterr()
+    before = (out / "sae_weights.safetensors").read_bytes()
+    code = main(live(model_dir, text_dir, out, "--tokens", "2560", "--resume", "--hook", "blocks.0.hook_resid_post"))
+    one_line_error(capsys, code, "other settings", "hook")
+    assert (out / "sae_weights.safetensors").read_bytes() == before
+
+
+def test_an_out_holding_a_saved_dictionary_is_not_trained_over(dictionary, capsys):
+    before = (dictionary / "sae_weights.safetensors").read_bytes()
+    for extra in ([], ["--resume"]):
+        code = main([*TOY, "--steps", "5", "--out", str(dictionary), *extra])
+        one_line_error(capsys, code, "holds a saved dictionary")
+    assert (dictionary / "sae_weights.safetensors").read_bytes() == before
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TOY, "--steps", "10", "--checkpoint-every", "5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    weights = (out / "sae_weights.safetensors").read_bytes()
+    code = main([*TOY, "--steps", "30", "--checkpoint-every", "5", "--lr", "1e30", "--out", str(out), "--resume"])
+    one_line_error(capsys, code, "diverged at step", "--lr")
+    assert (out / "sae_weights.safetensors").read_bytes() == weights
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 10
+    assert torch.isfinite(saeforge.load(out).W_dec).all()
+
+
+# ------------------------------------------------------------------ flag values, on every command
+@pytest.mark.parametrize("args, fragment", [
+    (["eval", "DICT", "--tokens", "0"], "--tokens must be >= 1"),
+    (["eval", "DICT", "--contexts-per-pass", "-2"], "--contexts-per-pass must be >= 1"),
+    (["inspect", "DICT", "--out", "OUT", "--features", "0"], "--features must be >= 1"),
+    (["inspect", "DICT", "--out", "OUT", "--top-k", "-1"], "--top-k must be >= 1"),
+    (["harvest", "--out", "OUT", "--tokens", "0"], "--tokens must be >= 1"),
+    (["sweep", "--out", "OUT", "--cache", "C", "--eval-rows", "0"], "--eval-rows must be >= 1"),
+])
+def test_counts_are_checked_on_every_command(dictionary, tmp_path, capsys, args, fragment):
+    args = [str(dictionary) if a == "DICT" else str(tmp_path / "out") if a == "OUT" else a for a in args]
+    one_line_error(capsys, main(args), fragment)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ one line, no noise from the libraries
+@pytest.mark.parametrize("name, content", [("bad.jsonl", '{"text": "a"}\n{"text": \n'), ("bad.parquet", "not parquet")])
+def test_malformed_dataset_files_give_exactly_one_line(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    p = subprocess.run([sys.executable, "-m", "saeforge", "train", "--dataset", str(tmp_path / name), "--out",
+                        str(tmp_path / "o"), "--tokens", "1000", "--no-progress"], capture_output=True, text=True)
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("saeforge: error: --dataset"), lines
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ hooks: only those a dictionary can take
+def test_hooks_that_are_not_one_vector_per_token_are_refused_and_not_listed(model, capsys):
+    from saeforge.models import hook_width, resolve_hook
+
+    for hook in ("blocks.0.ln1.hook_scale", "blocks.0.attn.hook_z", "blocks.0.attn.hook_pattern"):
+        with pytest.raises(UserError, match="not one vector per token"):
+            resolve_hook(model, hook)
+    with pytest.raises(UserError) as e:
+        resolve_hook(model, "blocks.0.nope")
+    assert "hook_scale" not in str(e.value) and "hook_resid_post" in str(e.value)
+    assert hook_width(model, "blocks.1.mlp.hook_post") == model.cfg.d_mlp
+
+
+# ------------------------------------------------------------------ exact resume of a live-model run
+def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(model_dir, text_dir, tmp_path):
+    """SIGKILL after a checkpoint; the resumed run rebuilds the buffer (row origins, permutation, RNG,
+    the oldest rows stored, the rest recomputed by the model) and ends bit-identical."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = live(model_dir, text_dir, "OUT", "--tokens", "64000", "--checkpoint-every", "50")
+    cmd = lambda out, *extra: [sys.executable, "-m", "saeforge", *[str(out) if a == "OUT" else a for a in args], *extra]
+    proc = subprocess.Popen(cmd(tmp_path / "k"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "k" / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not (state.exists() and json.loads(state.read_text())["step"] >= 400) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 400 <= killed_at < 1000, killed_at
+    assert subprocess.run(cmd(tmp_path / "k", "--resume"), env=env, capture_output=True).returncode == 0
+    assert subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True).returncode == 0
+    a, b = saeforge.load(tmp_path / "ref"), saeforge.load(tmp_path / "k")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    resumed = json.loads(state.read_text())
+    assert resumed["step"] == 1000 and resumed["data_position"]["buffer"]["replay_from"] > 0

@@ -39,7 +39,7 @@ def drift(d_model: int, n_features: int, l1: float, lr: float, steps: int, seed:
         if tr.step % max(1, steps // 10) == 0 or tr.step == steps:
             cos_F = max_cosines(data.features_FD, tr.sae.W_dec.detach())
             tiers = [float(cos_F[i:i + eighth].mean()) for i in range(0, n_features, eighth)]
-            l0 = float((out.f_BF > 0).float().sum(1).mean())
+            l0 = float((out.codes() > 0).float().sum(1).mean())
             last.update(mmcs=float(cos_F.mean()), tiers=tiers, l0=l0)
             print(f"λ {l1:g} step {tr.step:5d}  MMCS {last['mmcs']:.4f}  L0 {l0:5.2f}  by eighth: "
                   + " ".join(f"{t:.3f}" for t in tiers), flush=True)

@@ -13,7 +13,8 @@ SRC = Path(saeforge.__file__).parent
 LAYERS = [
     ["errors", "distributed", "runtime", "metrics", "config"],
     ["sae"],
-    ["architectures.standard", "architectures"],
+    ["architectures.standard", "architectures.topk", "architectures.batchtopk", "architectures.matryoshka",
+     "architectures.jumprelu", "architectures"],
     ["dictionary", "init", "models", "toy", "data", "buffer", "cache", "scaling"],
     ["trainer", "resample", "evals", "analysis", "report"],
     ["pipeline.common", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],

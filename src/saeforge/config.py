@@ -26,7 +26,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-ARCHITECTURES = ("standard",)  # architectures.ARCHITECTURES (kept in step by tests/test_cli.py)
+ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")  # architectures.ARCHITECTURES (tests/test_cli.py)
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")  # sparsity set by k (AuxK on), not by a coefficient
 INITS = ("orthogonal", "xavier", "data", "svd", "kmeans", "mod", "average", "centroid", "outlier")  # init.METHODS
 RESAMPLERS = ("none", "anthropic", "clustered")  # resample.METHODS
 AUTO = "auto"
@@ -132,7 +133,7 @@ class TrainConfig(RunConfig):
     encoder_scale: float = opt(1.0, "initial W_enc = encoder_scale · W_decᵀ (smaller: fewer features fire at first)",
                                gt=0)
     resample: str = opt("none", f"dead-feature resampling, one of {', '.join(RESAMPLERS)} (auto: clustered when a "
-                        "resampling step fits in the budget, else none)", choices=(*RESAMPLERS, AUTO))
+                        "resampling step fits in the budget and AuxK is off, else none)", choices=(*RESAMPLERS, AUTO))
     resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)", ge=0)
     resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
     resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling", ge=1)
@@ -148,8 +149,19 @@ class TrainConfig(RunConfig):
                                 choices=("anthropic", "alive"))
     resample_duplicates: float = opt(0.0, "also renew the rarer of two features whose decoder rows have cosine >= "
                                      "this (0: off)", ge=0, le=1)
-    l1_coefficient: float = opt(0.55, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖ (inputs scaled to "
+    l1_coefficient: float = opt(0.55, "standard: sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖ (inputs scaled to "
                                 "E‖x‖² = d_in)", ge=0, aliases=("--l1",))
+    k: int = opt(32, "topk, batchtopk, matryoshka: active latents per input (batchtopk: on average over the batch)",
+                 ge=1)
+    aux_k: int | None = opt(None, "AuxK: dead latents that reconstruct the residual error (auto: d_in / 2)", ge=1)
+    aux_k_coefficient: float = opt(1 / 32, "AuxK loss coefficient (0: AuxK off)", ge=0)
+    matryoshka_sizes: str = opt("", "matryoshka: nested prefix sizes, e.g. 128,512,2048 (the dictionary size "
+                                "closes the list; empty: d_sae/16, d_sae/4, d_sae)")
+    l0_coefficient: float = opt(1.0, "jumprelu: coefficient λ₀ of its sparsity loss", ge=0)
+    jumprelu_init_threshold: float = opt(0.01, "jumprelu: initial threshold of every latent", ge=0)
+    jumprelu_bandwidth: float = opt(0.05, "jumprelu: width of the straight-through estimator's kernel", gt=0)
+    jumprelu_sparsity: str = opt("step", "jumprelu: sparsity loss, step (L0 through the estimator, DeepMind's) "
+                                 "or tanh (Anthropic's)", choices=("step", "tanh"))
     l1_warmup_steps: int = opt(500, "ramp λ linearly from 0 over this many steps (keeps features alive early)", ge=0)
     lr: float = opt(1e-2, "Adam learning rate", gt=0)
     lr_warmup_steps: int = opt(200, "ramp the learning rate linearly from 0 over this many steps", ge=0)
@@ -184,8 +196,9 @@ class TrainConfig(RunConfig):
         cfg = self
         if cfg.lr_decay_steps is None:
             cfg = dataclasses.replace(cfg, lr_decay_steps=steps // 2)
-        if cfg.resample == AUTO:
-            cfg = dataclasses.replace(cfg, resample="clustered" if cfg.resample_steps(steps) else "none")
+        if cfg.resample == AUTO:  # off where AuxK revives dead latents; both may be asked for explicitly
+            auxk = cfg.architecture in K_ARCHITECTURES and cfg.aux_k_coefficient > 0
+            cfg = dataclasses.replace(cfg, resample="clustered" if cfg.resample_steps(steps) and not auxk else "none")
         return cfg
 
     def resample_steps(self, total_steps: int) -> list[int]:
@@ -403,8 +416,10 @@ def _typed(typ: type, flag: str, nullable: bool):
 
 def read_config_file(path: str) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"config file {path} does not exist")
+    if not p.is_file():
+        raise UserError(f"config file {path} is not a file")
     try:
         text = p.read_text()
         data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)

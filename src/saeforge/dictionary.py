@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .architectures import ARCHITECTURES
+from .architectures import SAVED
 from .errors import UserError
 from .runtime import atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
 from .sae import SAE
@@ -43,7 +43,6 @@ def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, 
     sl_meta = {"sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": SAELENS_FORMAT}
     sl_meta |= {k: meta[k] for k in SAELENS_METADATA_KEYS if k in meta}
     cfg = {
-        "architecture": sae.architecture,
         **sae.saved_config(),
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
@@ -66,7 +65,8 @@ CFG_FIELDS = {"d_in": (int, True), "d_sae": (int, True), "architecture": (str, F
               "apply_b_dec_to_input": (bool, False), "normalize_activations": (str, False),
               "activation_fn": (str, False), "activation_fn_str": (str, False), "metadata": (dict, False),
               "saeforge": (dict, False), "model_name": (str, False), "hook_name": (str, False),
-              "hook_point": (str, False), "context_size": (int, False)}
+              "hook_point": (str, False), "context_size": (int, False), "k": (int, False),
+              "rescale_acts_by_decoder_norm": (bool, False)}
 # metadata fields saeforge reads back (analysis, eval, inspect): in `metadata`, `saeforge` or at the top level
 META_FIELDS = {"model_name": (str, False), "hook_name": (str, False), "dataset_path": (str, False),
                "context_size": (int, False), "input_scale_folded": (float, False)}
@@ -83,9 +83,9 @@ def _read_cfg(path: Path) -> dict[str, Any]:
         if cfg[key] < 1:
             raise UserError(f"{cfg_path}: {key} must be a positive integer, got {cfg[key]!r}")
     arch = cfg.get("architecture") or "standard"
-    if arch not in ARCHITECTURES:
+    if arch not in SAVED:
         raise UserError(f"{cfg_path}: architecture {arch!r} is not supported; saeforge loads "
-                        f"{', '.join(map(repr, ARCHITECTURES))} dictionaries")
+                        f"{', '.join(map(repr, SAVED))} dictionaries")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise UserError(f"{cfg_path}: normalize_activations={norm!r} is not supported; re-save it with the "
@@ -99,7 +99,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     if not path.is_dir():
         raise UserError(f"dictionary directory {path} does not exist")
     cfg = _read_cfg(path)
-    cls = ARCHITECTURES[cfg.get("architecture") or "standard"]
+    cls = SAVED[cfg.get("architecture") or "standard"]
     params = cls.from_saved_config(cfg, str(path / CFG))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     tensors = read_tensors(path / WEIGHTS, "the dictionary weights")

@@ -3,12 +3,15 @@
 Every architecture keeps SAELens's four tensors W_enc_DF, b_enc_F, W_dec_FD, b_dec_D (B batch,
 D d_in, F d_sae) and the decoder x̂ = f @ W_dec + b_dec; it defines
 
-    encode(x_BD) -> f_BF                 its activation function
-    loss(x_BD, coefficient) -> Loss      total, mse and sparsity terms, with autograd
-    step(x_BD, coefficient) -> StepOutput    loss + gradients in .grad (default: autograd on
-                                         `loss`; an architecture overrides it with a fast step)
-    architecture                         its name in cfg.json (SAELens's name where SAELens has it)
-    saved_config() / from_saved_config   its own cfg.json fields (e.g. k) both ways
+    encode(x_BD) -> f_BF                 its activation function (inference)
+    loss(x_BD, coefficient, dead_F) -> Loss   total, mse and sparsity terms, with autograd
+    step(x_BD, coefficient, dead_F) -> StepOutput   loss + gradients in .grad (default: autograd
+                                         on `loss`; an architecture overrides it with a fast step)
+    architecture                         its name (`--architecture`)
+    coefficient                          the TrainConfig field that weighs its sparsity term, if any
+    uses_dead_mask                       whether its loss needs the dead latents (AuxK)
+    from_train_config(cfg)               its constructor arguments from the run's config (k, …)
+    saved_config() / from_saved_config   its cfg.json architecture and fields (e.g. k) both ways
 
 The trainer, init, resampling, save/load, evals, sweep and inspect use this interface only;
 `architectures/` holds the implementations, one file each.
@@ -17,6 +20,7 @@ The trainer, init, resampling, save/load, evals, sweep and inspect use this inte
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -36,13 +40,18 @@ class StepOutput:
     loss: torch.Tensor  # scalar, on device
     mse: torch.Tensor
     sparsity: torch.Tensor
-    f_BF: torch.Tensor  # codes (for L0 on logging steps)
+    f_BF: torch.Tensor | Callable[[], torch.Tensor]  # codes, or how to make them (sparse steps: on logging steps only)
     err_BD: torch.Tensor  # x̂ − x (for explained variance on logging steps)
     feature_sums_F: torch.Tensor  # Σ_b f_bi: > 0 exactly when feature i fired in the batch
+
+    def codes(self) -> torch.Tensor:
+        return self.f_BF() if callable(self.f_BF) else self.f_BF
 
 
 class SAE(nn.Module):
     architecture: ClassVar[str]
+    coefficient: ClassVar[str | None] = "l1_coefficient"
+    uses_dead_mask: ClassVar[bool] = False
     # Parameters indexed by feature, and the axis of the feature index (resampling renews slices).
     feature_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
@@ -61,12 +70,23 @@ class SAE(nn.Module):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, x_BD: torch.Tensor, coefficient: float) -> Loss:
+    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
         raise NotImplementedError
 
-    def saved_config(self) -> dict[str, Any]:
-        """The architecture's own cfg.json fields (besides d_in, d_sae, dtype)."""
+    def renewed(self, idx_K: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Values of the architecture's own feature-indexed parameters for features renewed by
+        resampling (e.g. JumpReLU's initial threshold); the trainer writes them with the rest."""
         return {}
+
+    @classmethod
+    def from_train_config(cls, cfg: Any) -> dict[str, Any]:
+        """Constructor keyword arguments from a TrainConfig (k, thresholds…)."""
+        return {}
+
+    def saved_config(self) -> dict[str, Any]:
+        """cfg.json's `architecture` (SAELens's name for what is saved) and the architecture's own
+        fields (besides d_in, d_sae, dtype)."""
+        return {"architecture": self.architecture}
 
     @classmethod
     def from_saved_config(cls, cfg: dict[str, Any], where: str) -> dict[str, Any]:
@@ -80,13 +100,13 @@ class SAE(nn.Module):
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x_BD))
 
-    def step(self, x_BD: torch.Tensor, coefficient: float) -> StepOutput:
+    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
         """Loss and gradients (written to .grad) by autograd; architectures may override it."""
         for p in self.parameters():
             p.grad = None
         x_BD = x_BD.to(self.W_enc.dtype)
         with torch.enable_grad():
-            out = self.loss(x_BD, coefficient)
+            out = self.loss(x_BD, coefficient, dead_F)
             out.total.backward()
         f_BF = out.f_BF.detach()
         return StepOutput(out.total.detach(), out.mse.detach(), out.sparsity.detach(), f_BF, out.err_BD.detach(),

@@ -157,9 +157,12 @@ class Trainer:
     def dead_window(self) -> int:
         return self.cfg.dead_window or 10 * self.cfg.batch_size
 
-    def l1_now(self) -> float:
+    def coefficient_now(self) -> float:
+        """The architecture's sparsity coefficient (λ for ReLU + L1), ramped over --l1-warmup-steps."""
+        name = self.sae.coefficient
+        value = getattr(self.cfg, name) if name else 0.0
         w = self.cfg.l1_warmup_steps
-        return self.cfg.l1_coefficient * min(1.0, (self.step + 1) / w) if w else self.cfg.l1_coefficient
+        return value * min(1.0, (self.step + 1) / w) if w else value
 
     def lr_now(self) -> float:
         """Linear warm-up from 0, constant, then linear decay to 0 over the budget's last steps."""
@@ -174,7 +177,8 @@ class Trainer:
     # ---------------------------------------------------------------- one step
     def train_step(self, x_BD: torch.Tensor) -> StepOutput:
         sae, st = self.sae, self.state
-        out = sae.step(x_BD, self.l1_now())
+        dead_F = st.tokens_since_fired_F >= self.dead_window if sae.uses_dead_mask else None
+        out = sae.step(x_BD, self.coefficient_now(), dead_F)
         if distributed.active():  # one all-reduce: mean gradient of the global batch + firing sums
             distributed.all_reduce_step(list(sae.parameters()), out.feature_sums_F)
         if self.cfg.unit_norm_decoder:
@@ -205,6 +209,7 @@ class Trainer:
     def renew_features(self, idx_K: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
         """Give features idx_K new parameter values (`values[name]` holds their slices along the
         feature axis); their Adam moments and firing counters start over."""
+        values = {**self.sae.renewed(idx_K), **values}
         for name, axis in self.sae.feature_axes.items():
             p = getattr(self.sae, name)
             sl = (slice(None),) * axis + (idx_K,)
@@ -252,17 +257,18 @@ class Trainer:
     @torch.no_grad()
     def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:
         st = self.state
-        fired_BF = out.f_BF > 0
+        f_BF = out.codes()
+        fired_BF = f_BF > 0
         st.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0))
         st.firing_tokens += x_BD.shape[0] * distributed.world()
         loss, mse, sparsity, l0, ev = distributed.all_reduce_mean(  # means over ranks (equal local batches)
-            [out.loss.item(), out.mse.item(), out.sparsity.item(), metrics.l0(out.f_BF).item(),
+            [out.loss.item(), out.mse.item(), out.sparsity.item(), metrics.l0(f_BF).item(),
              metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item()], x_BD.device)
         row = {
             "step": self.step, "tokens": st.tokens, "loss": loss, "mse": mse, "sparsity": sparsity, "l0": l0,
             "explained_variance": ev,
             "dead_fraction": metrics.dead_fraction(st.tokens_since_fired_F, self.dead_window).item(),
-            "lr": self.opt.param_groups[0]["lr"], "l1_coefficient": self.l1_now(),
+            "lr": self.opt.param_groups[0]["lr"], (self.sae.coefficient or "coefficient"): self.coefficient_now(),
             "elapsed_s": round(st.train_seconds + elapsed, 3),
         }
         if self.resampler is not None:
@@ -291,8 +297,10 @@ class Trainer:
         if not distributed.is_main():
             return target
         st = self.state
-        self.sae.metadata.update(tokens_seen=st.tokens, steps=st.step, l1_coefficient=self.cfg.l1_coefficient,
+        self.sae.metadata.update(tokens_seen=st.tokens, steps=st.step, architecture=self.sae.architecture,
                                  resample=self.cfg.resample, input_scale=st.input_scale)
+        if self.sae.coefficient:
+            self.sae.metadata[self.sae.coefficient] = getattr(self.cfg, self.sae.coefficient)
         sparsity = log_sparsity(st.firing_counts_F, st.firing_tokens) if st.firing_tokens else None
         return save(self.sae, target, sparsity_F=sparsity, input_scale=st.input_scale)
 
@@ -341,8 +349,9 @@ class Trainer:
         dev = self.sae.W_enc.device
         params = dict(self.sae.named_parameters())
         sd = {k[4:]: v for k, v in ckpt.tensors.items() if k.startswith("sae.")}
+        own = self.sae.state_dict()
         for k, v in sd.items():
-            if k not in params or v.shape != params[k].shape:
+            if k not in own or v.shape != own[k].shape:
                 raise UserError(f"checkpoint {ckpt.path} does not match this run's dictionary ({k} {list(v.shape)}); "
                                 "use the same --dict-size / model, or another --out")
         if set(sd) != set(self.sae.state_dict()):

@@ -21,7 +21,7 @@ class StandardSAE(SAE):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
 
-    def loss(self, x_BD: torch.Tensor, coefficient: float) -> Loss:
+    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
         f_BF = self.encode(x_BD)
         err_BD = self.decode(f_BF) - x_BD
         mse = err_BD.pow(2).sum(-1).mean()
@@ -38,7 +38,7 @@ class StandardSAE(SAE):
         return {}
 
     @torch.no_grad()
-    def step(self, x_BD: torch.Tensor, coefficient: float) -> StepOutput:
+    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
         return fast_step(self, x_BD, coefficient)
 
 

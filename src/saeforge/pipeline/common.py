@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .. import distributed
-from ..architectures import create
+from ..architectures import ARCHITECTURES, create
 from ..config import TrainConfig
 from ..errors import UserError
 from ..init import initialize, sample_size
@@ -78,7 +78,8 @@ def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Ten
     """The dictionary, initialized by --init from `sample(n)` (fresh inputs of the training
     distribution); with `center`, b_dec = the mean of a sample. A resumed run skips the init."""
     cfg = run.cfg
-    sae = create(cfg.architecture, d_in, d_sae, device=run.device)
+    sae = create(cfg.architecture, d_in, d_sae, device=run.device,
+                 **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
     t0 = time.perf_counter()
     if run.checkpoint is None:
         if distributed.is_main():

@@ -1,0 +1,51 @@
+"""BatchTopK (Bussmann et al. 2024): TopK over the whole batch, with a threshold learned for inference.
+
+Training keeps the k·B largest ReLU(pre) values of a batch of B inputs (k per input on average;
+a busy input may use more latents, a quiet one fewer). That is not a function of one input, so
+inference uses a threshold instead: f = ReLU(pre)·(pre > θ), with θ the running mean of the
+smallest value kept in each training batch, an exponential moving average with rate
+THRESHOLD_RATE (SAELens's topk_threshold_lr: a mean over the last ~100 batches, which follows
+the dictionary as it changes). `encode` (evals, resampling scores, inspect, the saved dictionary)
+uses θ; the training step uses the batch selection. Saved as SAELens's `jumprelu` with threshold θ
+for every latent; AuxK and the sparse step are TopK's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .topk import TopKSAE
+
+THRESHOLD_RATE = 0.01
+
+
+class BatchTopKSAE(TopKSAE):
+    architecture = "batchtopk"
+
+    def __init__(self, d_in: int, d_sae: int, **kw: Any):
+        super().__init__(d_in, d_sae, **kw)
+        self.register_buffer("topk_threshold", torch.zeros((), dtype=self.W_enc.dtype, device=self.W_enc.device))
+
+    def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vals, flat = pre_BF.relu().flatten().topk(self.k * len(pre_BF), sorted=False)
+        return flat // self.d_sae, flat % self.d_sae, vals
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        pre_BF = self.pre(x_BD)
+        return pre_BF.relu() * (pre_BF > self.topk_threshold)
+
+    @torch.no_grad()
+    def after_step(self, vals_N: torch.Tensor) -> None:
+        smallest = torch.where(vals_N > 0, vals_N, torch.inf).min()  # no host sync
+        mixed = (1 - THRESHOLD_RATE) * self.topk_threshold + THRESHOLD_RATE * smallest
+        self.topk_threshold.copy_(torch.where(torch.isfinite(smallest), mixed, self.topk_threshold))
+
+    def saved_config(self) -> dict[str, Any]:
+        return {"architecture": "jumprelu"}
+
+    def folded(self, input_scale: float) -> dict[str, torch.Tensor]:
+        w = super().folded(input_scale)
+        w["threshold"] = torch.full_like(w["b_enc"], float(w.pop("topk_threshold")))
+        return w

@@ -1,0 +1,149 @@
+"""TopK, BatchTopK, Matryoshka and JumpReLU: fast steps against autograd, SAELens's own training
+losses and saved formats, resume, and the flags' one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+import saeforge
+from saeforge.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
+from saeforge.cli import main
+from saeforge.errors import UserError
+
+D, F, B = 12, 40, 48
+
+
+def randomized(sae, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return sae
+
+
+@pytest.mark.parametrize("cls, kw", [(TopKSAE, {"k": 5}), (BatchTopKSAE, {"k": 5}),
+                                     (MatryoshkaSAE, {"k": 5, "matryoshka_sizes": "4,16"})])
+@pytest.mark.parametrize("dead", [False, True])
+def test_sparse_step_matches_autograd(cls, kw, dead):
+    sae = randomized(cls(D, F, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dead_F = (torch.arange(F) % 3 == 0) if dead else torch.zeros(F, dtype=torch.bool)
+    out = sae.step(x, 0.0, dead_F)
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    for p in sae.parameters():
+        p.grad = None
+    ref = sae.loss(x, 0.0, dead_F)
+    ref.total.backward()
+    torch.testing.assert_close(out.loss, ref.total.detach())
+    torch.testing.assert_close(out.mse, ref.mse.detach())
+    assert (out.sparsity > 0) == dead
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, msg=n)
+    torch.testing.assert_close(out.codes(), ref.f_BF.detach())
+    per_row = (out.codes() > 0).sum(1)
+    assert per_row.float().mean() <= 5 and (cls is not TopKSAE or (per_row <= 5).all())
+
+
+def test_batchtopk_learns_a_threshold_and_infers_with_it():
+    sae = randomized(BatchTopKSAE(D, F, k=4))
+    x = torch.randn(256, D, generator=torch.Generator().manual_seed(2))
+    for _ in range(300):
+        sae.step(x, 0.0)
+    kept = sae.step(x, 0.0).codes()
+    smallest = kept[kept > 0].min()
+    assert 0 < float(sae.topk_threshold) and abs(float(sae.topk_threshold) - float(smallest)) < 0.05 * float(smallest)
+    # inference: per-input threshold, about k latents per input on these inputs
+    assert abs(float((sae.encode(x) > 0).sum(1).float().mean()) - 4) < 0.5
+
+
+def test_jumprelu_gradients_equal_saelens_jumprelu_training_loss():
+    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    ours = randomized(JumpReLUSAE(D, F, init_threshold=0.3, bandwidth=0.5))
+    theirs = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D, d_sae=F, jumprelu_init_threshold=0.3,
+                                                           jumprelu_bandwidth=0.5, l0_coefficient=0.7))
+    with torch.no_grad():
+        ours.threshold.uniform_(0.1, 0.6, generator=torch.Generator().manual_seed(3))
+        for n, p in ours.named_parameters():
+            getattr(theirs, n).copy_(p)
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(4))
+    out = ours.step(x, 0.7)
+    step_in = TrainStepInput(sae_in=x, coefficients={"l0": 0.7}, dead_neuron_mask=None, n_training_steps=0,
+                             is_logging_step=False)
+    ref = theirs.training_forward_pass(step_in)
+    ref.loss.backward()
+    torch.testing.assert_close(out.loss, ref.loss.detach(), rtol=1e-5, atol=1e-5)
+    for n, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, getattr(theirs, n).grad, rtol=1e-4, atol=1e-5, msg=n)
+    assert ours.threshold.grad.abs().sum() > 0  # the estimator reaches the threshold
+
+
+@pytest.mark.parametrize("make, saved", [
+    (lambda: TopKSAE(D, F, k=5), "topk"),
+    (lambda: JumpReLUSAE(D, F, init_threshold=0.2), "jumprelu"),
+    (lambda: BatchTopKSAE(D, F, k=5), "jumprelu"),
+    (lambda: MatryoshkaSAE(D, F, k=5, matryoshka_sizes="8"), "jumprelu"),
+])
+def test_saved_in_saelens_layout_and_loaded_back_by_both(tmp_path, make, saved):
+    import sae_lens
+
+    sae = randomized(make())
+    if isinstance(sae, BatchTopKSAE):
+        sae.topk_threshold.fill_(0.4)
+    if isinstance(sae, JumpReLUSAE):
+        with torch.no_grad():
+            sae.threshold.uniform_(0.0, 0.5, generator=torch.Generator().manual_seed(5))
+    saeforge.save(sae, tmp_path / "d", input_scale=2.0)
+    assert json.loads((tmp_path / "d" / "cfg.json").read_text())["architecture"] == saved
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(6))
+    want = sae.encode(2.0 * x)  # the input scale is folded into the saved weights
+    back = saeforge.load(tmp_path / "d")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "d"))
+    torch.testing.assert_close(back.encode(x), want)
+    torch.testing.assert_close(theirs.encode(x), want)
+    torch.testing.assert_close(theirs.decode(want), sae.decode(want) / 2.0)
+
+
+TOY = ["toy", "--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress",
+       "--log-every", "10", "--target-mmcs", "0", "--lr-decay-steps", "0"]
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "matryoshka"])
+def test_toy_run_resumes_to_the_same_weights(tmp_path, arch):
+    flags = [*TOY, "--architecture", arch, "--k", "4", "--checkpoint-every", "20", "--dead-window", "256",
+             "--matryoshka-sizes", "8", "--l0-coefficient", "0.1"]
+    full = json.loads(_run(tmp_path / "full", *flags, "--steps", "60"))
+    _run(tmp_path / "part", *flags, "--steps", "20")
+    _run(tmp_path / "part", *flags, "--steps", "60", "--resume")
+    a, b = saeforge.load(tmp_path / "full"), saeforge.load(tmp_path / "part")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    assert full["steps"] == 60
+    s = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert s["architecture"] == arch and s["resample"] == "none" and s["mmcs_final"] > s["mmcs_initial"]
+
+
+def _run(out, *args):
+    assert main([*args, "--out", str(out)]) == 0
+    return (out / "summary.json").read_text()
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--architecture", "topk", "--k", "64"], "--k must be in [1, 32]"),
+    (["--architecture", "topk", "--k", "0"], "--k must be >= 1"),
+    (["--architecture", "matryoshka", "--matryoshka-sizes", "8,4"], "strictly increasing"),
+    (["--architecture", "matryoshka", "--matryoshka-sizes", "8,64"], "exceeds the dictionary size 32"),
+    (["--architecture", "gated"], "--architecture 'gated' is unknown"),
+])
+def test_bad_architecture_flags_are_one_line_errors(tmp_path, capsys, flags, msg):
+    assert main([*TOY, "--steps", "5", "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saeforge: error: ") and msg in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_k_larger_than_the_dictionary_in_python():
+    with pytest.raises(UserError, match="--k must be in"):
+        TopKSAE(8, 16, k=17)

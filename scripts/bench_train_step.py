@@ -1,12 +1,14 @@
 """Training-step throughput of saeforge against baselines measured in the same process.
 
     python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
+        [--architecture topk --k 32]
 
-Prints tokens/s for: saeforge's step (architectures/standard.py's fast_step + fused Adam), the bare matrix
-products one autograd step needs (6: encoder, decoder, and their backward products, the
-"matrix-product floor"), a plain autograd torch ReLU SAE step, and SAELens's
-StandardTrainingSAE step (if sae-lens is installed), interleaved in rounds so that machine
-noise hits all of them alike; then the ratios. Also the toy generator's batch cost against
+Prints tokens/s for: saeforge's step (the architecture's fast step + fused Adam: standard.py's
+hand-written backward, or topk.py's sparse step), the bare matrix products one dense autograd
+step needs (6: encoder, decoder, and their backward products, the "matrix-product floor"), the
+same SAE trained by plain autograd, and SAELens's StandardTrainingSAE / TopKTrainingSAE step
+(if sae-lens is installed), interleaved in rounds so that machine noise hits all of them alike;
+then the ratios. Also the toy generator's batch cost against
 a step on that batch (the generator must be cheaper).
 """
 
@@ -18,9 +20,8 @@ import time
 
 import torch
 
+from saeforge.architectures import StandardSAE, TopKSAE
 from saeforge.init import initialize
-from saeforge import SparseAutoencoder
-from saeforge.architectures.standard import fast_step as loss_and_grads
 from saeforge.toy import ToyData
 
 
@@ -41,27 +42,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--architecture", choices=("standard", "topk"), default="standard")
+    ap.add_argument("--k", type=int, default=32)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     D, F, B = a.d_in, a.features, a.batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
 
-    ours = SparseAutoencoder(D, F)
-    initialize(ours, "orthogonal")
+    def make():
+        sae = StandardSAE(D, F) if a.architecture == "standard" else TopKSAE(D, F, k=a.k)
+        initialize(sae, "orthogonal")
+        return sae
+
+    ours = make()
     opt = torch.optim.Adam(ours.parameters(), lr=1e-5, fused=True)
 
     def saeforge_step():
-        loss_and_grads(ours, x, 5.0)
+        ours.step(x, 5.0)
         opt.step()
 
-    plain = SparseAutoencoder(D, F)
-    initialize(plain, "orthogonal")
+    plain = make()
     popt = torch.optim.Adam(plain.parameters(), lr=1e-5)
 
     def autograd_step():
         popt.zero_grad(set_to_none=True)
-        plain.loss(x, 5.0)[0].backward()
+        plain.loss(x, 5.0).total.backward()
         popt.step()
 
     W_enc, W_dec = ours.W_enc.detach().clone(), ours.W_dec.detach().clone()
@@ -76,10 +82,13 @@ def main() -> None:
 
     runs = {"saeforge": saeforge_step, "matmul floor": floor, "autograd torch": autograd_step}
     try:
-        from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+        from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
         from sae_lens.saes.sae import TrainStepInput
 
-        sl = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=F, l1_coefficient=5.0))
+        if a.architecture == "standard":
+            sl = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=F, l1_coefficient=5.0))
+        else:
+            sl = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=a.k))
         slopt = torch.optim.Adam(sl.parameters(), lr=1e-5)
 
         def saelens_step():
@@ -88,7 +97,7 @@ def main() -> None:
             out.loss.backward()
             slopt.step()
 
-        runs["SAELens StandardTrainingSAE"] = saelens_step
+        runs["SAELens"] = saelens_step
     except Exception as e:  # noqa: BLE001
         print(f"(SAELens baseline skipped: {e})")
 
@@ -100,15 +109,16 @@ def main() -> None:
         for name, fn in runs.items():
             times[name].append(timed(fn, warmup=1, repeats=a.repeats))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"d_in {D}, features {F}, batch {B}, {a.threads} threads, torch {torch.__version__}, "
+    print(f"{a.architecture}{f' k {a.k}' if a.architecture == 'topk' else ''}, "
+          f"d_in {D}, features {F}, batch {B}, {a.threads} threads, torch {torch.__version__}, "
           f"median of {a.rounds} rounds x {a.repeats} steps")
     for name, t in med.items():
         print(f"  {name:30s} {B / t:10.0f} tokens/s   ({t * 1e3:7.1f} ms)")
     s = med["saeforge"]
-    print(f"saeforge / matmul floor:  {med['matmul floor'] / s:.2f}x  (>= 0.75 is the target)")
+    print(f"saeforge / matmul floor:  {med['matmul floor'] / s:.2f}x  (>= 0.75 is the target; topk: > 1)")
     print(f"saeforge / autograd torch: {med['autograd torch'] / s:.2f}x")
-    if "SAELens StandardTrainingSAE" in med:
-        print(f"saeforge / SAELens:       {med['SAELens StandardTrainingSAE'] / s:.2f}x  (>= 1.5 is the target)")
+    if "SAELens" in med:
+        print(f"saeforge / SAELens:       {med['SAELens'] / s:.2f}x  (>= 1.5 is the target; topk: >= 2)")
     print(f"toy batch generation / saeforge step: {med['toy batch generation'] / s:.2f}  (< 1 required)")
 
 

@@ -104,3 +104,14 @@ def test_tiny_real_sweep_runs_end_to_end_and_resumes(cache, tmp_path, capsys):
     # one budget with 3 sizes is too few to fit a law: --suggest says so
     code = main(["sweep", "--out", str(out), "--suggest", "1e12"])
     assert code == 2 and "too few FLOP budgets" in capsys.readouterr().err
+
+
+def test_a_topk_sweep_varies_k(cache, tmp_path):
+    out = tmp_path / "k"
+    assert main(["sweep", "--cache", str(cache), "--out", str(out), "--batch-size", "64", "--no-progress",
+                 "--architecture", "topk", "--ks", "2,8", "--sizes", "32,64", "--steps", "10"]) == 0
+    rows = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["d_sae"], r["k"]) for r in rows) == [(32, 2), (32, 8), (64, 2), (64, 8)]
+    assert all(r["sparsity_axis"] == "k" and r["loss_l1"] == r["mse"] and r["architecture"] == "topk" for r in rows)
+    by_k = {r["k"]: r["l0"] for r in rows if r["d_sae"] == 64}
+    assert by_k[2] <= 2 and by_k[2] < by_k[8] <= 8

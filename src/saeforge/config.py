@@ -309,8 +309,11 @@ class SweepConfig(RunConfig):
                               "kept out of training")
     sizes: str = opt("256,512,1024,2048,4096", "dictionary sizes, comma-separated")
     steps: str = opt("250,500,1000,2000,4000", "training step counts, comma-separated")
-    l1s: str = opt("5", "L1 coefficients λ, comma-separated (several: the L0 analysis picks the best per cell; "
-                        "with --suggest, the one λ whose fits to use)")
+    architecture: str = inherit(TrainConfig, "architecture")
+    l1s: str = opt("5", "sparsity coefficients λ (standard) or λ₀ (jumprelu), comma-separated (several: the L0 "
+                        "analysis picks the best per cell; with --suggest, the one value whose fits to use)")
+    ks: str = opt("16,32,64", "topk, batchtopk, matryoshka: values of k, comma-separated (the sparsity axis "
+                  "instead of --l1s)")
     alpha: float = opt(3.0, "α of the L0-based loss MSE + α·L0 (trainer units, E‖x‖² = d_in)", ge=0)
     eval_rows: int = opt(65536, "held-out activations every run is measured on", ge=1)
     batch_size: int = inherit(TrainConfig, "batch_size")
@@ -327,13 +330,21 @@ class SweepConfig(RunConfig):
         if not self.suggest and not self.cache:
             raise UserError("--cache is required: the activation cache the runs train on (saeforge harvest)")
 
-    def run_config(self, steps: int, l1_coefficient: float, device: str) -> TrainConfig:
-        """The TrainConfig of one run of the grid."""
+    def sparsity_axis(self) -> str:
+        """The TrainConfig field the grid varies besides size and steps: k, λ or λ₀."""
+        if self.architecture in K_ARCHITECTURES:
+            return "k"
+        return "l0_coefficient" if self.architecture == "jumprelu" else "l1_coefficient"
+
+    def run_config(self, steps: int, sparsity: float, device: str) -> TrainConfig:
+        """The TrainConfig of one run of the grid (`sparsity`: the value on the sparsity axis)."""
         def part(fraction: float) -> int:
             return max(1, int(steps * fraction + 1e-9))
 
+        axis = self.sparsity_axis()
         return TrainConfig(out="", seed=self.seed, steps=steps, tokens=0, init=self.init, lr=self.lr,
-                           l1_coefficient=l1_coefficient, batch_size=self.batch_size, lr_warmup_steps=0,
+                           architecture=self.architecture, **{axis: int(sparsity) if axis == "k" else sparsity},
+                           batch_size=self.batch_size, lr_warmup_steps=0,
                            l1_warmup_steps=part(self.l1_warmup_fraction), lr_decay_steps=part(self.lr_decay_fraction),
                            log_every=steps, checkpoint_every=0, progress=False, device=device)
 

@@ -6,7 +6,8 @@ replaced by the dictionary's reconstruction (spliced), and replaced by zeros (ze
 
     CE-loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)
 
-CE is the mean next-token loss (nats) of the predictions made at positions 1..n_ctx−2. The same pass
+CE is the mean next-token loss (nats) of the predictions made at positions 1..n_ctx−2, and the KL
+divergence (nats) is KL(clean ‖ spliced) of the next-token distributions there, averaged. The same pass
 gives the dictionary's own figures on the held-out activations: MSE (summed over d_in, raw
 units and relative to E‖x − mean‖²), explained variance, L0, and the firing frequency of each
 feature (dead = never fired on the eval tokens).
@@ -32,6 +33,7 @@ def evaluate(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tok
     device = next(model.parameters()).device
     sae = sae.to(device)
     ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    kl = 0.0  # KL(clean ‖ spliced) of the next-token distributions, summed over predicted positions
     rec = Reconstruction(sae.d_sae, device)
     n_pred = 0  # predicted positions: logits at 1..n_ctx-2 (the last position has no next token)
     bar = tqdm(total=n_tokens, disable=not progress, file=sys.stderr, desc="eval", unit="tok", dynamic_ncols=True)
@@ -55,10 +57,16 @@ def evaluate(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tok
             act[:, 1:] = 0
             return act
 
+        clean_logp = None
         for name, fn in (("clean", record), ("spliced", splice), ("zero", zero)):
-            loss = model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)], return_type="loss", loss_per_token=True)
-            ce[name] += loss[:, 1:].sum().item()
-        n_pred += loss[:, 1:].numel()
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)], return_type="logits")
+            logp = logits[:, 1:-1].float().log_softmax(-1)  # predictions made at positions 1..n_ctx-2
+            ce[name] += -logp.gather(-1, tokens[:, 2:, None]).sum().item()
+            if name == "clean":
+                clean_logp = logp
+            elif name == "spliced":
+                kl += (clean_logp.exp() * (clean_logp - logp)).sum().item()
+        n_pred += tokens[:, 2:].numel()
         x = seen["x"].reshape(-1, sae.d_in)
         f = sae.encode(x)
         rec.add(x, f, sae.decode(f) - x)
@@ -73,6 +81,6 @@ def evaluate(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tok
     return {
         "eval_tokens": rec.n,
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
-        "ce_loss_recovered": recovered, **figures,
+        "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred, **figures,
         "firing_frequency": rec.firing_frequency(),
     }

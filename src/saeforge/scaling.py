@@ -18,7 +18,8 @@ lines in log-log space; their confidence intervals come from a bootstrap over th
 points (pairs resampled with replacement, 2,000 times, 2.5 and 97.5 percentiles).
 
 Losses (held-out, in the trainer's normalized units, E‖x‖² = d_in):
-- "l1": MSE + λ·L1 (`loss_l1`) with the λ the run was trained with (the seed's MSE + 5·L1);
+- "l1": MSE + λ·L1 (`loss_l1`) with the λ the run was trained with (the seed's MSE + 5·L1); for a
+  sweep over k (TopK-like architectures) `loss_l1` is the MSE and the fits are per k;
 - "l0": MSE + α·L0; per (F, S) the λ of the grid that minimizes it is chosen, as the seed does.
 """
 
@@ -129,8 +130,8 @@ def l0_choice(runs: list[dict], alpha: float) -> list[dict]:
 def analyze(runs: list[dict], d_in: int, batch: int, alpha: float, n_boot: int = 2000) -> dict[str, Any]:
     """Fits for every λ of the grid (L1 loss) and for the L0 loss; see the module docstring."""
     res: dict[str, Any] = {"l1": {}, "l0": None}
-    for lam in sorted({r["l1_coefficient"] for r in runs}):
-        rs = [r for r in runs if r["l1_coefficient"] == lam]
+    for lam in sorted({sparsity_value(r) for r in runs}):
+        rs = [r for r in runs if sparsity_value(r) == lam]
         res["l1"][lam] = fits(rs, "loss_l1", d_in, batch, n_boot)
     res["l0"] = fits(l0_choice(runs, alpha), "loss_l0", d_in, batch, n_boot)
     return res
@@ -165,7 +166,7 @@ def suggest(result: dict[str, Any], flops: float, lam: float | None = None) -> d
         raise UserError(f"the sweep has too few FLOP budgets with 3 or more sizes to fit (λ = {lam}); "
                         "add sizes or step counts")
 
-    out = {"flops": flops, "l1_coefficient": lam}
+    out = {"flops": flops, "sparsity_value": lam}
     for name, key in (("d_sae", "features_vs_flops"), ("steps", "steps_vs_flops"), ("loss", "loss_vs_flops")):
         p = f[key]
         C = np.array([o["flops"] for o in f["optima"]])
@@ -195,7 +196,12 @@ def parse_grid(text: str, name: str, kind=int) -> list:
 OLD_NAMES = {"l1": "l1_coefficient", "l1_norm": "sparsity"}  # runs.jsonl of saeforge 0.1
 
 
-RUN_FIELDS = {"d_sae": (int, True), "steps": (int, True), "l1_coefficient": (float, True), "d_in": (int, True),
+def sparsity_value(row: dict) -> float:
+    """A run's value on the sweep's sparsity axis (λ, λ₀ or k)."""
+    return row[row.get("sparsity_axis", "l1_coefficient")]
+
+
+RUN_FIELDS = {"d_sae": (int, True), "steps": (int, True), "sparsity_axis": (str, False), "d_in": (int, True),
               "batch_size": (int, True), "flops": (float, True), "mse": (float, True), "sparsity": (float, True),
               "l0": (float, True), "loss_l1": (float, True)}
 
@@ -218,7 +224,10 @@ def read_results(path: Path) -> list[dict]:
                 continue
             if isinstance(row, dict):
                 row = {OLD_NAMES.get(k, k): v for k, v in row.items()}
-            rows.append(check_json(row, f"{path} line {i}", RUN_FIELDS))
+            check_json(row, f"{path} line {i}", RUN_FIELDS)
+            axis = row.get("sparsity_axis", "l1_coefficient")
+            check_json(row, f"{path} line {i}", {axis: (float, True)})
+            rows.append(row)
     return rows
 
 
@@ -238,8 +247,9 @@ def plot(res: dict, rows: list[dict], out: Path, alpha: float) -> list[Path]:
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    entries = [(f"l1-{lam:g}", f, [r for r in rows if r["l1_coefficient"] == lam], "loss_l1",
-                f"held-out MSE + {lam:g}·L1")
+    k_axis = bool(rows) and rows[0].get("sparsity_axis") == "k"
+    entries = [(f"k-{lam:g}" if k_axis else f"l1-{lam:g}", f, [r for r in rows if sparsity_value(r) == lam], "loss_l1",
+                f"held-out MSE (k = {lam:g})" if k_axis else f"held-out MSE + {lam:g}·L1")
                for lam, f in res["l1"].items()]
     entries.append(("l0", res["l0"], l0_choice(rows, alpha), "loss_l0", f"held-out MSE + {alpha:g}·L0 (best λ per cell)"))
     paths = []

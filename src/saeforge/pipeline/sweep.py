@@ -22,7 +22,8 @@ from ..errors import UserError
 from ..init import sample_size
 from ..metrics import Reconstruction
 from ..runtime import atomic_write_bytes, check_out_dir, make_out_dir, pick_device
-from ..scaling import analyze, init_flops, jsonable, parse_grid, plot, read_results, suggest, train_flops
+from ..scaling import (analyze, init_flops, jsonable, parse_grid, plot, read_results, sparsity_value, suggest,
+                       train_flops)
 from . import common
 
 
@@ -32,7 +33,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         check_out_dir(out, outputs=("runs.jsonl", "fits.json"))
     sizes = parse_grid(cfg.sizes, "sizes")
     steps = parse_grid(cfg.steps, "steps")
-    l1s = parse_grid(cfg.l1s, "l1s", float)
+    axis = cfg.sparsity_axis()
+    l1s = parse_grid(cfg.ks, "ks") if axis == "k" else parse_grid(cfg.l1s, "l1s", float)
     if cfg.suggest:
         rows = read_results(out / "runs.jsonl")
         if not rows:
@@ -55,7 +57,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
     finished = read_results(results)
     if results.exists() and len(finished) != len([x for x in results.read_text().splitlines() if x.strip()]):
         atomic_write_bytes(results, "".join(json.dumps(r) + "\n" for r in finished).encode())  # drop a cut line
-    done = {(r["d_sae"], r["steps"], r["l1_coefficient"]) for r in finished}
+    done = {(r["d_sae"], r["steps"], sparsity_value(r)) for r in finished if r.get("sparsity_axis", "l1_coefficient") == axis}
     grid = [(F, S, lam) for lam in l1s for F in sizes for S in steps]
     bar = tqdm(total=len(grid), initial=sum(g in done for g in grid), disable=not cfg.progress, file=sys.stderr,
                desc="sweep", unit="run", dynamic_ncols=True)
@@ -70,7 +72,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         bar.update(1)
         bar.set_postfix(F=F, S=S, l1=lam, loss=f"{row['loss_l1']:.3f}")
     bar.close()
-    rows = [r for r in read_results(results) if (r["d_sae"], r["steps"], r["l1_coefficient"]) in set(grid)]
+    rows = [r for r in read_results(results) if r.get("sparsity_axis", "l1_coefficient") == axis
+            and (r["d_sae"], r["steps"], sparsity_value(r)) in set(grid)]
     res = analyze(rows, int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
     (out / "fits.json").write_text(json.dumps(jsonable(res), indent=1))
     plot(res, rows, out, cfg.alpha)
@@ -97,8 +100,11 @@ def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards
     m = rec.result()
     tokens = trainer.state.tokens
     f_train, f_init = train_flops(d, F, tokens), init_flops(cfg.init, d, F, sample_size(cfg.init, F, 0.0))
-    return {"d_sae": F, "steps": S, "l1_coefficient": lam, "d_in": d, "batch_size": cfg.batch_size, "tokens": tokens,
+    axis = cfg.sparsity_axis()
+    coefficient = 0.0 if axis == "k" else lam  # a k-run's loss is its MSE
+    return {"d_sae": F, "steps": S, "sparsity_axis": axis, axis: lam, "architecture": cfg.architecture, "d_in": d,
+            "batch_size": cfg.batch_size, "tokens": tokens,
             "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr,
-            "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + lam * m["sparsity"],
+            "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + coefficient * (m["l0"] if axis == "l0_coefficient" else m["sparsity"]),
             "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"], "eval_rows": rec.n,
             "init_s": round(run.init_s, 3), "seconds": round(time.perf_counter() - t0, 3), "seed": cfg.seed}

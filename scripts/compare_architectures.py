@@ -1,0 +1,162 @@
+"""Every architecture side by side: toy ground truth and the embedded model; writes docs/architectures.md.
+
+    python scripts/compare_architectures.py [--toy-features 512 1024] [--seeds 0 1 2] [--toy-steps 5000]
+        [--real-features 1024 4096] [--real-tokens 4000000] [--out runs/architectures]
+
+(a) `saeforge toy` on 128/N with orthogonal init, at matched L0 on the toy data (5 active
+    features on average): k = 5 for the k-architectures, λ 0.3 for standard (the toy default,
+    L0 ≈ 4.7), λ₀ = --toy-l0 for JumpReLU; steps to MMCS 0.95 / 0.98 / 0.99, final MMCS, L0,
+    dead latents. Resampling follows `--resample auto` (off where AuxK is on).
+(b) `saeforge train` on the embedded model (the main job's settings) at each --real-features,
+    same token budget, L0 ≈ 32: k = 32, the main job's λ for standard, λ₀ = --real-l0 for
+    JumpReLU; held-out explained variance, CE-loss recovered, KL, L0, dead fraction, wall time;
+    plus, with --frontier, several k / λ per architecture for the L0–explained-variance plot.
+Finished runs are reused (delete a run's directory to redo it). Figures: docs/architectures-*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # a script, not library code: it may choose the backend
+import matplotlib.pyplot as plt  # noqa: E402
+
+from saeforge.cli import main as saeforge_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")
+
+
+def run(args: list[str], out: Path) -> dict:
+    if not (out / "summary.json").exists():
+        if saeforge_main([*args, "--out", str(out), "--no-progress"]):
+            sys.exit(f"failed: saeforge {' '.join(args)}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def sparsity_flags(arch: str, k: int, lam: float, l0: float) -> list[str]:
+    if arch == "standard":
+        return ["--l1-coefficient", str(lam)]
+    if arch == "jumprelu":
+        return ["--l0-coefficient", str(l0)]
+    return ["--k", str(k)]
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v, spec="g"):
+    return "never" if v is None else format(v, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--toy-features", type=int, nargs="*", default=[512, 1024])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--toy-steps", type=int, default=5000)
+    ap.add_argument("--toy-l0", type=float, default=0.01, help="JumpReLU's λ₀ on toy data")
+    ap.add_argument("--real-features", type=int, nargs="*", default=[1024, 4096])
+    ap.add_argument("--real-tokens", type=int, default=4_000_000)
+    ap.add_argument("--real-l0", type=float, default=0.05, help="JumpReLU's λ₀ on the embedded model")
+    ap.add_argument("--frontier", action="store_true", help="also k in 16, 64 and λ ×0.5, ×2 on the first size")
+    ap.add_argument("--out", default="runs/architectures")
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    a = ap.parse_args()
+    out, docs, t0 = Path(a.out), Path(a.docs), time.perf_counter()
+    cmd = "python scripts/compare_architectures.py " + " ".join(sys.argv[1:])
+
+    toy: dict[tuple[str, int], list[dict]] = {}
+    for nf in a.toy_features:
+        for arch in a.archs:
+            for seed in a.seeds:
+                args = ["toy", "--d-model", "128", "--n-features", str(nf), "--seed", str(seed), "--init", "orthogonal",
+                        "--architecture", arch, "--steps", str(a.toy_steps), *sparsity_flags(arch, 5, 0.3, a.toy_l0)]
+                s = run(args, out / f"toy-{nf}-{arch}-seed{seed}")
+                toy.setdefault((arch, nf), []).append(s)
+                print(f"toy 128/{nf} {arch} seed {seed}: {s['steps_to_mmcs']} final {s['mmcs_final']:.4f} "
+                      f"L0 {s['l0']:.2f}", flush=True)
+
+    real: list[dict] = []
+    for nf in a.real_features:
+        for arch in a.archs:
+            variants = [(32, 0.55, a.real_l0)]
+            if a.frontier and nf == a.real_features[0]:
+                variants += [(16, 1.1, 2 * a.real_l0), (64, 0.275, a.real_l0 / 2)]
+            for k, lam, l0 in variants:
+                tag = {"standard": f"l1-{lam:g}", "jumprelu": f"l0-{l0:g}"}.get(arch, f"k{k}")
+                args = ["train", "--dict-size", str(nf), "--tokens", str(a.real_tokens), "--architecture", arch,
+                        *sparsity_flags(arch, k, lam, l0)]
+                s = run(args, out / f"real-{nf}-{arch}-{tag}")
+                s.update(arch=arch, tag=tag, variant=(k, lam, l0) == (32, 0.55, a.real_l0))
+                real.append(s)
+                print(f"embedded {nf} {arch} {tag}: L0 {s['l0']:.1f} EV {s['explained_variance']:.4f} "
+                      f"CE rec {s['ce_loss_recovered']:.4f} KL {s['kl_divergence']:.4f}", flush=True)
+
+    lines = ["# Architectures side by side", "", "Generated by `scripts/compare_architectures.py`; rerun with:", "",
+             "```", cmd.strip(), "```", ""]
+    if toy:
+        lines += [f"## (a) Toy data with known features: {len(a.seeds)} seed(s), {a.toy_steps} steps at most", "",
+                  "`saeforge toy --d-model 128 --n-features N --init orthogonal --architecture A` plus k 5 (topk, "
+                  f"batchtopk, matryoshka), λ 0.3 (standard, the toy default), λ₀ {a.toy_l0:g} (jumprelu); every other "
+                  "setting is the toy default (batch 2048, lr 1e-2 with Adam β2 0.95, unit-norm decoder, "
+                  "`--resample auto`: clustered resampling for standard and jumprelu, AuxK for the k-architectures). "
+                  "Medians over seeds; 'never': not reached by the median seed.", "",
+                  "| scenario | architecture | MMCS at 0 | steps to 0.95 | 0.98 | 0.99 | final MMCS | L0 | dead latents | "
+                  "wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (arch, nf), runs in toy.items():
+            st = [r["steps_to_mmcs"] for r in runs]
+            lines.append(f"| 128/{nf} | {arch} | {med([r['mmcs_initial'] for r in runs]):.3f} | "
+                         + " | ".join(fmt(med([s[t] for s in st])) for t in ("0.95", "0.98", "0.99"))
+                         + f" | {med([r['mmcs_final'] for r in runs]):.4f} | {med([r['l0'] for r in runs]):.2f} | "
+                         f"{med([r['dead_features'] for r in runs]):g} | {med([r['wall_s'] for r in runs]):.0f} |")
+        fig, axes = plt.subplots(1, len(a.toy_features), figsize=(6 * len(a.toy_features), 4), squeeze=False)
+        for ax, nf in zip(axes[0], a.toy_features):
+            for arch in a.archs:
+                run_dir = out / f"toy-{nf}-{arch}-seed{a.seeds[0]}"
+                rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                ax.plot([r["step"] for r in rows], [r["mmcs"] for r in rows], label=arch)
+            ax.set(title=f"toy 128/{nf}, seed {a.seeds[0]}", xlabel="step", ylabel="MMCS")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(docs / "architectures-toy.png", dpi=110)
+        lines += ["", "![MMCS against step](architectures-toy.png)", ""]
+    if real:
+        lines += [f"## (b) The embedded model: {a.real_tokens:,} tokens, the main job's other settings", "",
+                  "`saeforge train --dict-size F --tokens T --architecture A` plus k 32 (k-architectures), λ 0.55 "
+                  f"(standard, the main job's), λ₀ {a.real_l0:g} (jumprelu); held-out figures on the evals of "
+                  "`saeforge train` (65,536 tokens).", "",
+                  "| features | architecture | setting | L0 | explained variance | CE-loss recovered | KL (nats) | "
+                  "dead fraction | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+        for s in real:
+            lines.append(f"| {s['dict_size']} | {s['arch']} | {s['tag']} | {s['l0']:.1f} | {s['explained_variance']:.4f} | "
+                         f"{s['ce_loss_recovered']:.4f} | {s['kl_divergence']:.4f} | {s['dead_fraction']:.3f} | "
+                         f"{s['wall_s']:.0f} |")
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for arch in a.archs:
+            pts = sorted((s["l0"], s["explained_variance"]) for s in real
+                         if s["arch"] == arch and s["dict_size"] == a.real_features[0])
+            ax.plot(*zip(*pts), marker="o", label=arch)
+        ax.set(xscale="log", xlabel="L0 (held out)", ylabel="explained variance (held out)",
+               title=f"embedded model, {a.real_features[0]} features")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(docs / "architectures-frontier.png", dpi=110)
+        lines += ["", "![L0 against explained variance](architectures-frontier.png)", ""]
+    lines += [f"Wall time of this script: {time.perf_counter() - t0:.0f} s (finished runs are reused; the machine: "
+              "2 CPU cores, shared).", ""]
+    (docs / "architectures.md").write_text("\n".join(lines))
+    print(f"wrote {docs / 'architectures.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,9 @@ class BatchTopKSAE(TopKSAE):
 
     def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vals, flat = pre_BF.relu().flatten().topk(self.k * len(pre_BF), sorted=False)
-        return flat // self.d_sae, flat % self.d_sae, vals
+        flat, order = flat.sort()  # CSR order
+        counts = torch.bincount(flat // self.d_sae, minlength=len(pre_BF))
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), flat % self.d_sae, vals[order]
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)

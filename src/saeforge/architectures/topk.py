@@ -11,9 +11,10 @@ s = min(#dead / aux_k, 1) as in SAELens, c_aux = --aux-k-coefficient (1/32). Spa
 k, so there is no coefficient; the `sparsity` column of metrics.jsonl holds the AuxK term.
 Saved as SAELens's `topk` (rescale_acts_by_decoder_norm false).
 
-The fast step keeps the codes as (row, latent, value) entries: only the encoder product is dense
-([B, D] × [D, F]); the decoder, its gradient and the encoder's weight gradient touch only the k
-active latents of each input (O(B·k·D) instead of O(B·F·D)). BatchTopK and Matryoshka reuse it.
+The fast step keeps the codes as a CSR matrix: only the encoder product is dense ([B, D] × [D, F]);
+the decoder, the codes' gradient (a sampled product) and both weight gradients are sparse products
+that touch only the k active latents of each input (O(B·k·D) instead of O(B·F·D)). BatchTopK and
+Matryoshka reuse it.
 """
 
 from __future__ import annotations
@@ -59,15 +60,16 @@ class TopKSAE(SAE):
         return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
 
     def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The active entries of a batch during training: (rows, latents, values ≥ 0)."""
+        """The active entries of a batch during training, in CSR order (rows ascending, latents
+        ascending within a row): (row pointers [B + 1], latents [N], values ≥ 0 [N])."""
         vals_BK, idx_BK = pre_BF.topk(self.k, dim=1, sorted=False)
-        rows = torch.arange(len(pre_BF), device=pre_BF.device).repeat_interleave(self.k)
-        return rows, idx_BK.reshape(-1), vals_BK.reshape(-1).relu()
+        idx_BK, order = idx_BK.sort(dim=1)
+        crow = torch.arange(0, len(pre_BF) * self.k + 1, self.k, device=pre_BF.device)
+        return crow, idx_BK.reshape(-1), vals_BK.gather(1, order).reshape(-1).relu()
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)
-        rows, cols, vals = self.select(pre_BF)
-        return torch.zeros_like(pre_BF).index_put_((rows, cols), vals)
+        return csr(*self.select(pre_BF), pre_BF.shape).to_dense()
 
     def after_step(self, vals_N: torch.Tensor) -> None:
         """Called by the fast step with the batch's active values (BatchTopK learns its threshold here)."""
@@ -79,7 +81,8 @@ class TopKSAE(SAE):
     def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
         """The autograd reference of `step`."""
         pre_BF = self.pre(x_BD)
-        rows, cols, vals = self.select(pre_BF)
+        crow, cols, _ = self.select(pre_BF)
+        rows = row_of(crow, len(cols))
         vals = pre_BF[rows, cols].relu()  # the same entries, with their gradient path
         f_BF = torch.zeros_like(pre_BF).index_put((rows, cols), vals)
         total = 0.0
@@ -101,66 +104,88 @@ class TopKSAE(SAE):
         return sparse_step(self, x_BD, dead_F)
 
 
+def csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
+    return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
+
+
+def row_of(crow: torch.Tensor, n: int) -> torch.Tensor:
+    """The row of each of the n entries of a CSR matrix."""
+    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff(), output_size=n)
+
+
+def sampled(pattern: torch.Tensor, a_BD: torch.Tensor, W_FD: torch.Tensor) -> torch.Tensor:
+    """(a @ Wᵀ) at the entries of a CSR pattern, in its order: the gradient reaching each active code."""
+    return torch.sparse.sampled_addmm(pattern, a_BD, W_FD.t(), beta=0.0).values()
+
+
 @torch.no_grad()
 def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -> StepOutput:
-    """Loss and gradients of `TopKSAE.loss` (and its subclasses') with the codes kept sparse."""
+    """Loss and gradients of `TopKSAE.loss` (and its subclasses') with the codes as CSR matrices:
+    the decoder, the codes' gradients and both weight gradients are sparse products (MKL)."""
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     F = sae.d_sae
     x_BD = x_BD.to(W_enc.dtype)
     xc_BD = x_BD - b_dec
     pre_BF = torch.addmm(b_enc, xc_BD, W_enc)                       # the one dense product
-    rows, cols, vals = sae.select(pre_BF)                            # N active entries
-    Wa_ND = W_dec[cols]
+    crow, cols, vals = sae.select(pre_BF)
 
-    # x̂ of each nested level (one level unless Matryoshka); entries sorted into levels by latent
+    # the active entries split by nested level (one level unless Matryoshka), each a CSR matrix
     sizes = sae.levels()
-    level_N = torch.bucketize(cols, torch.tensor(sizes[:-1], device=cols.device), right=True)
-    contrib_ND = vals[:, None] * Wa_ND
+    if len(sizes) == 1:
+        parts = [(crow, cols, vals)]
+    else:
+        rows = row_of(crow, len(cols))
+        level_N = torch.bucketize(cols, torch.tensor(sizes[:-1], device=cols.device), right=True)
+        parts = []
+        for lvl in range(len(sizes)):
+            sel = level_N == lvl
+            counts = torch.bincount(rows[sel], minlength=B)
+            parts.append((torch.cat([counts.new_zeros(1), counts.cumsum(0)]), cols[sel], vals[sel]))
+    A = [csr(c, j, v, (B, F)) for c, j, v in parts]
     x_hat_BD = b_dec.expand(B, D).clone()
-    g_levels = []  # d loss / d x̂ of each level
-    total = x_BD.new_zeros(())
-    for lvl in range(len(sizes)):
-        sel = level_N == lvl
-        x_hat_BD.index_add_(0, rows[sel], contrib_ND[sel])
+    g_levels, total = [], x_BD.new_zeros(())
+    for A_l in A:
+        x_hat_BD += A_l @ W_dec
         err_BD = x_hat_BD - x_BD
         total += err_BD.pow(2).sum() / B
         g_levels.append(err_BD * (2.0 / B))
     mse = err_BD.pow(2).sum() / B
-    if len(sizes) == 1:
-        gx_BD = g_levels[0]
-        gx_ND = gx_BD[rows]                                           # d loss / d x̂ seen by each entry
-    else:  # an entry of level l reaches the reconstructions of levels l, l+1, …: suffix sums
-        suffix = torch.stack(g_levels).flip(0).cumsum(0).flip(0)      # [L, B, D]
-        gx_ND = suffix[level_N, rows]
-        gx_BD = suffix[0]                                             # d loss / d b_dec through the decoder
+    # an entry of level l reaches the reconstructions of levels l, l+1, …: suffix sums of their gradients
+    suffix = g_levels[::-1]
+    for i in range(1, len(suffix)):
+        suffix[i] = suffix[i] + suffix[i - 1]
+    suffix = suffix[::-1]
 
-    g_vals = (Wa_ND * gx_ND).sum(1) * (vals > 0)
-    g_W_dec = torch.zeros_like(W_dec).index_add_(0, cols, vals[:, None] * gx_ND)
-    enc_rows, enc_cols, enc_g = rows, cols, g_vals
+    g_W_dec = torch.zeros_like(W_dec)
+    enc = []  # (CSR pattern, gradient at its entries) for the encoder's gradients
+    for A_l, (_, _, v_l), S_l in zip(A, parts, suffix):
+        enc.append((A_l, sampled(A_l, S_l, W_dec) * (v_l > 0)))
+        g_W_dec += A_l.t() @ S_l
 
     aux = x_BD.new_zeros(())
     n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     if n_dead and sae.aux_k_coefficient:
         k_aux = min(sae.aux_k, n_dead)
-        a_vals_BK, a_idx_BK = pre_BF.masked_fill_(~dead_F, -torch.inf).topk(k_aux, dim=1, sorted=False)
-        a_rows = torch.arange(B, device=x_BD.device).repeat_interleave(k_aux)
-        a_cols, a_vals = a_idx_BK.reshape(-1), a_vals_BK.reshape(-1)
-        Wx_ND = W_dec[a_cols]
-        aux_err_BD = torch.zeros_like(x_BD).index_add_(0, a_rows, a_vals[:, None] * Wx_ND).add_(err_BD)
+        a_vals, a_idx = pre_BF.masked_fill_(~dead_F, -torch.inf).topk(k_aux, dim=1, sorted=False)
+        a_idx, order = a_idx.sort(dim=1)
+        A_aux = csr(torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1),
+                    a_vals.gather(1, order).reshape(-1), (B, F))
+        aux_err_BD = (A_aux @ W_dec).add_(err_BD)
         c = sae.aux_k_coefficient * min(n_dead / sae.aux_k, 1.0)
         aux = c * aux_err_BD.pow(2).sum() / B
         g_aux_BD = aux_err_BD * (2.0 * c / B)
-        ga_ND = g_aux_BD[a_rows]
-        g_W_dec.index_add_(0, a_cols, a_vals[:, None] * ga_ND)
-        enc_rows, enc_cols = torch.cat([rows, a_rows]), torch.cat([cols, a_cols])
-        enc_g = torch.cat([g_vals, (Wx_ND * ga_ND).sum(1)])
+        enc.append((A_aux, sampled(A_aux, g_aux_BD, W_dec)))
+        g_W_dec += A_aux.t() @ g_aux_BD
 
-    # encoder gradients from the entries: [W_enc; b_enc]ᵀ rows of the active latents only
-    g_enc_FD = torch.zeros(F, D, dtype=x_BD.dtype, device=x_BD.device).index_add_(
-        0, enc_cols, enc_g[:, None] * xc_BD[enc_rows])
-    g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, enc_cols, enc_g)
-    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
+    # encoder gradients: [W_enc]ᵀ from the sparse code gradients, b_enc by latent
+    g_enc_FD = torch.zeros(F, D, dtype=x_BD.dtype, device=x_BD.device)
+    g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device)
+    for pattern, g in enc:
+        G = csr(pattern.crow_indices(), pattern.col_indices(), g, (B, F))
+        g_enc_FD += G.t() @ xc_BD
+        g_b_enc.index_add_(0, pattern.col_indices(), g)
+    g_b_dec = suffix[0].sum(0).sub_(W_enc @ g_b_enc)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
 
     for p, g in ((W_enc, g_enc_FD.t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)):
@@ -169,5 +194,5 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
         else:
             p.grad.copy_(g)
     sae.after_step(vals)
-    f_BF = lambda: torch.zeros(B, F, dtype=x_BD.dtype, device=x_BD.device).index_put_((rows, cols), vals)  # noqa: E731
-    return StepOutput(total + aux, mse, aux, f_BF, err_BD, feature_sums_F)
+    return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)).to_dense(), err_BD,
+                      feature_sums_F)

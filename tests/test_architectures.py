@@ -103,6 +103,7 @@ def test_saved_in_saelens_layout_and_loaded_back_by_both(tmp_path, make, saved):
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "d"))
     torch.testing.assert_close(back.encode(x), want)
     torch.testing.assert_close(theirs.encode(x), want)
+    torch.testing.assert_close(back.encode(x.reshape(4, -1, D)), want.reshape(4, -1, F))  # [batch, pos, d_in]
     torch.testing.assert_close(theirs.decode(want), sae.decode(want) / 2.0)
 
 

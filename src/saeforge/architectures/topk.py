@@ -68,8 +68,8 @@ class TopKSAE(SAE):
         return crow, idx_BK.reshape(-1), vals_BK.gather(1, order).reshape(-1).relu()
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        pre_BF = self.pre(x_BD)
-        return csr(*self.select(pre_BF), pre_BF.shape).to_dense()
+        pre_BF = self.pre(x_BD.reshape(-1, self.d_in))  # any leading dimensions (e.g. [batch, pos, d_in])
+        return csr(*self.select(pre_BF), pre_BF.shape).to_dense().reshape(*x_BD.shape[:-1], self.d_sae)
 
     def after_step(self, vals_N: torch.Tensor) -> None:
         """Called by the fast step with the batch's active values (BatchTopK learns its threshold here)."""

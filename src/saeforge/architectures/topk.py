@@ -19,6 +19,7 @@ Matryoshka reuse it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -105,7 +106,9 @@ class TopKSAE(SAE):
 
 
 def csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
-    return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
+    with warnings.catch_warnings():  # torch's one-time "CSR support is in beta" notice: not the user's concern
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
 
 
 def row_of(crow: torch.Tensor, n: int) -> torch.Tensor:

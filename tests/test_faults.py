@@ -71,7 +71,7 @@ def test_runs_jsonl_rows_that_are_not_sweep_results(tmp_path, capsys):
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "runs.jsonl").write_text('{"d_sae": 64, "steps": 10}\n[1, 2]\n')
     one_line_error(capsys, main(["sweep", "--out", str(tmp_path / "sw"), "--suggest", "1e12"]), "runs.jsonl line 1",
-                   "'l1_coefficient' is missing")
+                   "is missing")
 
 
 def test_dataset_rows_whose_text_is_not_a_string(model_dir, tmp_path, capsys):

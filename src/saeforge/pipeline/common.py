@@ -74,6 +74,13 @@ def check_same_run(run: Run, identity: dict[str, Any]) -> None:
                         "resume it with its own settings, or choose another --out")
 
 
+def check_architecture(run: Run, d_in: int, d_sae: int) -> None:
+    """The architecture's own settings (k against the dictionary size, Matryoshka sizes…) checked
+    on a weightless instance, before any data is read."""
+    cfg = run.cfg
+    create(cfg.architecture, d_in, d_sae, device="meta", **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
+
+
 def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
     """The dictionary, initialized by --init from `sample(n)` (fresh inputs of the training
     distribution); with `center`, b_dec = the mean of a sample. A resumed run skips the init."""

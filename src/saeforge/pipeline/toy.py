@@ -26,6 +26,7 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     cfg, steps, device = run.cfg, run.steps, run.device
     common.check_same_run(run, {k: getattr(cfg, k) for k in ("d_model", "n_features", "n_active", "decay",
                                                              "correlated", "seed", "architecture")})
+    common.check_architecture(run, cfg.d_model, cfg.dict_size or cfg.n_features)
     data = ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
                    correlated=cfg.correlated, seed=cfg.seed, device=device)
     # fresh draws from the same distribution, never trained on: steps −1, −2, … for the init;

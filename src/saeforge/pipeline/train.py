@@ -46,6 +46,7 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
 
     common.check_same_run(run, {"model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache,
                                 "text_column": cfg.text_column, "seed": cfg.seed, "architecture": cfg.architecture})
+    common.check_architecture(run, d_in, cfg.dict_size or 8 * d_in)
     resumed = run.checkpoint.state if run.checkpoint else None
     position = resumed.data_position if resumed else {}
     if resumed and position.get("world", 1) != world:  # another number of ranks: same global position, re-split

@@ -25,7 +25,6 @@ for m, p in sorted(mods.items()):
     g[m] = sorted(x for x in found if x in mods and x != m)
     print(f"{m:18s} -> {', '.join(g[m])}")
 # cycles
-import itertools
 def reach(a, b, seen=()):
     return any(x == b or (x not in seen and reach(x, b, seen + (x,))) for x in g.get(a, []))
 cyc = sorted({tuple(sorted((a, b))) for a in g for b in g[a] if reach(b, a)})

@@ -25,6 +25,7 @@ import torch
 
 from .errors import UserError
 from .models import hook_width
+from .runtime import check_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -186,8 +187,6 @@ class ActivationBuffer:
     def fits(meta: dict[str, Any], t: dict[str, torch.Tensor], n_rows: int, d_in: int) -> bool:
         """Whether a snapshot rebuilds a buffer of this shape (False: --buffer-mb changed); a damaged
         snapshot is a UserError."""
-        from .runtime import check_json
-
         check_json(meta, "the checkpoint's buffer snapshot", {k: (int, True) for k in (
             "rows", "d_in", "served", "replay_from", "contexts_per_pass", "contexts_read", "carry_rows")})
         if (meta["rows"], meta["d_in"]) != (n_rows, d_in):

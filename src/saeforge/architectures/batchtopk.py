@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .topk import TopKSAE
+from .topk import TopKSAE, crow_of
 
 THRESHOLD_RATE = 0.01
 
@@ -31,8 +31,7 @@ class BatchTopKSAE(TopKSAE):
     def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vals, flat = pre_BF.relu().flatten().topk(self.k * len(pre_BF), sorted=False)
         flat, order = flat.sort()  # CSR order
-        counts = torch.bincount(flat // self.d_sae, minlength=len(pre_BF))
-        return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), flat % self.d_sae, vals[order]
+        return crow_of(torch.bincount(flat // self.d_sae, minlength=len(pre_BF))), flat % self.d_sae, vals[order]
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)

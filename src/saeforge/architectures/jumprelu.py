@@ -96,5 +96,4 @@ class JumpReLUSAE(SAE):
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)  # θ < 0 would let negative pre-activations through
-        out = super().step(x_BD, coefficient, dead_F)
-        return out
+        return super().step(x_BD, coefficient, dead_F)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from ..sae import SAE, Loss, StepOutput
 
 
@@ -30,8 +31,6 @@ class StandardSAE(SAE):
 
     @classmethod
     def from_saved_config(cls, cfg: dict, where: str) -> dict:
-        from ..errors import UserError
-
         act = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
         if act != "relu":
             raise UserError(f"{where}: activation_fn {act!r} is not supported; saeforge loads ReLU dictionaries")

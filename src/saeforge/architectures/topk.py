@@ -111,6 +111,11 @@ def csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> to
         return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
 
 
+def crow_of(counts_B: torch.Tensor) -> torch.Tensor:
+    """CSR row pointers from the number of entries in each row."""
+    return torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
+
+
 def row_of(crow: torch.Tensor, n: int) -> torch.Tensor:
     """The row of each of the n entries of a CSR matrix."""
     return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff(), output_size=n)
@@ -143,8 +148,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
         parts = []
         for lvl in range(len(sizes)):
             sel = level_N == lvl
-            counts = torch.bincount(rows[sel], minlength=B)
-            parts.append((torch.cat([counts.new_zeros(1), counts.cumsum(0)]), cols[sel], vals[sel]))
+            parts.append((crow_of(torch.bincount(rows[sel], minlength=B)), cols[sel], vals[sel]))
     A = [csr(c, j, v, (B, F)) for c, j, v in parts]
     x_hat_BD = b_dec.expand(B, D).clone()
     g_levels, total = [], x_BD.new_zeros(())

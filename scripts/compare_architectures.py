@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--real-tokens", type=int, default=4_000_000)
     ap.add_argument("--real-l0", type=float, default=0.05, help="JumpReLU's λ₀ on the embedded model")
     ap.add_argument("--frontier", action="store_true", help="also k in 16, 64 and λ ×0.5, ×2 on the first size")
+    ap.add_argument("--frontier-l0", type=float, default=None, help="JumpReLU's middle λ₀ on the frontier")
+    ap.add_argument("--frontier-tokens", type=int, default=None, help="token budget of the frontier runs (default: --real-tokens)")
     ap.add_argument("--methods", action="store_true", help="section (c): init and resampling on topk / batchtopk")
     ap.add_argument("--out", default="runs/architectures")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
@@ -90,17 +92,22 @@ def main() -> None:
                       f"L0 {s['l0']:.2f}", flush=True)
 
     real: list[dict] = []
+    frontier_tokens = a.frontier_tokens or a.real_tokens
     for nf in a.real_features:
         for arch in a.archs:
-            variants = [(32, 0.55, a.real_l0)]
+            variants = [(32, 0.55, a.real_l0, a.real_tokens)]
             if a.frontier and nf == a.real_features[0]:
-                variants += [(16, 1.1, 2 * a.real_l0), (64, 0.275, a.real_l0 / 2)]
-            for k, lam, l0 in variants:
+                l0 = a.frontier_l0 or a.real_l0
+                variants += [(k, lam, x, frontier_tokens) for k, lam, x in
+                             ((32, 0.55, l0), (16, 1.1, 2 * l0), (64, 0.275, l0 / 2))]
+                variants = list(dict.fromkeys(variants))
+            for k, lam, l0, tokens in variants:
                 tag = {"standard": f"l1-{lam:g}", "jumprelu": f"l0-{l0:g}"}.get(arch, f"k{k}")
-                args = ["train", "--dict-size", str(nf), "--tokens", str(a.real_tokens), "--architecture", arch,
+                args = ["train", "--dict-size", str(nf), "--tokens", str(tokens), "--architecture", arch,
                         *sparsity_flags(arch, k, lam, l0)]
-                s = run(args, out / f"real-{nf}-{arch}-{tag}")
-                s.update(arch=arch, tag=tag, variant=(k, lam, l0) == (32, 0.55, a.real_l0))
+                s = run(args, out / f"real-{nf}-{tokens // 1000}k-{arch}-{tag}")
+                s.update(arch=arch, tag=tag, tokens=tokens, frontier=tokens == frontier_tokens and a.frontier
+                         and nf == a.real_features[0])
                 real.append(s)
                 print(f"embedded {nf} {arch} {tag}: L0 {s['l0']:.1f} EV {s['explained_variance']:.4f} "
                       f"CE rec {s['ce_loss_recovered']:.4f} KL {s['kl_divergence']:.4f}", flush=True)
@@ -150,23 +157,24 @@ def main() -> None:
         fig.savefig(docs / "architectures-toy.png", dpi=110)
         lines += ["", "![MMCS against step](architectures-toy.png)", ""]
     if real:
-        lines += [f"## (b) The embedded model: {a.real_tokens:,} tokens, the main job's other settings", "",
-                  "`saeforge train --dict-size F --tokens T --architecture A` plus k 32 (k-architectures), λ 0.55 "
-                  f"(standard, the main job's), λ₀ {a.real_l0:g} (jumprelu); held-out figures on the evals of "
-                  "`saeforge train` (65,536 tokens).", "",
-                  "| features | architecture | setting | L0 | explained variance | CE-loss recovered | KL (nats) | "
-                  "dead fraction | wall s |", "|---|---|---|---|---|---|---|---|---|"]
-        for s in real:
-            lines.append(f"| {s['dict_size']} | {s['arch']} | {s['tag']} | {s['l0']:.1f} | {s['explained_variance']:.4f} | "
-                         f"{s['ce_loss_recovered']:.4f} | {s['kl_divergence']:.4f} | {s['dead_fraction']:.3f} | "
-                         f"{s['wall_s']:.0f} |")
+        lines += ["## (b) The embedded model, the main job's other settings", "",
+                  "`saeforge train --dict-size F --tokens T --architecture A` plus k (k-architectures), λ (standard; 0.55 "
+                  "is the main job's), λ₀ (jumprelu); held-out figures on the evals of `saeforge train` (65,536 "
+                  "tokens). The first rows of each size are the L0 ≈ 32 comparison at the same token budget.", "",
+                  "| features | tokens | architecture | setting | L0 | explained variance | CE-loss recovered | KL (nats) | "
+                  "dead fraction | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for s in sorted(real, key=lambda s: (s["dict_size"], -s["tokens"], a.archs.index(s["arch"]))):
+            lines.append(f"| {s['dict_size']} | {s['tokens']:,} | {s['arch']} | {s['tag']} | {s['l0']:.1f} | "
+                         f"{s['explained_variance']:.4f} | {s['ce_loss_recovered']:.4f} | {s['kl_divergence']:.4f} | "
+                         f"{s['dead_fraction']:.3f} | {s['wall_s']:.0f} |")
         fig, ax = plt.subplots(figsize=(6.5, 4))
+        front = [s for s in real if s["frontier"]] or [s for s in real if s["dict_size"] == a.real_features[0]]
         for arch in a.archs:
-            pts = sorted((s["l0"], s["explained_variance"]) for s in real
-                         if s["arch"] == arch and s["dict_size"] == a.real_features[0])
-            ax.plot(*zip(*pts), marker="o", label=arch)
+            pts = sorted((s["l0"], s["explained_variance"]) for s in front if s["arch"] == arch)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=arch)
         ax.set(xscale="log", xlabel="L0 (held out)", ylabel="explained variance (held out)",
-               title=f"embedded model, {a.real_features[0]} features")
+               title=f"embedded model, {front[0]['dict_size']} features, {front[0]['tokens']:,} tokens")
         ax.legend()
         fig.tight_layout()
         fig.savefig(docs / "architectures-frontier.png", dpi=110)

@@ -118,3 +118,27 @@ def test_two_ranks_train_from_a_cache_and_from_the_live_model(model_dir, text_di
     assert main(["train", "--cache", str(cache), *common[:4], "--steps", "60", *common[6:], "--out", str(tmp_path / "cached"),
                  "--resume"]) == 0
     assert json.loads((tmp_path / "cached" / "summary.json").read_text())["steps"] == 60
+
+
+RANKS_THRESHOLD = """
+import torch
+from saeforge import distributed
+from saeforge.architectures import create
+distributed.setup("cpu")
+r = distributed.rank()
+sae = create("batchtopk", 8, 16, k=2)
+sae.after_step(torch.tensor([0.0, 1.0 + r, 5.0]))  # smallest kept: 1 on rank 0, 2 on rank 1
+sae.after_step(torch.zeros(3) if r else torch.tensor([4.0]))  # only rank 0 kept something: 4
+expect = 0.99 * 0.01 * 1.5 + 0.01 * 4.0
+assert abs(float(sae.topk_threshold) - expect) < 1e-6, (r, float(sae.topk_threshold), expect)
+print("ok", r)
+"""
+
+
+def test_batchtopk_threshold_is_the_same_on_every_rank(tmp_path):
+    """Each rank's EMA moves by the mean of the ranks' smallest kept values (ranks with none left out)."""
+    script = tmp_path / "threshold.py"
+    script.write_text(RANKS_THRESHOLD)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    p = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.count("ok") == 2, p.stdout + p.stderr

@@ -5,7 +5,9 @@ a busy input may use more latents, a quiet one fewer). That is not a function of
 inference uses a threshold instead: f = ReLU(pre)·(pre > θ), with θ the running mean of the
 smallest value kept in each training batch, an exponential moving average with rate
 THRESHOLD_RATE (SAELens's topk_threshold_lr: a mean over the last ~100 batches, which follows
-the dictionary as it changes). `encode` (evals, resampling scores, inspect, the saved dictionary)
+the dictionary as it changes). Under torchrun each rank selects within its own batch (as SAELens
+does per device) and the EMA moves by the mean of the ranks' smallest values, one small
+all-reduce, so every replica keeps the same θ. `encode` (evals, resampling scores, inspect, the saved dictionary)
 uses θ; the training step uses the batch selection. Saved as SAELens's `jumprelu` with threshold θ
 for every latent; AuxK and the sparse step are TopK's.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from .topk import TopKSAE, crow_of
 
 THRESHOLD_RATE = 0.01
@@ -40,8 +43,12 @@ class BatchTopKSAE(TopKSAE):
     @torch.no_grad()
     def after_step(self, vals_N: torch.Tensor) -> None:
         smallest = torch.where(vals_N > 0, vals_N, torch.inf).min()  # no host sync
+        found = torch.isfinite(smallest)
+        if distributed.active():  # the mean over ranks that kept something
+            both = distributed.all_reduce_sum_(torch.stack([torch.where(found, smallest, 0.0), found.to(smallest)]))
+            found, smallest = both[1] > 0, both[0] / both[1].clamp(min=1)
         mixed = (1 - THRESHOLD_RATE) * self.topk_threshold + THRESHOLD_RATE * smallest
-        self.topk_threshold.copy_(torch.where(torch.isfinite(smallest), mixed, self.topk_threshold))
+        self.topk_threshold.copy_(torch.where(found, mixed, self.topk_threshold))
 
     def saved_config(self) -> dict[str, Any]:
         return {"architecture": "jumprelu"}

@@ -15,7 +15,7 @@ LAYERS = [
     ["sae"],
     ["architectures.standard", "architectures.topk", "architectures.batchtopk", "architectures.matryoshka",
      "architectures.jumprelu", "architectures"],
-    ["dictionary", "init", "models", "toy", "data", "buffer", "cache", "scaling"],
+    ["dictionary", "init", "models", "toy", "synthetic", "data", "buffer", "cache", "scaling"],
     ["trainer", "resample", "evals", "analysis", "report"],
     ["pipeline.common", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
     ["cli", "__main__"],

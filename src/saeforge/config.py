@@ -250,6 +250,23 @@ class ToyConfig(TrainConfig):
     n_active: float = opt(5.0, "expected number of active features per sample", gt=0)
     decay: float = opt(0.99, "feature i fires with probability ∝ decay**i", gt=0, le=1)
     correlated: bool = opt(True, "modulate firing by a correlated Gaussian (the seed's setup)")
+    data: str = opt("seed", "toy data: 'seed' (the first seed's setup: decay, correlated firing) or 'synthetic' "
+                    "(hierarchy, Zipf: the --zipf-*/--hierarchy-* flags; docs/benchmark.md)", choices=("seed", "synthetic"))
+    synthetic_model: str = opt("", "train on a SAELens synthetic model directory (SyntheticModel.save) as it is; "
+                               "sets --d-model and --n-features from it")
+    zipf_exponent: float = opt(1.0, "synthetic: Zipf exponent of the base firing probabilities", gt=0)
+    max_prob: float = opt(0.3, "synthetic: firing probability of the most frequent feature", gt=0, le=1)
+    min_prob: float = opt(0.01, "synthetic: firing probability of the least frequent feature", gt=0, le=1)
+    hierarchy_roots: int = opt(32, "synthetic: number of hierarchy trees (0: no hierarchy)", ge=0)
+    hierarchy_branching: int = opt(4, "synthetic: children per parent", ge=2)
+    hierarchy_depth: int = opt(2, "synthetic: levels below the roots", ge=1)
+    exclusive_share: float = opt(0.5, "synthetic: share of parents whose children are mutually exclusive", ge=0, le=1)
+    correlation_rank: int = opt(0, "synthetic: rank of the low-rank firing correlation (0: independent)", ge=0)
+    correlation_scale: float = opt(0.075, "synthetic: scale of the correlation factor's entries", ge=0)
+    magnitude_std: float = opt(0.0, "synthetic: std of a firing feature's magnitude (mean 1)", ge=0)
+    bias_norm: float = opt(0.0, "synthetic: norm of the constant offset added to every sample", ge=0)
+    eval_samples: int = opt(100_000, "fresh samples for the final ground-truth metrics (MCC, F1, absorption); 0 skips",
+                            ge=0)
     target_mmcs: float = opt(0.99, "stop once MMCS reaches this (0: run all --steps)", ge=0, le=1)
     check_every: int = opt(10, "read the on-device MMCS trace every N steps to decide to stop", ge=1)
 
@@ -257,6 +274,8 @@ class ToyConfig(TrainConfig):
         super().validate()
         if self.n_active > self.n_features:
             raise UserError(f"--n-active must be in (0, n_features], got {self.n_active}")
+        if self.min_prob >= self.max_prob:
+            raise UserError(f"--min-prob must be below --max-prob, got {self.min_prob} and {self.max_prob}")
 
 
 @dataclass

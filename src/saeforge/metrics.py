@@ -15,6 +15,24 @@ def mmcs(true_FD: torch.Tensor, learned_GD: torch.Tensor) -> torch.Tensor:
     return max_cosines(true_FD, learned_GD).mean()
 
 
+def mcc(cos_GF: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean correlation coefficient: the one-to-one matching of latents (rows) and true features
+    (columns) that maximizes the summed |cosine| (Hungarian algorithm), and its mean |cosine|
+    over the min(G, F) matched pairs. Also returns each true feature's latent (−1: unmatched)."""
+    from scipy.optimize import linear_sum_assignment
+
+    c = cos_GF.abs().double().cpu()
+    rows, cols = linear_sum_assignment(1 - c.numpy())
+    latent_of_F = torch.full((c.shape[1],), -1, dtype=torch.long)
+    latent_of_F[torch.as_tensor(cols)] = torch.as_tensor(rows)
+    return float(c[rows, cols].mean()), latent_of_F
+
+
+def uniqueness(cos_GF: torch.Tensor) -> float:
+    """Distinct true features among the latents' best matches, per latent (1: no two latents share one)."""
+    return len(cos_GF.abs().argmax(1).unique()) / max(cos_GF.shape[0], 1)
+
+
 def max_cosines(true_FD: torch.Tensor, learned_GD: torch.Tensor) -> torch.Tensor:
     t = torch.nn.functional.normalize(true_FD.float(), dim=-1)
     d = torch.nn.functional.normalize(learned_GD.float(), dim=-1)

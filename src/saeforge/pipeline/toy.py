@@ -15,6 +15,7 @@ import torch
 
 from ..config import ToyConfig
 from ..metrics import mmcs
+from ..synthetic import SyntheticData, evaluate
 from ..toy import ToyData
 from . import common
 
@@ -24,15 +25,17 @@ THRESHOLDS = ("0.95", "0.98", "0.99")
 def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     run = common.start(cfg)
     cfg, steps, device = run.cfg, run.steps, run.device
+    data = make_data(cfg, device)
+    cfg.d_model, cfg.n_features = data.d_model, data.n_features
     common.check_same_run(run, {k: getattr(cfg, k) for k in ("d_model", "n_features", "n_active", "decay",
-                                                             "correlated", "seed", "architecture")})
+                                                             "correlated", "seed", "architecture", "data",
+                                                             "synthetic_model")})
     common.check_architecture(run, cfg.d_model, cfg.dict_size or cfg.n_features)
-    data = ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
-                   correlated=cfg.correlated, seed=cfg.seed, device=device)
     # fresh draws from the same distribution, never trained on: steps −1, −2, … for the init;
     # −(10⁶ + 1000·step), … for resampling at `step`
     sae = common.build_sae(run, cfg.d_model, cfg.dict_size or cfg.n_features, lambda n: data.fresh(n, 1), center=False)
-    sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed)
+    sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed,
+                        data=cfg.synthetic_model or cfg.data)
     trainer = common.make_trainer(run, sae, lambda n, step: data.fresh(n, 10**6 + step * 1000))
 
     trace = torch.full((steps + 1,), float("nan"), device=device)
@@ -71,5 +74,23 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
         "n_active": cfg.n_active, "decay": cfg.decay, "correlated": cfg.correlated,
         "mmcs_initial": float(trace[0]), "mmcs_final": final, "steps_to_mmcs": reached,
         "dead_features": trainer.dead_count(), "l0": last.get("l0"), "explained_variance": last.get("explained_variance"),
+        "data": cfg.synthetic_model or cfg.data,
     }
+    if cfg.eval_samples and run.rank == 0:  # the benchmark's metrics on fresh samples (docs/benchmark.md)
+        summary["ground_truth"] = evaluate(trainer.sae, data, cfg.eval_samples)
+        if isinstance(data, SyntheticData):
+            summary["synthetic"] = data.describe()
     return common.write_summary(run, trainer, summary)
+
+
+def make_data(cfg: ToyConfig, device: torch.device) -> ToyData | SyntheticData:
+    if cfg.synthetic_model:
+        return SyntheticData.read_saelens(cfg.synthetic_model, seed=cfg.seed, device=device)
+    if cfg.data == "synthetic":
+        return SyntheticData.generate(
+            cfg.d_model, cfg.n_features, seed=cfg.seed, zipf_exponent=cfg.zipf_exponent, max_prob=cfg.max_prob,
+            min_prob=cfg.min_prob, roots=cfg.hierarchy_roots, branching=cfg.hierarchy_branching,
+            depth=cfg.hierarchy_depth, exclusive=cfg.exclusive_share, correlation_rank=cfg.correlation_rank,
+            correlation_scale=cfg.correlation_scale, magnitude_std=cfg.magnitude_std, bias=cfg.bias_norm, device=device)
+    return ToyData(cfg.d_model, cfg.n_features, n_active=cfg.n_active, decay=cfg.decay,
+                   correlated=cfg.correlated, seed=cfg.seed, device=device)

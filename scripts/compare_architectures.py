@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--real-tokens", type=int, default=4_000_000)
     ap.add_argument("--real-l0", type=float, default=0.05, help="JumpReLU's λ₀ on the embedded model")
     ap.add_argument("--frontier", action="store_true", help="also k in 16, 64 and λ ×0.5, ×2 on the first size")
+    ap.add_argument("--main-job-tokens", type=int, default=0,
+                    help="also train --main-job-archs at the first size with this budget (the main job's: 4M)")
+    ap.add_argument("--main-job-archs", nargs="*", default=["standard", "topk", "batchtopk"])
     ap.add_argument("--frontier-l0", type=float, default=None, help="JumpReLU's middle λ₀ on the frontier")
     ap.add_argument("--frontier-tokens", type=int, default=None, help="token budget of the frontier runs (default: --real-tokens)")
     ap.add_argument("--methods", action="store_true", help="section (c): init and resampling on topk / batchtopk")
@@ -111,6 +114,16 @@ def main() -> None:
                 real.append(s)
                 print(f"embedded {nf} {arch} {tag}: L0 {s['l0']:.1f} EV {s['explained_variance']:.4f} "
                       f"CE rec {s['ce_loss_recovered']:.4f} KL {s['kl_divergence']:.4f}", flush=True)
+
+    if a.main_job_tokens and a.real_features:
+        for arch in a.main_job_archs:
+            tag = {"standard": "l1-0.55", "jumprelu": f"l0-{a.real_l0:g}"}.get(arch, "k32")
+            args = ["train", "--dict-size", str(a.real_features[0]), "--tokens", str(a.main_job_tokens),
+                    "--architecture", arch, *sparsity_flags(arch, 32, 0.55, a.real_l0)]
+            s = run(args, out / f"real-{a.real_features[0]}-{a.main_job_tokens // 1000}k-{arch}-{tag}")
+            s.update(arch=arch, tag=tag, tokens=a.main_job_tokens, frontier=False)
+            real.append(s)
+            print(f"main job budget {arch} {tag}: L0 {s['l0']:.1f} EV {s['explained_variance']:.4f}", flush=True)
 
     methods: list[tuple[str, str, dict]] = []
     if a.methods and a.toy_features:

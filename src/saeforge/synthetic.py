@@ -102,29 +102,31 @@ class Hierarchy:
                     c_F[s] *= 1 + max(0.0, total - float(p_F[s])) / node_p
         return c_F
 
-    def apply_(self, a_BF: torch.Tensor, mean_F: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Children off where their parent is off (or scaled by it), then one winner per exclusive group."""
+    def apply_(self, a_FB: torch.Tensor, mean_F: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Children off where their parent is off (or scaled by it), then one winner per exclusive
+        group. Feature-major [F, B], so every gather and scatter moves whole rows."""
+        dev = a_FB.device
         for d in range(1, self.max_depth + 1):
-            kids = self.levels[d].to(a_BF.device)
+            kids = self.levels[d].to(dev)
             if kids.numel():
-                par = self.parent_F[kids].to(a_BF.device)
-                pv = a_BF[:, par]
-                gate = (pv > 0).to(a_BF.dtype)
-                scale = self.rescale_F[kids].to(a_BF.device)
+                par = self.parent_F[kids].to(dev)
+                pv_KB = a_FB[par]
+                gate_KB = (pv_KB > 0).to(a_FB.dtype)
+                scale = self.rescale_F[kids].to(dev)
                 if scale.any():
-                    gate = torch.where(scale, pv / mean_F[par], gate)
-                a_BF[:, kids] *= gate
+                    gate_KB = torch.where(scale[:, None], pv_KB / mean_F[par, None], gate_KB)
+                a_FB[kids] *= gate_KB
             if d in self.groups:
-                parents, sibs = (t.to(a_BF.device) for t in self.groups[d])
-                B, (G, S) = a_BF.shape[0], sibs.shape
-                on = (a_BF[:, sibs.clamp(min=0)] > 0) & (sibs >= 0)  # B×G×S
-                on &= ((parents < 0) | (a_BF[:, parents.clamp(min=0)] > 0)).unsqueeze(-1)
-                score = torch.rand(B, G, S, generator=g, device=a_BF.device, dtype=a_BF.dtype)
-                winner = torch.where(on, score, -1.0).argmax(-1, keepdim=True)
-                lose = on & (torch.arange(S, device=a_BF.device) != winner)
-                b, gi, si = lose.nonzero(as_tuple=True)
-                a_BF[b, sibs[gi, si]] = 0
-        return a_BF
+                parents, sibs = (t.to(dev) for t in self.groups[d])
+                valid = sibs >= 0
+                vals_GSB = a_FB[sibs.clamp(min=0)]
+                on = (vals_GSB > 0) & valid[..., None]
+                on &= ((parents < 0)[:, None] | (a_FB[parents.clamp(min=0)] > 0))[:, None]
+                score = torch.where(on, torch.rand(on.shape, generator=g, device=dev, dtype=a_FB.dtype), -1.0)
+                best_GB = score.amax(1)  # the winner: the active sibling with the highest uniform score
+                keep = ~on | (score == best_GB[:, None])
+                a_FB[sibs[valid]] = (vals_GSB * keep)[valid]
+        return a_FB
 
 
 def zipf(n: int, exponent: float, max_prob: float, min_prob: float) -> torch.Tensor:
@@ -202,7 +204,7 @@ class SyntheticData:
                  exclusive: float = 0.0, compensate: bool = True, correlation_rank: int = 0,
                  correlation_scale: float = 0.075, magnitude_mean: float = 1.0, magnitude_std: float = 0.0,
                  bias: float = 0.0, device: torch.device | str = "cpu") -> SyntheticData:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed((seed + 1) * 2_654_435_761 % 2**32)  # not the stream --seed gives the init
         f_FD = torch.randn(n_features, d_model, generator=g)
         f_FD /= f_FD.norm(dim=1, keepdim=True)
         b_D = torch.randn(d_model, generator=g)
@@ -262,19 +264,22 @@ class SyntheticData:
         return g
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_BD, a_BF) for training step `step`."""
+        """(x_BD, a_BF) for training step `step` (drawn feature-major, a_BF is a transposed view)."""
         g = self._generator(step)
         kw = dict(generator=g, device=self.device, dtype=self.dtype)
+        F, B = self.n_features, batch_size
         if self.corr_factor_FR is None:
-            fire_BF = torch.rand(batch_size, self.n_features, **kw) < self.probs_F
+            fire_FB = torch.rand(F, B, **kw) < self.probs_F[:, None]
         else:
-            z_BF = (torch.randn(batch_size, self.corr_factor_FR.shape[1], **kw) @ self.corr_factor_FR.T
-                    + torch.randn(batch_size, self.n_features, **kw) * self.corr_sqrt_diag_F)
-            fire_BF = z_BF > self.corr_threshold_F
-        a_BF = (self.mean_F + self.std_F * torch.randn(batch_size, self.n_features, **kw)).relu_() * fire_BF
+            z_FB = self.corr_factor_FR @ torch.randn(self.corr_factor_FR.shape[1], B, **kw)
+            z_FB += torch.randn(F, B, **kw) * self.corr_sqrt_diag_F[:, None]
+            fire_FB = z_FB > self.corr_threshold_F[:, None]
+        f, b = fire_FB.nonzero(as_tuple=True)  # magnitudes drawn only where a feature fires
+        a_FB = torch.zeros(F, B, device=self.device, dtype=self.dtype)
+        a_FB[f, b] = (self.mean_F[f] + self.std_F[f] * torch.randn(len(f), **kw)).relu_()
         if self.hierarchy is not None:
-            self.hierarchy.apply_(a_BF, self.mean_F, g)
-        return a_BF @ self.features_FD + self.bias_D, a_BF
+            self.hierarchy.apply_(a_FB, self.mean_F, g)
+        return a_FB.T @ self.features_FD + self.bias_D, a_FB.T
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
         step = start

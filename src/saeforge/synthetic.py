@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from . import metrics
+from .architectures.topk import crow_of, csr
 from .errors import UserError
 from .runtime import read_json, read_tensors
 
@@ -279,7 +280,11 @@ class SyntheticData:
         a_FB[f, b] = (self.mean_F[f] + self.std_F[f] * torch.randn(len(f), **kw)).relu_()
         if self.hierarchy is not None:
             self.hierarchy.apply_(a_FB, self.mean_F, g)
-        return a_FB.T @ self.features_FD + self.bias_D, a_FB.T
+        # x = a @ F + bias as a sparse product over the firing entries (~L0 per sample, not all F)
+        a_BF = a_FB.T
+        b, f = a_BF.nonzero(as_tuple=True)  # sample-major: CSR order
+        codes = csr(crow_of(torch.bincount(b, minlength=B)), f, a_BF[b, f], (B, F))
+        return torch.addmm(self.bias_D.expand(B, -1), codes, self.features_FD), a_BF
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
         step = start

@@ -104,8 +104,12 @@ def main() -> None:
                 variants += [(k, lam, x, frontier_tokens) for k, lam, x in
                              ((32, 0.55, l0), (16, 1.1, 2 * l0), (64, 0.275, l0 / 2))]
                 variants = list(dict.fromkeys(variants))
+            seen = set()
             for k, lam, l0, tokens in variants:
                 tag = {"standard": f"l1-{lam:g}", "jumprelu": f"l0-{l0:g}"}.get(arch, f"k{k}")
+                if (tag, tokens) in seen:  # the same run as the L0 ≈ 32 one (k-architectures, standard)
+                    continue
+                seen.add((tag, tokens))
                 args = ["train", "--dict-size", str(nf), "--tokens", str(tokens), "--architecture", arch,
                         *sparsity_flags(arch, k, lam, l0)]
                 s = run(args, out / f"real-{nf}-{tokens // 1000}k-{arch}-{tag}")

@@ -132,6 +132,7 @@ sae.after_step(torch.zeros(3) if r else torch.tensor([4.0]))  # only rank 0 kept
 expect = 0.99 * 0.01 * 1.5 + 0.01 * 4.0
 assert abs(float(sae.topk_threshold) - expect) < 1e-6, (r, float(sae.topk_threshold), expect)
 print("ok", r)
+distributed.shutdown()  # as the CLI does: a process group left to interpreter exit may abort in gloo's teardown
 """
 
 

@@ -139,6 +139,7 @@ def test_metrics_agree_with_saelens_eval_on_the_same_dictionary(saelens_model, t
     (lambda p: (p / "synthetic_model.safetensors").unlink(), "not a SAELens synthetic model"),
     (lambda p: (p / "synthetic_model_config.json").write_text("{not json"), "synthetic_model_config.json"),
     (lambda p: (p / "hierarchy.json").write_text(json.dumps({"roots": [{"feature_index": 9999}]})), "out of range"),
+    (lambda p: (p / "hierarchy.json").write_text(json.dumps({"roots": [{"feature_index": "a"}]})), "integer feature_index"),
 ])
 def test_a_malformed_synthetic_model_is_one_line_exit_2(saelens_model, tmp_path, break_it, says):
     _, path = saelens_model

@@ -25,13 +25,12 @@ choice, as SAELens makes it (docs/benchmark.md defines the metrics):
 features, bias, stored probabilities (already compensated), correlation factor, hierarchy and
 magnitude configs; sampling then follows the rules above with saeforge's generator (SAELens
 draws from the global RNG, so samples are equal in distribution, not draw for draw).
-Batches are a pure function of (seed, step), as in toy.py.
+Batches are a pure function of (seed, step), as in toy.py (StepData).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from . import metrics
 from .architectures.topk import crow_of, csr
 from .errors import UserError
 from .runtime import read_json, read_tensors
+from .toy import StepData
 
 CONFIG_FILE, WEIGHTS_FILE, HIERARCHY_FILE = "synthetic_model_config.json", "synthetic_model.safetensors", "hierarchy.json"
 
@@ -56,7 +56,10 @@ class Hierarchy:
         groups: dict[int, list[tuple[int, list[int]]]] = {}
 
         def walk(node: dict[str, Any], parent: int, depth: int) -> None:
-            me = node.get("feature_index")
+            me = node.get("feature_index") if isinstance(node, dict) else "?"
+            if me is not None and (not isinstance(me, int) or not isinstance(node.get("children", []), list)):
+                raise UserError(f"hierarchy: a node needs an integer feature_index (or null) and a list of children, "
+                                f"got {node!r:.80}")
             if me is not None:
                 if not 0 <= me < n_features or me in depth_of:
                     raise UserError(f"hierarchy: feature {me} is out of range or has two parents")
@@ -84,6 +87,13 @@ class Hierarchy:
                        for d in range(self.max_depth + 1)]
         self.nodes = nodes
 
+    def to(self, device: torch.device) -> Hierarchy:
+        """The index tensors apply_ uses, moved once (not per batch)."""
+        self.parent_F, self.rescale_F = self.parent_F.to(device), self.rescale_F.to(device)
+        self.levels = [t.to(device) for t in self.levels]
+        self.groups = {d: (p.to(device), s.to(device)) for d, (p, s) in self.groups.items()}
+        return self
+
     def children_of(self) -> list[tuple[int, int]]:
         """(parent, child) pairs of features."""
         kids = (self.parent_F >= 0).nonzero()[:, 0]
@@ -108,17 +118,17 @@ class Hierarchy:
         group. Feature-major [F, B], so every gather and scatter moves whole rows."""
         dev = a_FB.device
         for d in range(1, self.max_depth + 1):
-            kids = self.levels[d].to(dev)
+            kids = self.levels[d]
             if kids.numel():
-                par = self.parent_F[kids].to(dev)
+                par = self.parent_F[kids]
                 pv_KB = a_FB[par]
                 gate_KB = (pv_KB > 0).to(a_FB.dtype)
-                scale = self.rescale_F[kids].to(dev)
+                scale = self.rescale_F[kids]
                 if scale.any():
                     gate_KB = torch.where(scale[:, None], pv_KB / mean_F[par, None], gate_KB)
                 a_FB[kids] *= gate_KB
             if d in self.groups:
-                parents, sibs = (t.to(dev) for t in self.groups[d])
+                parents, sibs = self.groups[d]
                 valid = sibs >= 0
                 vals_GSB = a_FB[sibs.clamp(min=0)]
                 on = (vals_GSB > 0) & valid[..., None]
@@ -181,7 +191,7 @@ def magnitudes(spec: Any, n: int, seed: int | None, where: str) -> torch.Tensor:
                     "(constant, linear, exponential, folded_normal)")
 
 
-class SyntheticData:
+class SyntheticData(StepData):
     """Samples x = a @ F + b from a synthetic model; `batch(step, B)` returns (x_BD, a_BF)."""
 
     def __init__(self, features_FD: torch.Tensor, bias_D: torch.Tensor, probs_F: torch.Tensor,
@@ -193,7 +203,7 @@ class SyntheticData:
         self.features_FD, self.bias_D, self.probs_F = put(features_FD), put(bias_D), put(probs_F)
         self.mean_F, self.std_F = put(mean_F), put(std_F)
         self.n_features, self.d_model = features_FD.shape
-        self.hierarchy = hierarchy
+        self.hierarchy = None if hierarchy is None else hierarchy.to(self.device)
         self.corr_factor_FR, self.corr_sqrt_diag_F = put(corr_factor_FR), None
         if corr_factor_FR is not None:
             self.corr_sqrt_diag_F = put(corr_diag_F).sqrt()
@@ -259,11 +269,6 @@ class SyntheticData:
                    None if L is None else L.float(), None if L is None else w["correlation_diag"].float(),
                    seed=seed, device=device)
 
-    def _generator(self, step: int) -> torch.Generator:
-        g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + step + 1) % (2**63))
-        return g
-
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_BD, a_BF) for training step `step` (drawn feature-major, a_BF is a transposed view)."""
         g = self._generator(step)
@@ -285,16 +290,6 @@ class SyntheticData:
         b, f = a_BF.nonzero(as_tuple=True)  # sample-major: CSR order
         codes = csr(crow_of(torch.bincount(b, minlength=B)), f, a_BF[b, f], (B, F))
         return torch.addmm(self.bias_D.expand(B, -1), codes, self.features_FD), a_BF
-
-    def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
-        step = start
-        while True:
-            yield self.batch(step, batch_size)[0]
-            step += 1
-
-    def fresh(self, n: int, first: int) -> torch.Tensor:
-        """n inputs from steps −first, −first−1, … (never trained on), as ToyData.fresh."""
-        return torch.cat([self.batch(-(first + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
 
     def describe(self) -> dict[str, Any]:
         h = self.hierarchy

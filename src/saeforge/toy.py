@@ -31,7 +31,37 @@ from collections.abc import Iterator
 import torch
 
 
-class ToyData:
+class StepData:
+    """Data drawn as a pure function of (seed, step): `batch(step, B)` returns x_BD first.
+    Subclasses set `seed` and `device` and define `batch`."""
+
+    seed: int
+    device: torch.device
+
+    def _generator(self, step: int) -> torch.Generator:
+        # Distinct, reproducible stream per (seed, step); offset so step streams never reuse the
+        # stream that drew the features.
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + step + 1) % (2**63))
+        return g
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Endless stream of inputs x_BD, starting at step `start` (what a resumed run needs)."""
+        step = start
+        while True:
+            yield self.batch(step, batch_size)[0]
+            step += 1
+
+    def fresh(self, n: int, first: int) -> torch.Tensor:
+        """n inputs from steps −first, −first−1, … (batches of 1,024): the same distribution,
+        never trained on, a pure function of `first` (initializers and resampling draw here)."""
+        return torch.cat([self.batch(-(first + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+
+class ToyData(StepData):
     def __init__(
         self,
         d_model: int,
@@ -59,13 +89,6 @@ class ToyData:
                 C -= 1.001 * min_eig * torch.eye(n_features, dtype=torch.float64)
             self.chol_FF = torch.linalg.cholesky(C).to(self.device, dtype)
 
-    def _generator(self, step: int) -> torch.Generator:
-        # Distinct, reproducible stream per (seed, step); offset so step streams never reuse the
-        # stream that drew the features.
-        g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + step + 1) % (2**63))
-        return g
-
     def probs(self, z_F: torch.Tensor | None = None) -> torch.Tensor:
         """Firing probability of each feature given the batch's Gaussian draw z (None: uncorrelated)."""
         p_F = self.decay_F if z_F is None else torch.special.ndtr(z_F) * self.decay_F
@@ -86,15 +109,3 @@ class ToyData:
             cols = torch.randint(0, self.n_features, (rows.numel(),), generator=g, device=self.device)
             codes_BF[rows, cols] = 1.0
         return codes_BF @ self.features_FD, codes_BF, p_F
-
-    def batches(self, batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """Endless stream of inputs x_BD, starting at step `start` (what a resumed run needs)."""
-        step = start
-        while True:
-            yield self.batch(step, batch_size)[0]
-            step += 1
-
-    def fresh(self, n: int, first: int) -> torch.Tensor:
-        """n inputs from steps −first, −first−1, … (batches of 1,024): the same distribution,
-        never trained on, a pure function of `first` (initializers and resampling draw here)."""
-        return torch.cat([self.batch(-(first + j), 1024)[0] for j in range(-(-n // 1024))])[:n]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 def run(nproc: int, threads: int, cache: str, a) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["-m", "saeforge", "train", "--cache", cache, "--dict-size", str(a.dict_size), "--batch-size",
+        args = ["-m", "saeforge", "train", "--architecture", "standard", "--cache", cache, "--dict-size", str(a.dict_size), "--batch-size",
                 str(a.batch_size), "--steps", str(a.steps), "--eval-tokens", "0", "--checkpoint-every", "0",
                 "--log-every", str(a.steps), "--no-progress", "--lr-warmup-steps", "0", "--l1-warmup-steps", "0",
                 "--lr-decay-steps", "0", "--device", "cpu", "--out", str(Path(tmp) / "run")]

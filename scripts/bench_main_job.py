@@ -26,6 +26,8 @@ def run(src: Path, out: Path, tokens: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
     cmd = [sys.executable, "-m", "saeforge", "train", "--out", str(out), "--tokens", str(tokens),
            "--eval-tokens", "16384", "--no-progress"]
+    if (src / "saeforge" / "architectures").is_dir():  # since the TopK default: like with like (old has only L1)
+        cmd += ["--architecture", "standard"]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
 

@@ -75,7 +75,7 @@ def main() -> None:
     t0 = time.perf_counter()
     toy_cmd = ["toy", "--n-features", str(a.toy_features), "--steps", str(a.toy_steps), "--init", "orthogonal",
                *shlex.split(a.toy_extra)]
-    real_cmd = ["train", "--cache", a.cache, "--tokens", str(a.real_tokens), "--dict-size", str(a.real_features),
+    real_cmd = ["train", "--architecture", "standard", "--cache", a.cache, "--tokens", str(a.real_tokens), "--dict-size", str(a.real_features),
                 "--checkpoint-every", "0", *shlex.split(a.real_extra)]
     if not (Path(a.cache) / "manifest.json").exists():
         if saeforge_main(["harvest", "--out", a.cache, "--tokens", str(max(a.real_tokens, 1_000_000)), "--no-progress"]):

@@ -1,6 +1,6 @@
 """The synthetic ground-truth benchmark: saeforge against SAELens's trainers on the same data; writes docs/benchmark.md.
 
-    python scripts/reproduce_benchmark.py [--seeds 0 1 2] [--steps 2000] [--archs ...] [--out runs/benchmark]
+    python scripts/reproduce_benchmark.py [--seeds 0 1 2] [--steps 1000] [--archs ...] [--out runs/benchmark]
 
 A SynthSAEBench-like model is built by SAELens (`SyntheticModel`, saved with its `save`):
 d 128, 1,024 features, Zipf firing (exponent 0.5, 0.4 … 0.005), a hierarchy (64 trees,
@@ -116,8 +116,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--variant-seeds", type=int, nargs="*", default=None,
+                    help="run the variants other than --main-variant only on these seeds (default: every seed)")
+    ap.add_argument("--main-variant", default="mod, clustered", help="the saeforge variant run on every seed")
     ap.add_argument("--eval-samples", type=int, default=100_000)
     ap.add_argument("--out", default="runs/benchmark")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
@@ -133,7 +136,8 @@ def main() -> None:
     rows = []
     for arch in a.archs:
         for seed in a.seeds:
-            runs = [(f"saeforge {v}", ours(out / "model", arch, v, seed, a.steps, out)) for v in a.variants]
+            runs = [(f"saeforge {v}", ours(out / "model", arch, v, seed, a.steps, out)) for v in a.variants
+                    if v == a.main_variant or a.variant_seeds is None or seed in a.variant_seeds]
             runs.append(("SAELens", theirs(model, arch, seed, a.steps, out)))
             for who, r in runs:
                 sae = saeforge.load(r["run"]) if who.startswith("saeforge") else SAE.load_from_disk(str(r["run"]))

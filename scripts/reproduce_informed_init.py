@@ -127,7 +127,7 @@ def real_section(a, out: Path, docs: Path) -> list[str]:
         if not (run / "summary.json").exists():
             if a.reuse_only:
                 continue
-            code = saeforge_main(["train", "--cache", a.cache, "--init", method, "--rare-ratio", str(ratio),
+            code = saeforge_main(["train", "--architecture", "standard", "--cache", a.cache, "--init", method, "--rare-ratio", str(ratio),
                                   "--tokens", str(a.real_tokens), "--checkpoint-every", "0", "--out", str(run),
                                   "--no-progress", *shlex.split(a.real_extra)])
             if code:
@@ -151,7 +151,7 @@ def real_section(a, out: Path, docs: Path) -> list[str]:
     fig.savefig(docs / f"{a.name}-real.png", dpi=110)
     first = next(iter(res.values()))
     lines = ["## On real activations: the embedded model", "",
-             f"`saeforge train --cache {a.cache} --init METHOD --tokens {a.real_tokens} {a.real_extra}` (hook {first['hook']}, "
+             f"`saeforge train --architecture standard --cache {a.cache} --init METHOD --tokens {a.real_tokens} {a.real_extra}` (hook {first['hook']}, "
              f"{first['dict_size']} features, λ {first.get('l1_coefficient', first.get('l1'))}, lr {first['lr']}, batch {first['batch_size']}, seed 0; rare "
              f"methods at ratio {a.real_ratio:g}); held-out figures from `saeforge eval` on "
              f"{first.get('eval_tokens', 'the held-out')} tokens.", "",

@@ -122,3 +122,12 @@ def test_defaults_come_from_the_config_classes_and_auto_resolves_from_the_budget
     assert main([*TOY, "--lr-decay-steps", "3", "--l1-coefficient", "0.2", "--out", str(tmp_path / "p")]) == 0
     s = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert (s["l1_coefficient"], s["lr_decay_steps"]) == (0.2, 3)
+
+
+def test_lr_auto_follows_the_architecture():
+    """--lr auto: 1e-2 for L1 and JumpReLU, 3e-3 for the k-architectures (docs/architectures.md, section c)."""
+    from saeforge.config import TrainConfig
+
+    lrs = {a: TrainConfig(out="o", architecture=a).resolved(10).lr for a in ("standard", "jumprelu", "topk", "matryoshka")}
+    assert lrs == {"standard": 1e-2, "jumprelu": 1e-2, "topk": 3e-3, "matryoshka": 3e-3}
+    assert TrainConfig(out="o", architecture="topk", lr=5e-4).resolved(10).lr == 5e-4

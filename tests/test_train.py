@@ -115,7 +115,8 @@ def test_a_live_run_of_release_0_1_loads_and_resumes_where_its_data_stopped(tmp_
     old = json.loads((V01 / "train" / "checkpoint" / "state.json").read_text())
     assert saeforge.load(V01 / "train").d_sae == 32
     shutil.copytree(V01 / "train", tmp_path / "run")
-    flags = ["--batch-size", "64", "--dict-size", "32", "--buffer-mb", "1", "--contexts-per-pass", "2",
+    flags = ["--architecture", "standard",  # release 0.1 trained ReLU + L1, then the default
+             "--batch-size", "64", "--dict-size", "32", "--buffer-mb", "1", "--contexts-per-pass", "2",
              "--eval-tokens", "0", "--lr-warmup-steps", "5", "--l1-warmup-steps", "5", "--lr-decay-steps", "0",
              "--checkpoint-every", "20", "--no-progress"]
     assert main(["train", *flags, "--tokens", "3840", "--out", str(tmp_path / "run"), "--resume"]) == 0

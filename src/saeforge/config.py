@@ -28,6 +28,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")  # architectures.ARCHITECTURES (tests/test_cli.py)
 K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")  # sparsity set by k (AuxK on), not by a coefficient
+# --lr auto: the k-architectures diverge at L1's 1e-2 on long or wide runs (docs/architectures.md, "Learning rate")
+DEFAULT_LR = {"standard": 1e-2, "jumprelu": 1e-2, "topk": 3e-3, "batchtopk": 3e-3, "matryoshka": 3e-3}
 INITS = ("orthogonal", "xavier", "data", "svd", "kmeans", "mod", "average", "centroid", "outlier")  # init.METHODS
 RESAMPLERS = ("none", "anthropic", "clustered")  # resample.METHODS
 AUTO = "auto"
@@ -163,7 +165,8 @@ class TrainConfig(RunConfig):
     jumprelu_sparsity: str = opt("step", "jumprelu: sparsity loss, step (L0 through the estimator, DeepMind's) "
                                  "or tanh (Anthropic's)", choices=("step", "tanh"))
     l1_warmup_steps: int = opt(500, "ramp λ linearly from 0 over this many steps (keeps features alive early)", ge=0)
-    lr: float = opt(1e-2, "Adam learning rate", gt=0)
+    lr: float | None = opt(None, "Adam learning rate (auto: 1e-2 for standard and jumprelu, 3e-3 for topk, "
+                           "batchtopk and matryoshka)", gt=0)
     lr_warmup_steps: int = opt(200, "ramp the learning rate linearly from 0 over this many steps", ge=0)
     lr_decay_steps: int | None = opt(400, "decay the learning rate linearly to 0 over the last N steps of the "
                                      "budget (auto: half the budget)", ge=0)
@@ -194,6 +197,8 @@ class TrainConfig(RunConfig):
     def resolved(self, steps: int):
         """This config with every `auto` value fixed for a budget of `steps` steps."""
         cfg = self
+        if cfg.lr is None:
+            cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.architecture])
         if cfg.lr_decay_steps is None:
             cfg = dataclasses.replace(cfg, lr_decay_steps=steps // 2)
         if cfg.resample == AUTO:  # off where AuxK revives dead latents; both may be asked for explicitly
@@ -292,8 +297,10 @@ class ModelDataConfig(Config):
 
 @dataclass
 class ActivationTrainConfig(TrainConfig, ModelDataConfig):
-    """`saeforge train`: train on a model's activations (live buffer, or --cache)."""
+    """`saeforge train`: train on a model's activations (live buffer, or --cache). Its default is
+    TopK (k 32): on the main job's budget it beats ReLU + L1 (README, docs/architectures.md)."""
 
+    architecture: str = inherit(TrainConfig, "architecture", "topk")
     cache: str = opt("", "train from this activation cache (saeforge harvest) instead of running the model")
     buffer_mb: float = opt(128.0, "memory bound of the activation buffer in MiB (on the model's device)", gt=0)
     buffer_dtype: str = opt("float32", "buffer storage dtype", choices=("float32", "bfloat16"))
@@ -336,7 +343,7 @@ class SweepConfig(RunConfig):
     alpha: float = opt(3.0, "α of the L0-based loss MSE + α·L0 (trainer units, E‖x‖² = d_in)", ge=0)
     eval_rows: int = opt(65536, "held-out activations every run is measured on", ge=1)
     batch_size: int = inherit(TrainConfig, "batch_size")
-    lr: float = inherit(TrainConfig, "lr")
+    lr: float | None = inherit(TrainConfig, "lr")
     init: str = inherit(TrainConfig, "init")
     buffer_mb: float = inherit(ActivationTrainConfig, "buffer_mb")
     lr_decay_fraction: float = opt(0.2, "each run decays its learning rate linearly to 0 over this last fraction "

@@ -14,6 +14,7 @@ uninterrupted one, provided the batches resume at the same step (toy batches do)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -28,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, metrics
-from .config import TrainConfig
+from .config import DEFAULT_LR, TrainConfig
 from .dictionary import log_sparsity, save
 from .errors import UserError
 from .runtime import (CHECKPOINT, atomic_save_tensors, atomic_write_bytes, atomic_write_json, check_json, read_json,
@@ -134,6 +135,8 @@ class Resampler(Protocol):
 class Trainer:
     def __init__(self, sae: SAE, cfg: TrainConfig, out_dir: str | Path | None = None, *,
                  state: TrainState | None = None, resampler: Resampler | None = None):
+        if cfg.lr is None:  # --lr auto
+            cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.architecture])
         self.sae, self.cfg, self.resampler = sae, cfg, resampler
         self.out = Path(out_dir) if out_dir else None
         dev = sae.W_enc.device

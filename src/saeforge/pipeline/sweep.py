@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..buffer import ActivationBuffer
 from ..cache import CacheSource, read_manifest
-from ..config import SweepConfig
+from ..config import DEFAULT_LR, SweepConfig
 from ..errors import UserError
 from ..init import sample_size
 from ..metrics import Reconstruction
@@ -104,7 +104,7 @@ def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards
     coefficient = 0.0 if axis == "k" else lam  # a k-run's loss is its MSE
     return {"d_sae": F, "steps": S, "sparsity_axis": axis, axis: lam, "architecture": cfg.architecture, "d_in": d,
             "batch_size": cfg.batch_size, "tokens": tokens,
-            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr,
+            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr or DEFAULT_LR[cfg.architecture],
             "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + coefficient * (m["l0"] if axis == "l0_coefficient" else m["sparsity"]),
             "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"], "eval_rows": rec.n,
             "init_s": round(run.init_s, 3), "seconds": round(time.perf_counter() - t0, 3), "seed": cfg.seed}

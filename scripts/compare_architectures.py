@@ -37,8 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
-def run(args: list[str], out: Path) -> dict:
+REUSE_ONLY = False
+MISSING: list[str] = []  # runs left out under --reuse-only (listed in the document)
+
+
+def run(args: list[str], out: Path) -> dict | None:
     if not (out / "summary.json").exists():
+        if REUSE_ONLY:
+            MISSING.append(out.name)
+            return None
         if saeforge_main([*args, "--out", str(out), "--no-progress"]):
             sys.exit(f"failed: saeforge {' '.join(args)}")
     return json.loads((out / "summary.json").read_text())
@@ -81,10 +88,17 @@ def main() -> None:
     ap.add_argument("--frontier-tokens", type=int, default=None, help="token budget of the frontier runs (default: --real-tokens)")
     ap.add_argument("--lr-study", type=float, nargs="*", default=[],
                     help="section (c): TopK k 32 at these learning rates, at the last size's budget and the main job's")
+    ap.add_argument("--lr-study-main-job", type=float, nargs="*", default=None,
+                    help="the learning rates of section (c) at the main job's budget (default: --lr-study)")
+    ap.add_argument("--methods-archs", nargs="*", default=["topk", "batchtopk"], help="architectures of section (d)")
     ap.add_argument("--methods", action="store_true", help="section (d): init and resampling on topk / batchtopk")
+    ap.add_argument("--reuse-only", action="store_true", help="write the document from the finished runs only "
+                    "(the missing ones are listed in it)")
     ap.add_argument("--out", default="runs/architectures")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     a = ap.parse_args()
+    global REUSE_ONLY
+    REUSE_ONLY = a.reuse_only
     out, docs, t0 = Path(a.out), Path(a.docs), time.perf_counter()
     cmd = "python scripts/compare_architectures.py " + " ".join(sys.argv[1:])
 
@@ -95,6 +109,8 @@ def main() -> None:
                 args = ["toy", "--d-model", "128", "--n-features", str(nf), "--seed", str(seed), "--init", "orthogonal",
                         "--architecture", arch, "--steps", str(a.toy_steps), *sparsity_flags(arch, 5, 0.3, a.toy_l0)]
                 s = run(args, out / f"toy-{nf}-{arch}-seed{seed}")
+                if s is None:
+                    continue
                 toy.setdefault((arch, nf), []).append(s)
                 print(f"toy 128/{nf} {arch} seed {seed}: {s['steps_to_mmcs']} final {s['mmcs_final']:.4f} "
                       f"L0 {s['l0']:.2f}", flush=True)
@@ -118,6 +134,8 @@ def main() -> None:
                 args = ["train", "--dict-size", str(nf), "--tokens", str(tokens), "--architecture", arch,
                         *sparsity_flags(arch, k, lam, l0)]
                 s = run(args, out / f"real-{nf}-{tokens // 1000}k-{arch}-{tag}")
+                if s is None:
+                    continue
                 s.update(arch=arch, tag=tag, tokens=tokens, frontier=tokens == frontier_tokens and a.frontier
                          and nf == a.real_features[0])
                 real.append(s)
@@ -130,6 +148,8 @@ def main() -> None:
             args = ["train", "--dict-size", str(a.real_features[0]), "--tokens", str(a.main_job_tokens),
                     "--architecture", arch, *sparsity_flags(arch, 32, 0.55, a.real_l0)]
             s = run(args, out / f"real-{a.real_features[0]}-{a.main_job_tokens // 1000}k-{arch}-{tag}")
+            if s is None:
+                continue
             s.update(arch=arch, tag=tag, tokens=a.main_job_tokens, frontier=False)
             real.append(s)
             print(f"main job budget {arch} {tag}: L0 {s['l0']:.1f} EV {s['explained_variance']:.4f}", flush=True)
@@ -137,11 +157,13 @@ def main() -> None:
     lr_study: list[dict] = []
     budgets = [(a.real_features[-1], a.real_tokens)] + ([(a.real_features[0], a.main_job_tokens)]
                                                          if a.main_job_tokens else [])
-    for nf, tokens in budgets if a.lr_study and a.real_features else []:
-        for lr in a.lr_study:
+    for i, (nf, tokens) in enumerate(budgets if a.lr_study and a.real_features else []):
+        for lr in a.lr_study if i == 0 or a.lr_study_main_job is None else a.lr_study_main_job:
             args = ["train", "--dict-size", str(nf), "--tokens", str(tokens), "--architecture", "topk", "--k", "32",
                     "--lr", str(lr)]
             s = run(args, out / f"real-{nf}-{tokens // 1000}k-topk-k32-lr{lr:g}")
+            if s is None:
+                continue
             rows = [json.loads(x) for x in (out / f"real-{nf}-{tokens // 1000}k-topk-k32-lr{lr:g}" /
                                             "metrics.jsonl").read_text().splitlines()]
             s.update(lr=lr, tokens=tokens, worst_ev=min(r["explained_variance"] for r in rows[len(rows) // 10:]),
@@ -156,12 +178,14 @@ def main() -> None:
                     ("orthogonal init, no AuxK", ["--aux-k-coefficient", "0", "--resample", "none"]),
                     ("orthogonal init, no AuxK, clustered resampling", ["--aux-k-coefficient", "0", "--resample", "clustered"]),
                     ("mod init, AuxK and clustered resampling", ["--init", "mod", "--resample", "clustered"])]
-        for arch in ("topk", "batchtopk"):
+        for arch in a.methods_archs:
             for name, flags in variants:
                 tag = name.replace(" ", "-").replace(",", "")
                 args = ["toy", "--d-model", "128", "--n-features", str(nf), "--seed", str(seed), "--init", "orthogonal",
                         "--architecture", arch, "--steps", str(a.toy_steps), "--k", "5", *flags]
                 s = run(args, out / f"methods-{nf}-{arch}-{tag}")
+                if s is None:
+                    continue
                 methods.append((arch, name, s))
                 print(f"methods {arch} {name}: {s['steps_to_mmcs']} final {s['mmcs_final']:.4f}", flush=True)
 
@@ -233,7 +257,7 @@ def main() -> None:
                          f"{s['worst_ev']:.3f} | {s['peak_dead']:.3f} | {s['wall_s']:.0f} |")
         lines.append("")
     if methods:
-        lines += [f"## (d) Informed init and clustered resampling on TopK and BatchTopK (toy 128/{a.toy_features[0]}, "
+        lines += [f"## (d) Informed init and clustered resampling on {' and '.join(a.methods_archs)} (toy 128/{a.toy_features[0]}, "
                   f"seed {a.seeds[0]}, k 5)", "",
                   "| architecture | variant | MMCS at 0 | steps to 0.95 | 0.98 | 0.99 | final MMCS | dead latents | resampled |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -242,6 +266,8 @@ def main() -> None:
             lines.append(f"| {arch} | {name} | {s['mmcs_initial']:.3f} | {fmt(st['0.95'])} | {fmt(st['0.98'])} | "
                          f"{fmt(st['0.99'])} | {s['mmcs_final']:.4f} | {s['dead_features']} | {s['resampled']} |")
         lines.append("")
+    if MISSING:
+        lines += [f"Not run in this revision of the document (--reuse-only; the time ran out): {', '.join(MISSING)}.", ""]
     lines += [f"Wall time of this script: {time.perf_counter() - t0:.0f} s (finished runs are reused; the machine: "
               "2 CPU cores, shared).", ""]
     (docs / "architectures.md").write_text("\n".join(lines))

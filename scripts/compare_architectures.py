@@ -161,11 +161,11 @@ def main() -> None:
         for lr in a.lr_study if i == 0 or a.lr_study_main_job is None else a.lr_study_main_job:
             args = ["train", "--dict-size", str(nf), "--tokens", str(tokens), "--architecture", "topk", "--k", "32",
                     "--lr", str(lr)]
-            s = run(args, out / f"real-{nf}-{tokens // 1000}k-topk-k32-lr{lr:g}")
+            run_dir = out / f"real-{nf}-{tokens // 1000}k-topk-k32-lr{lr:g}"
+            s = run(args, run_dir)
             if s is None:
                 continue
-            rows = [json.loads(x) for x in (out / f"real-{nf}-{tokens // 1000}k-topk-k32-lr{lr:g}" /
-                                            "metrics.jsonl").read_text().splitlines()]
+            rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             s.update(lr=lr, tokens=tokens, worst_ev=min(r["explained_variance"] for r in rows[len(rows) // 10:]),
                      peak_dead=max(r["dead_fraction"] for r in rows))
             lr_study.append(s)

@@ -112,7 +112,7 @@ def read_checkpoint(out: Path) -> Checkpoint | None:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (raw.get("adam_steps") or {}).values()):
         raise UserError(f"{where}: the field 'adam_steps' must map parameter names to numbers")
     check_json(raw.get("data_position") or {}, f"{where} (data_position)",
-               {k: (int, False) for k in ("contexts_read", "epoch", "cursor", "offset", "world")})
+               {k: (int, False) for k in ("contexts_read", "epoch", "cursor", "offset", "world", "rows_read")})
     scale = raw.get("input_scale")
     if raw["step"] < 0 or raw["tokens"] < 0 or (scale is not None and not (scale > 0 and math.isfinite(scale))):
         raise UserError(f"{where}: step and tokens must be >= 0 and input_scale > 0; {fix}")

@@ -29,16 +29,20 @@ from ..models import default_hook, hook_width, load_model, resolve_hook
 from . import common
 
 
-def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
+def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> dict[str, Any]:
+    """`model`: a HookedTransformer to use instead of loading cfg.model; `activations`: a buffer
+    source of the caller's own activations (api.py), in place of a model or a cache."""
     run = common.start(cfg)
     cfg, world, rank, device = run.cfg, run.world, run.rank, run.device
-    model = None
-    if cfg.cache:
+    if activations is not None:
+        model_spec = hook = dataset = None
+        d_in, n_ctx = activations.d_in, None
+    elif cfg.cache:
         manifest = read_manifest(cfg.cache)
         model_spec, hook, dataset = manifest["model"], manifest["hook"], manifest["dataset"]
         d_in, n_ctx = int(manifest["d_in"]), int(manifest["n_ctx"])
     else:
-        model = load_model(cfg.model, device)
+        model = load_model(cfg.model, device) if model is None else model
         model_spec, dataset = cfg.model, cfg.dataset
         hook = cfg.hook or default_hook(model)
         stop_at_layer = resolve_hook(model, hook)
@@ -51,7 +55,10 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
     position = resumed.data_position if resumed else {}
     if resumed and position.get("world", 1) != world:  # another number of ranks: same global position, re-split
         position = {"contexts_read": position.get("contexts_read", 0), "epoch": position.get("epoch", 0) + 1}
-    if cfg.cache:
+    if activations is not None:
+        source = activations.seek(position.get("rows_read", 0))
+        carry = 0
+    elif cfg.cache:
         source = CacheSource(cfg.cache, seed=cfg.seed, device=device, position=position, rank=rank, world=world)
         carry = source.rows_per_chunk
     else:
@@ -66,9 +73,12 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
         carry = cfg.contexts_per_pass * (n_ctx - 1)
     st_dtype = DTYPES[cfg.buffer_dtype]
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
+    if activations is not None:
+        rows = activations.buffer_rows(rows, run.local_batch)
+    live = activations is None and not cfg.cache  # the model runs during training
     snap = position.get("buffer")  # a single-process live run rebuilds its buffer exactly (buffer.py)
     restore = None
-    if snap and not cfg.cache and world == 1:
+    if snap and live and world == 1:
         tensors = {k.removeprefix("buffer."): v for k, v in resumed.data_tensors.items()}
         if ActivationBuffer.fits(snap, tensors, rows, d_in) and snap["contexts_per_pass"] == cfg.contexts_per_pass:
             restore = (snap, tensors)
@@ -82,15 +92,17 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
         buffer.scale = distributed.all_reduce_mean([buffer.scale], device)[0]
 
     sae = common.build_sae(run, d_in, cfg.dict_size or 8 * d_in, buffer.sample, center=True)
-    sae.metadata.update(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True,
-                        dataset_path=dataset, seed=cfg.seed, dict_size=sae.d_sae, source="cache" if cfg.cache else "model")
+    meta = dict(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True, dataset_path=dataset)
+    sae.metadata.update({k: v for k, v in meta.items() if activations is None},
+                        seed=cfg.seed, dict_size=sae.d_sae,
+                        source="activations" if activations is not None else "cache" if cfg.cache else "model")
     trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)
 
     def save_position(st) -> None:
         pos = dict(source.state(), world=world)
         if "contexts_read" in pos:  # ranks read equally: the global count
             pos["contexts_read"] = skip + (pos["contexts_read"] - skip) * world
-        if world == 1 and not cfg.cache:
+        if world == 1 and live:
             pos["buffer"], tensors = buffer.snapshot(cfg.contexts_per_pass)
             st.data_tensors = {f"buffer.{k}": v for k, v in tensors.items()}
         st.data_position = pos
@@ -110,7 +122,7 @@ def run_train(cfg: ActivationTrainConfig) -> dict[str, Any]:
         "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
     }
     t_eval = time.perf_counter()
-    if cfg.eval_tokens and distributed.is_main():
+    if cfg.eval_tokens and distributed.is_main() and activations is None:
         if model is None:
             model = load_model(model_spec, device)
         held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass,

@@ -1,0 +1,181 @@
+"""`saeforge.train`: a dictionary from Python, with the CLI's defaults, checks and schedule.
+
+    sae, summary = saeforge.train(acts_ND, k=32, steps=2000)                 # a tensor [..., d_in]
+    sae, summary = saeforge.train(batches, architecture="standard", tokens=10**6)  # an iterable of them
+    sae, summary = saeforge.train("embedded", dataset="my.txt", hook="blocks.2.hook_resid_post")  # a model
+
+Keywords are `saeforge train`'s flags with underscores (`defaults="toy"` starts from `saeforge
+toy`'s instead). As on the command line, inputs are scaled to E‖s·x‖² = d_in (s from the first
+buffer fill), `auto` values follow the budget, init and resampling draw from the source, and
+the dictionary returned acts on raw activations (s folded in). Bad input raises UserError
+naming the keyword. Without `out` nothing is written to disk that outlives the call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+
+from .config import ActivationTrainConfig, ToyConfig
+from .dictionary import load
+from .errors import UserError
+from .sae import SAE
+
+PRESETS = {"train": ActivationTrainConfig, "toy": ToyConfig}
+ITERABLE_BATCHES = 16  # the buffer over an iterable source: this many batches, shuffled
+MODEL_KEYS = ("model", "dataset", "hook", "text_column", "contexts_per_pass", "cache", "eval_tokens")
+
+
+class Trained(NamedTuple):
+    sae: SAE  # on raw activations
+    summary: dict[str, Any]  # what summary.json holds
+
+
+class ActivationSource:
+    """The buffer's source for activations the caller holds. A tensor is read row by row in a
+    seeded order, a new order each epoch; an iterable of tensors is read once, in its order
+    (a resumed run reads it again from its start and skips the rows already trained on)."""
+
+    def __init__(self, acts: torch.Tensor | Iterable[torch.Tensor], seed: int = 0):
+        self.seed, self.rows_read, self.read_ahead = seed, 0, 0
+        if isinstance(acts, torch.Tensor):
+            self.table_ND, self.it, self.pending = _rows(acts), None, None
+            self.d_in = self.table_ND.shape[1]
+        else:
+            try:
+                self.it = iter(acts)
+                first = next(self.it)
+            except TypeError:
+                raise UserError(f"source: expected a tensor [N, d_in], an iterable of such tensors, a model name or "
+                                f"a HookedTransformer; got {type(acts).__name__}") from None
+            except StopIteration:
+                raise UserError("source: the iterable gave no activations") from None
+            self.table_ND, self.pending = None, _rows(first)
+            self.d_in = self.pending.shape[1]
+
+    def seek(self, rows: int) -> "ActivationSource":
+        """Continue after `rows` rows (a resumed run)."""
+        if self.table_ND is not None:
+            self.rows_read = rows
+        else:
+            while self.rows_read < rows:
+                self._take(min(rows - self.rows_read, 1 << 20))
+        return self
+
+    def buffer_rows(self, rows: int, batch: int) -> int:
+        """A tensor source needs no buffer larger than itself; an iterable one of ITERABLE_BATCHES
+        batches (it reads ahead by half the buffer); either needs 2 batches at least."""
+        if self.table_ND is not None:
+            rows = min(rows, len(self.table_ND))
+            if rows < 2 * batch:
+                raise UserError(f"source: {len(self.table_ND)} activations are fewer than 2 batches of "
+                                f"{batch}; lower --batch-size")
+            return rows
+        self.read_ahead = min(rows, ITERABLE_BATCHES * batch) // 2
+        return min(rows, ITERABLE_BATCHES * batch)
+
+    def state(self) -> dict[str, Any]:
+        return {"rows_read": self.rows_read}
+
+    def fill(self, storage: torch.Tensor, idx: torch.Tensor, origin_N: torch.Tensor) -> None:
+        first = self.rows_read
+        rows = self._take(len(idx))
+        storage.index_copy_(0, idx, rows.to(storage.device, storage.dtype))
+        origin_N.index_copy_(0, idx, torch.arange(first, first + len(idx), device=origin_N.device))
+
+    def _take(self, n: int) -> torch.Tensor:
+        if self.table_ND is not None:
+            N, parts, pos = len(self.table_ND), [], self.rows_read
+            while sum(len(p) for p in parts) < n:
+                epoch, at = divmod(pos, N)
+                order = torch.randperm(N, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+                take = order[at: at + n - sum(len(p) for p in parts)]
+                parts.append(self.table_ND[take.to(self.table_ND.device)])
+                pos += len(take)
+            self.rows_read = pos
+            return torch.cat(parts)
+        parts, have = [], 0
+        while have < n:
+            if self.pending is None or not len(self.pending):
+                try:
+                    self.pending = _rows(next(self.it))
+                except StopIteration:
+                    raise UserError(f"source: the activations ran out after {self.rows_read + have} rows; training "
+                                    f"reads steps × batch size rows and {self.read_ahead} more (half the buffer): "
+                                    "lower --steps / --tokens, or give a longer iterable") from None
+                if self.pending.shape[1] != self.d_in:
+                    raise UserError(f"source: a batch of width {self.pending.shape[1]} after batches of {self.d_in}")
+            part, self.pending = self.pending[: n - have], self.pending[n - have:]
+            parts.append(part)
+            have += len(part)
+        self.rows_read += n
+        return torch.cat(parts)
+
+
+def _rows(t: Any) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.is_floating_point() or t.shape[-1] < 1:
+        what = f"a tensor of shape {tuple(t.shape)} and dtype {t.dtype}" if isinstance(t, torch.Tensor) \
+            else type(t).__name__
+        raise UserError(f"source: activations must be floating-point tensors [..., d_in]; got {what}")
+    return t.detach().reshape(-1, t.shape[-1])
+
+
+def _keywords(message: str) -> str:
+    """The CLI's flag names in a message, as this function's keywords: --batch-size → batch_size=."""
+    names = {f.name for f in dataclasses.fields(ActivationTrainConfig)}
+    fix = lambda m: f"{m[1].replace('-', '_')}=" if m[1].replace("-", "_") in names else m[0]  # noqa: E731
+    return re.sub(r"--([a-z0-9][a-z0-9-]*)", fix, message)
+
+
+def train(source: Any = "embedded", *, defaults: str = "train", **kwargs: Any) -> Trained:
+    """Train a dictionary on `source`: a tensor [..., d_in] or an iterable of them (activations),
+    or a model (a name or directory as `--model` takes, or a HookedTransformer) read on
+    `dataset` at `hook`. Returns (the dictionary on raw activations, the run's summary)."""
+    try:
+        return _train(source, defaults, kwargs)
+    except UserError as e:
+        raise UserError(_keywords(str(e))) from None
+
+
+def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:
+    from .pipeline.train import run_train
+
+    if defaults not in PRESETS:
+        raise UserError(f"defaults must be one of {', '.join(PRESETS)}, got {defaults!r}")
+    names = {f.name for f in dataclasses.fields(ActivationTrainConfig)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        near = [m for u in unknown for m in difflib.get_close_matches(u, names, 1)]
+        raise UserError(f"saeforge.train got unknown keyword(s) {', '.join(unknown)}"
+                        + (f" (did you mean {', '.join(near)}?)" if near else "")
+                        + "; the keywords are the fields of saeforge.ActivationTrainConfig")
+    values = {f.name: f.default for f in dataclasses.fields(PRESETS[defaults]) if f.name in names}
+    model = activations = None
+    if isinstance(source, str):
+        values["model"] = source
+    elif hasattr(source, "run_with_hooks") and hasattr(source, "cfg"):  # a HookedTransformer
+        model, values["model"] = source, getattr(source.cfg, "model_name", None) or "custom"
+    else:
+        given = [k for k in MODEL_KEYS if k in kwargs]
+        if given:
+            raise UserError(f"{', '.join(given)}: only for a model source; the source here is activations")
+        activations = ActivationSource(source, seed=kwargs.get("seed", values["seed"]))
+    tmp = None if kwargs.get("out") else tempfile.mkdtemp(prefix="saeforge-")
+    values |= kwargs
+    values["out"] = values.get("out") or tmp
+    try:
+        cfg = ActivationTrainConfig(**values)
+        cfg.validate()
+        summary = run_train(cfg, model=model, activations=activations)
+        sae = load(cfg.out, device=torch.device(summary["device"]))
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Trained(sae, summary)

@@ -179,6 +179,8 @@ class TrainConfig(RunConfig):
     checkpoint_every: int = opt(1000, "save a resumable checkpoint every N steps (0: only at the end)", ge=0)
     dead_window: int = opt(0, "a feature is dead after this many tokens without firing (0: 10 batches)", ge=0)
     resume: bool = opt(False, "continue from the checkpoint in --out if there is one")
+    wandb: str = opt("", "also log to Weights & Biases under this project (pip install 'saeforge[wandb]'; "
+                     "WANDB_MODE=offline logs without a network)")
 
     def validate(self) -> None:
         super().validate()

@@ -150,6 +150,7 @@ class Trainer:
         self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=dev)  # first step with a non-finite loss
         self.log_extra: dict[str, Any] = {}  # fields a callback adds to the next metrics.jsonl rows
+        self.loggers: list[Any] = []  # more sinks for each metrics row: objects with log(row) (e.g. W&B)
         self.last_log: dict[str, Any] = {}
 
     @property
@@ -281,6 +282,8 @@ class Trainer:
         if self.out and distributed.is_main():
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+        for logger in self.loggers:
+            logger.log(row)
         return row
 
     # ---------------------------------------------------------------- outputs

@@ -27,6 +27,7 @@ from ..resample import Resampler, check_settings
 from ..runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
 from ..sae import SAE
 from ..trainer import Checkpoint, Trainer, TrainState, read_checkpoint
+from ..wandb_log import WandbLogger, check_available
 
 
 @dataclass
@@ -55,6 +56,10 @@ def start(cfg: TrainConfig) -> Run:
     cfg = cfg.resolved(steps)
     if cfg.resample != "none":
         check_settings(cfg, steps, steps * cfg.batch_size)
+    if cfg.wandb:
+        if not out:
+            raise UserError("--wandb needs --out (the W&B run lives in the run directory)")
+        check_available(cfg.wandb)
     checkpoint = read_checkpoint(out) if out and cfg.resume and out.is_dir() else None
     if checkpoint is not None and checkpoint.state.step > steps:
         raise UserError(f"--resume: the checkpoint in {out} is at step {checkpoint.state.step}, past this budget of "
@@ -112,6 +117,8 @@ def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int], torch.Tensor]
         make_out_dir(run.out)
         if run.checkpoint is None and (run.out / "metrics.jsonl").exists() and distributed.is_main():
             (run.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        if run.cfg.wandb and distributed.is_main():
+            trainer.loggers.append(WandbLogger(run.cfg, run.out, kind=type(run.cfg).__name__))
     return trainer
 
 
@@ -132,5 +139,7 @@ def write_summary(run: Run, trainer: Trainer, summary: dict[str, Any]) -> dict[s
                 "wall_s": round(time.perf_counter() - run.t_start, 3), "device": str(run.device)}
     if distributed.is_main() and run.out:
         atomic_write_json(run.out / "summary.json", summary)
+        for logger in trainer.loggers:
+            logger.finish(summary)
     distributed.barrier()
     return summary

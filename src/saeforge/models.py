@@ -11,6 +11,9 @@
   `model.safetensors` (a HookedTransformer state dict), e.g. written by `save_model`. An
   optional `"tokenizer"` key in the JSON names the tokenizer: `"bytes"` or a HF tokenizer
   name or local path (loaded with `AutoTokenizer.from_pretrained`).
+- a local Hugging Face checkpoint directory (`save_pretrained`, or a hub snapshot) of any
+  architecture TransformerLens converts (GPT-2, GPT-NeoX / Pythia, Llama, …), read offline
+  from its safetensors and converted as `from_pretrained` converts hub models.
 - anything else is passed to `HookedTransformer.from_pretrained` (e.g. `gelu-4l`, the
   reference 4-layer model), which downloads from the Hugging Face hub.
 
@@ -19,7 +22,9 @@ Only safetensors and JSON are read from disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -158,6 +163,8 @@ def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu"):
     if spec == EMBEDDED:
         return _load_dir(_asset("tiny-stdlib-lm.json"), _asset("tiny-stdlib-lm.safetensors"), device, EMBEDDED)
     p = Path(spec)
+    if p.is_dir() and _is_hf_checkpoint(p / "config.json"):
+        return _load_hf_dir(p, device)
     if p.is_dir():
         return _load_dir(p / "config.json", p / "model.safetensors", device, str(p))
     if p.suffix in (".safetensors", ".json") or p.exists():
@@ -194,6 +201,69 @@ def _load_dir(cfg_file: Path, weights: Path, device, name: str):
     return model.eval()
 
 
+def _is_hf_checkpoint(cfg_file: Path) -> bool:
+    """A Hugging Face config (save_pretrained, a hub snapshot) names its model_type; ours has "config"."""
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and "model_type" in meta and "config" not in meta
+
+
+def _load_hf_dir(path: Path, device):
+    """A local Hugging Face checkpoint of an architecture TransformerLens converts (GPT-2, GPT-NeoX /
+    Pythia, Llama, …): the HF model is read from the directory (safetensors only, offline) and
+    converted as `HookedTransformer.from_pretrained` converts a hub model (same processing:
+    LayerNorm folded, writing weights centered), with the directory's tokenizer if it has one."""
+    import tempfile
+
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(path)
+    if not any(path.glob("*.safetensors")):
+        raise UserError(f"--model {name}: no *.safetensors weights in the checkpoint (only safetensors are read; "
+                        "re-save it with save_pretrained(..., safe_serialization=True))")
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32,
+                                                        local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--model {name}: transformers cannot read this checkpoint ({str(e).splitlines()[0][:200]})") \
+            from None
+    with tempfile.TemporaryDirectory() as tmp:
+        # TransformerLens picks the architecture by name when a path mentions llama or gemma (and then
+        # lacks the config), and reads GPT-2's n_ctx, which transformers no longer writes: hand it a
+        # neutral name for the same files, with the config completed
+        tl_path = Path(tmp) / "checkpoint"
+        tl_path.mkdir()
+        for f in path.iterdir():
+            if f.name != "config.json":
+                (tl_path / f.name).symlink_to(f.resolve())
+        hf_cfg = json.loads((path / "config.json").read_text())
+        if hf_cfg.get("model_type") == "gpt2" and "n_positions" in hf_cfg:
+            hf_cfg.setdefault("n_ctx", hf_cfg["n_positions"])
+        (tl_path / "config.json").write_text(json.dumps(hf_cfg))
+        try:
+            cfg = loading.get_pretrained_model_config(str(tl_path), hf_cfg=hf_model.config.to_dict(), fold_ln=True,
+                                                      device=str(device), local_files_only=True)
+            state_dict = loading.get_pretrained_state_dict(str(tl_path), cfg, hf_model)
+        except (NotImplementedError, ValueError, KeyError, AttributeError) as e:
+            arch = (hf_model.config.architectures or [type(hf_model).__name__])[0]
+            raise UserError(f"--model {name}: TransformerLens cannot convert a {arch} ({str(e).splitlines()[0][:160]})") \
+                from None
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tokenizer else None
+    cfg.model_name = path.name
+    with contextlib.redirect_stdout(sys.stderr):  # TransformerLens prints progress; stdout is the commands' JSON
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                          fold_value_biases=True, refactor_factored_attn_matrices=False)
+        model = model.to(device).eval()
+    model.saeforge_name = name
+    return model
+
+
 def _load_hub(name: str, device):
     from transformer_lens import HookedTransformer
 
@@ -201,7 +271,8 @@ def _load_hub(name: str, device):
 
     try:
         with quiet_hub_logs():
-            model = HookedTransformer.from_pretrained(name, device=str(device))
+            with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is the commands' JSON
+                model = HookedTransformer.from_pretrained(name, device=str(device))
     except (OSError, ValueError) as e:
         raise UserError(f"--model {name}: not the embedded model, not a local model directory, and the hub "
                         f"could not provide it ({str(e).splitlines()[0][:200]})") from None

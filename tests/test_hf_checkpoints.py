@@ -1,0 +1,78 @@
+"""Local Hugging Face checkpoints (save_pretrained directories) as --model: GPT-2 and Llama, offline."""
+
+import json
+
+import pytest
+import torch
+
+from saeforge.cli import main
+from saeforge.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer(text_dir):
+    """A small byte-level BPE trained on the test corpus (GPT-2's kind of tokenizer, no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    lines = [line for f in sorted(text_dir.glob("*.txt")) for line in f.read_text().splitlines()]
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def checkpoint(kind, tokenizer, root):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    V = len(tokenizer)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                           bos_token_id=0, eos_token_id=0))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                                             bos_token_id=0, eos_token_id=0))
+    d = root / f"tiny-{kind}"  # a path naming "llama": TransformerLens must still read the directory's config
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_local_checkpoint_loads_harvests_trains_and_evaluates(kind, tokenizer, text_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    d = checkpoint(kind, tokenizer, tmp_path)
+    m = load_model(str(d))
+    hf = AutoModelForCausalLM.from_pretrained(d)
+    toks = m.to_tokens("def parse_args(self, args=None):")
+    assert toks[0, 0] == tokenizer.bos_token_id and m.cfg.d_vocab == len(tokenizer) and m.cfg.n_layers == 2
+    torch.testing.assert_close(m(toks).log_softmax(-1), hf(toks).logits.log_softmax(-1), atol=1e-4, rtol=0)
+
+    common = ["--model", str(d), "--dataset", str(text_dir), "--hook", "blocks.1.hook_resid_post", "--no-progress"]
+    assert main(["harvest", *common, "--tokens", "3000", "--out", str(tmp_path / "cache")]) == 0
+    assert main(["train", "--cache", str(tmp_path / "cache"), "--dict-size", "64", "--tokens", "4096",
+                 "--batch-size", "128", "--eval-tokens", "0", "--no-progress", "--out", str(tmp_path / "fromcache")]) == 0
+    assert main(["train", *common, "--dict-size", "64", "--tokens", "4096", "--batch-size", "128", "--k", "8",
+                 "--contexts-per-pass", "4", "--buffer-mb", "1", "--eval-tokens", "1024",
+                 "--out", str(tmp_path / "live")]) == 0
+    live = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert live["model"] == str(d) and live["l0"] <= 8 and live["explained_variance"] > 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "fromcache"), "--tokens", "1024", "--no-progress"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["model"] == str(d) and 0 < ev["explained_variance"] <= 1
+
+
+def test_pickled_only_checkpoint_is_refused(tokenizer, tmp_path, capsys):
+    d = checkpoint("gpt2", tokenizer, tmp_path)
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")  # what an old save_pretrained wrote: never unpickled
+    capsys.readouterr()
+    assert main(["train", "--model", str(d), "--tokens", "512", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only safetensors" in err[0]
+    assert not (tmp_path / "o").exists()

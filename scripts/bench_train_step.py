@@ -1,7 +1,7 @@
 """Training-step throughput of saeforge against baselines measured in the same process.
 
     python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
-        [--architecture topk --k 32]
+        [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K]
 
 Prints tokens/s for: saeforge's step (the architecture's fast step + fused Adam: standard.py's
 hand-written backward, or topk.py's sparse step), the bare matrix products one dense autograd
@@ -10,6 +10,10 @@ same SAE trained by plain autograd, and SAELens's StandardTrainingSAE / TopKTrai
 (if sae-lens is installed), interleaved in rounds so that machine noise hits all of them alike;
 then the ratios. Also the toy generator's batch cost against
 a step on that batch (the generator must be cheaper).
+
+`--sparse-l0 K` (standard, jumprelu) sets each encoder bias to minus the (1 − K/F) quantile of its
+feature's pre-activations on the batch, so that K of F features fire per input on average, as in a
+trained dictionary (the same weights go to SAELens's SAE); without it about half fire.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 
 import torch
 
-from saeforge.architectures import StandardSAE, TopKSAE
+from saeforge.architectures import JumpReLUSAE, StandardSAE, TopKSAE
 from saeforge.init import initialize
 from saeforge.toy import ToyData
 
@@ -42,8 +46,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--architecture", choices=("standard", "topk"), default="standard")
+    ap.add_argument("--architecture", choices=("standard", "topk", "jumprelu"), default="standard")
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--sparse-l0", type=float, default=0.0,
+                    help="standard, jumprelu: biases such that this many features fire per input (0: about half)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     D, F, B = a.d_in, a.features, a.batch
@@ -51,8 +57,14 @@ def main() -> None:
     x = torch.randn(B, D, generator=g)
 
     def make():
-        sae = StandardSAE(D, F) if a.architecture == "standard" else TopKSAE(D, F, k=a.k)
-        initialize(sae, "orthogonal")
+        sae = {"standard": lambda: StandardSAE(D, F), "topk": lambda: TopKSAE(D, F, k=a.k),
+               "jumprelu": lambda: JumpReLUSAE(D, F)}[a.architecture]()
+        initialize(sae, "orthogonal", seed=0)
+        if a.sparse_l0 and a.architecture != "topk":
+            with torch.no_grad():
+                pre_BF = sae.pre(x) if hasattr(sae, "pre") else (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+                theta = sae.threshold if a.architecture == "jumprelu" else 0.0
+                sae.b_enc.sub_(torch.quantile(pre_BF[:2048], 1 - a.sparse_l0 / F, dim=0) - theta)
         return sae
 
     ours = make()
@@ -87,13 +99,24 @@ def main() -> None:
 
         if a.architecture == "standard":
             sl = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=F, l1_coefficient=5.0))
+        elif a.architecture == "jumprelu":
+            from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+            sl = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D, d_sae=F, l0_coefficient=5.0))
         else:
             sl = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=a.k))
+        with torch.no_grad():  # the same weights: the same codes, the same sparsity
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(sl, name).copy_(getattr(ours, name))
+            if a.architecture == "jumprelu":
+                sl.threshold.copy_(ours.threshold)
         slopt = torch.optim.Adam(sl.parameters(), lr=1e-5)
 
         def saelens_step():
             slopt.zero_grad(set_to_none=True)
-            out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False))
+            out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0, "l0": 5.0},
+                                                          dead_neuron_mask=None, n_training_steps=0,
+                                                          is_logging_step=False))
             out.loss.backward()
             slopt.step()
 
@@ -109,7 +132,9 @@ def main() -> None:
         for name, fn in runs.items():
             times[name].append(timed(fn, warmup=1, repeats=a.repeats))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{a.architecture}{f' k {a.k}' if a.architecture == 'topk' else ''}, "
+    with torch.no_grad():
+        l0 = float((ours.encode(x) > 0).sum(1).float().mean())
+    print(f"{a.architecture}{f' k {a.k}' if a.architecture == 'topk' else ''}, L0 {l0:.1f} of {F}, "
           f"d_in {D}, features {F}, batch {B}, {a.threads} threads, torch {torch.__version__}, "
           f"median of {a.rounds} rounds x {a.repeats} steps")
     for name, t in med.items():

@@ -45,6 +45,30 @@ def test_sparse_step_matches_autograd(cls, kw, dead):
     assert per_row.float().mean() <= 5 and (cls is not TopKSAE or (per_row <= 5).all())
 
 
+@pytest.mark.parametrize("sparsity", ["step", "tanh"])
+def test_jumprelu_sparse_step_matches_autograd(sparsity):
+    """Codes as sparse as a trained dictionary's: the sparse step (forced, and chosen by itself)
+    gives autograd's loss and gradients, θ's estimator included (a wide kernel, many entries in it)."""
+    sae = randomized(JumpReLUSAE(D, F, dtype=torch.float64, bandwidth=0.5, sparsity=sparsity))
+    with torch.no_grad():
+        sae.threshold.copy_(torch.rand(F, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+        sae.b_enc.sub_(3.0)
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = sae.loss(x, 0.7)
+    ref.total.backward()
+    want = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    assert 0 < float((ref.f_BF > 0).float().mean()) < 0.05 and ((sae.pre(x) - sae.threshold).abs() < 0.25).sum() > 20
+    for sparse in (True, None):
+        sae.zero_grad(set_to_none=True)
+        out = sae.step(x, 0.7, sparse=sparse)
+        torch.testing.assert_close(out.loss, ref.total.detach())
+        torch.testing.assert_close(out.sparsity, ref.sparsity.detach())
+        for n, p in sae.named_parameters():
+            torch.testing.assert_close(p.grad, want[n], msg=n)
+        torch.testing.assert_close(out.codes(), ref.f_BF.detach())
+        torch.testing.assert_close(out.feature_sums_F, ref.f_BF.detach().sum(0))
+
+
 def test_batchtopk_learns_a_threshold_and_infers_with_it():
     sae = randomized(BatchTopKSAE(D, F, k=4))
     x = torch.randn(256, D, generator=torch.Generator().manual_seed(2))

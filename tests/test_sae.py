@@ -34,6 +34,28 @@ def test_fused_step_matches_autograd(rng, l1):
     assert ((out.feature_sums_F > 0) == (f > 0).any(0)).all()
 
 
+@pytest.mark.parametrize("sparse", [True, None])
+def test_sparse_step_matches_autograd(rng, sparse):
+    """Codes as sparse as a trained dictionary's (about 3% fire): the sparse step, forced or chosen
+    by itself below SPARSE_BELOW, gives autograd's loss, gradients, codes and firing sums."""
+    sae = _random_sae(12, 80, rng)
+    with torch.no_grad():
+        sae.b_enc.sub_(4.0)
+    x = torch.randn(64, 12, generator=rng, dtype=torch.float64)
+    out = loss_and_grads(sae, x, 0.7, sparse=sparse)
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    total, mse, sparsity, f, _ = sae.loss(x, 0.7)
+    total.backward()
+    assert 0 < float((f > 0).float().mean()) < 0.05 and out.codes().layout == torch.strided
+    torch.testing.assert_close(out.loss, total.detach())
+    torch.testing.assert_close(out.sparsity, sparsity.detach())
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, msg=n)
+    torch.testing.assert_close(out.codes(), f.detach())
+    torch.testing.assert_close(out.feature_sums_F, f.detach().sum(0))
+
+
 def test_loss_definition(rng):
     """MSE summed over d_in and averaged over the batch; penalty Σ f_i ‖W_dec,i‖."""
     sae = _random_sae(5, 7, rng)

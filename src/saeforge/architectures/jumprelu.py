@@ -9,7 +9,8 @@ straight-through estimator.
 H has no gradient; the estimator gives θ the gradient of a rectangle kernel of width
 `bandwidth` around it (pre does not receive it: DeepMind's variant). λ₀ is --l0-coefficient,
 θ starts at --jumprelu-init-threshold, the kernel width is --jumprelu-bandwidth (SAELens's
-defaults). Trained by autograd (the codes are dense early on); saved as SAELens's `jumprelu`.
+defaults). Saved as SAELens's `jumprelu`. The step is autograd while codes are dense (early
+on) and, once fewer than SPARSE_BELOW fire, sparse past the encoder product (`sparse_step`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from ..sae import SAE, Loss, StepOutput
+from .standard import SPARSE_BELOW, set_grads
+from .topk import csr, csr_of, entries, sampled
 
 TANH_SCALE = 4.0
 
@@ -93,7 +96,69 @@ class JumpReLUSAE(SAE):
             sparsity = _Step.apply(pre_BF, self.threshold, self.bandwidth).sum(-1).mean()
         return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
 
-    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
+    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             sparse: bool | None = None) -> StepOutput:
+        """`sparse`: None decides from the share of firing codes (SPARSE_BELOW); True / False force."""
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)  # θ < 0 would let negative pre-activations through
+            if sparse is not False:
+                x_BD = x_BD.to(self.W_enc.dtype)
+                pre_BF = self.pre(x_BD)
+                # the entries that fire or lie in θ's kernel: all the sparse step needs
+                seen_BF = pre_BF > self.threshold - self.bandwidth / 2
+                if sparse or int(torch.count_nonzero(seen_BF)) < SPARSE_BELOW * seen_BF.numel():
+                    return sparse_step(self, x_BD, entries(seen_BF, pre_BF), coefficient)
         return super().step(x_BD, coefficient, dead_F)
+
+
+# ---------------------------------------------------------------- the sparse step
+# With A the firing codes (pre > θ) and K the entries inside the kernel (|pre − θ| < bandwidth/2),
+# both CSR: the decoder and the weight gradients touch A's entries only, and θ's estimator needs
+# the codes' gradient at K's entries only (two sampled products instead of one dense one).
+@torch.no_grad()
+def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float) -> StepOutput:
+    """`seen`: (rows, latents, pre-activations) of the entries with pre > θ − bandwidth/2, row-major."""
+    W_enc, b_enc, W_dec, b_dec, theta_F = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold
+    B, D = x_BD.shape
+    F, bw = sae.d_sae, sae.bandwidth
+    xc_BD = x_BD - b_dec
+    rows_S, cols_S, pre_S = seen
+    fire_S = pre_S > theta_F[cols_S]
+    A = csr_of(rows_S[fire_S], cols_S[fire_S], pre_S[fire_S], (B, F))
+    crow, cols, vals = A.crow_indices(), A.col_indices(), A.values()
+    err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
+    mse = err_BD.pow(2).sum() / B
+    gx_BD = err_BD * (2.0 / B)
+    norms_F = W_dec.norm(dim=-1)
+    g_N = sampled(A, gx_BD, W_dec)  # d mse / d f at the firing codes
+    feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
+    g_W_dec = A.t() @ gx_BD
+
+    # the kernel's entries: θ's gradient, -θ/bw · d L/d f there (+ the step loss's -λ₀/(B·bw) each)
+    near_S = (pre_S - theta_F[cols_S]).abs() < bw / 2
+    cols_K = cols_S[near_S]
+    K = csr_of(rows_S[near_S], cols_K, pre_S[near_S], (B, F))
+    g_K = sampled(K, gx_BD, W_dec)
+    if sae.sparsity_loss == "tanh":  # λ₀ Σ tanh(4 f ‖W_dec‖) / B: gradients into f, and into ‖W_dec‖
+        t_N = torch.tanh(TANH_SCALE * vals * norms_F[cols])
+        sparsity = t_N.sum() / B
+        dt_N = (1 - t_N.pow(2)) * (TANH_SCALE * l0 / B)
+        g_N += dt_N * norms_F[cols]
+        on_K = (K.values() > theta_F[cols_K]).to(g_K)  # f at a kernel entry: pre if it fires, else 0
+        f_K = K.values() * on_K
+        g_K += (1 - torch.tanh(TANH_SCALE * f_K * norms_F[cols_K]).pow(2)) * (TANH_SCALE * l0 / B) * norms_F[cols_K]
+        per_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, dt_N * vals)
+        g_W_dec.addcmul_(W_dec, (per_F / norms_F.clamp_min(1e-12))[:, None])
+        g_theta_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(
+            0, cols_K, g_K * theta_F[cols_K], alpha=-1.0 / bw)
+    else:  # λ₀ Σ H(pre − θ) / B: θ only, through the kernel
+        sparsity = torch.tensor(float(len(vals)) / B, dtype=x_BD.dtype, device=x_BD.device)
+        g_theta_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(
+            0, cols_K, g_K * theta_F[cols_K] + l0 / B, alpha=-1.0 / bw)
+
+    G = csr(crow, cols, g_N, (B, F))  # the JumpReLU passes f's gradient to pre where it fires
+    g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, g_N)
+    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
+    set_grads(((W_enc, (G.t() @ xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec),
+               (theta_F, g_theta_F)))
+    return StepOutput(mse + l0 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)

@@ -5,7 +5,8 @@
     L   = Σ_d (x − x̂)²  + λ · Σ_i f_i ‖W_dec,i‖       mean over the batch
 
 `loss` is the autograd reference; `step` is the hand-written backward that tests/test_sae.py
-checks against it gradient for gradient.
+checks against it gradient for gradient: dense while codes are dense (early in training), and
+past the encoder product sparse once fewer than SPARSE_BELOW of the codes fire (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import torch
 
 from ..errors import UserError
 from ..sae import SAE, Loss, StepOutput
+from .topk import csr, csr_of, entries, sampled
+
+# Above this share of firing codes the dense products are faster than the sparse ones
+# (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
+SPARSE_BELOW = 0.05
 
 
 class StandardSAE(SAE):
@@ -58,8 +64,9 @@ class StandardSAE(SAE):
 # g_b_enc @ W_encᵀ because b_dec is broadcast over the batch. The firing sums fall out of
 # product 5 for free and feed the dead-feature statistics.
 @torch.no_grad()
-def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float) -> StepOutput:
-    """Compute the loss and write the gradients into `.grad` of the four parameters."""
+def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | None = None) -> StepOutput:
+    """Compute the loss and write the gradients into `.grad` of the four parameters.
+    `sparse`: None decides from the share of codes that fire (SPARSE_BELOW); True / False force."""
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     x_BD = x_BD.to(W_enc.dtype)
@@ -69,8 +76,13 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float) -> StepOutput:
     xc_BD1[:, D] = 1.0
     xc_BD = xc_BD1[:, :D]
 
-    f_BF = torch.addmm(b_enc, xc_BD, W_enc).relu_()
+    pre_BF = torch.addmm(b_enc, xc_BD, W_enc)
     norms_F = W_dec.norm(dim=-1)
+    if sparse is not False:
+        fire_BF = pre_BF > 0
+        if sparse or int(torch.count_nonzero(fire_BF)) < SPARSE_BELOW * fire_BF.numel():  # one host sync
+            return sparse_relu_step(sae, x_BD, xc_BD, entries(fire_BF, pre_BF), norms_F, l1)
+    f_BF = pre_BF.relu_()
     dec_FD1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
     out_BD1 = f_BF @ dec_FD1
     err_BD = out_BD1[:, :D].add_(b_dec).sub_(x_BD)
@@ -100,3 +112,41 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float) -> StepOutput:
         else:
             p.grad.copy_(g)
     return StepOutput(mse + l1 * sparsity, mse, sparsity, f_BF, err_BD, feature_sums_F)
+
+
+# ---------------------------------------------------------------- the sparse step
+# Once codes are sparse, every product after the encoder's touches only the firing entries
+# (A: the codes as a CSR matrix, N = B·L0 entries):
+#
+#   x̂ = A @ W_dec + b_dec                     O(N·D) instead of O(B·F·D)
+#   g at A's entries = sampled (g_x̂ @ W_decᵀ) + λ‖W_dec‖/B     (ReLU: only firing codes pass gradient)
+#   g_W_enc = (Gᵀ @ x_c)ᵀ,  g_W_dec = Aᵀ @ g_x̂ + penalty term,  g_b_enc = Σ by latent
+def set_grads(pairs) -> None:
+    for p, g in pairs:
+        if p.grad is None:
+            p.grad = g.contiguous()
+        else:
+            p.grad.copy_(g)
+
+
+@torch.no_grad()
+def sparse_relu_step(sae: StandardSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, firing, norms_F: torch.Tensor,
+                     l1: float) -> StepOutput:
+    """`firing`: (rows, latents, values) of the codes that fire, row-major."""
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    B, D = x_BD.shape
+    F = sae.d_sae
+    A = csr_of(*firing, (B, F))
+    crow, cols, vals = A.crow_indices(), A.col_indices(), A.values()
+    err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
+    mse = err_BD.pow(2).sum() / B
+    sparsity = (vals * norms_F[cols]).sum() / B
+    gx_BD = err_BD * (2.0 / B)
+    g_N = sampled(A, gx_BD, W_dec).add_(norms_F[cols], alpha=l1 / B)
+    G = csr(crow, cols, g_N, (B, F))
+    g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, g_N)
+    feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
+    g_W_dec = (A.t() @ gx_BD).addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
+    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
+    set_grads(((W_enc, (G.t() @ xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
+    return StepOutput(mse + l1 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)

@@ -18,6 +18,7 @@ and a batch mixes rows from contexts of up to twice the buffer's age. Batches ar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -62,6 +63,7 @@ class ModelSource:
         self.contexts: Iterator[torch.Tensor] | None = None  # opened at the first fill (or by replay)
         self.carry: torch.Tensor | None = None
         self.carry_origin = 0
+        self.forward_seconds = 0.0  # time in the model's forward passes (the end-to-end breakdown)
 
     def state(self) -> dict[str, Any]:
         return {"contexts_read": self.contexts_read, "carry_rows": 0 if self.carry is None else len(self.carry)}
@@ -71,8 +73,10 @@ class ModelSource:
             keep(act[:, 1:].reshape(-1, act.shape[-1]))
             return act
 
+        t0 = time.perf_counter()
         self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=[(self.hook, hook_fn)],
                                   stop_at_layer=self.stop_at_layer, return_type=None)
+        self.forward_seconds += time.perf_counter() - t0
 
     @torch.no_grad()
     def fill(self, storage: torch.Tensor, idx: torch.Tensor, origin_N: torch.Tensor) -> None:

@@ -150,6 +150,9 @@ class Trainer:
         self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=dev)  # first step with a non-finite loss
         self.log_extra: dict[str, Any] = {}  # fields a callback adds to the next metrics.jsonl rows
+        # where this process's training time went (seconds; on a GPU the step's kernels run async,
+        # so their time shows wherever the host next waits)
+        self.timing = {"data_s": 0.0, "step_s": 0.0, "resample_s": 0.0}
         self.loggers: list[Any] = []  # more sinks for each metrics row: objects with log(row) (e.g. W&B)
         self.last_log: dict[str, Any] = {}
 
@@ -236,13 +239,20 @@ class Trainer:
         t0 = time.perf_counter()
         stop = False
         try:
+            clock, timing = time.perf_counter, self.timing
             while self.step < steps and not stop:
+                t_data = clock()
                 x_BD = next(batches)
+                t_step = clock()
                 out = self.train_step(x_BD)
+                t_done = clock()
+                timing["data_s"] += t_step - t_data
+                timing["step_s"] += t_done - t_step
                 if self.resampler is not None:
                     event = self.resampler(self)
                     if event is not None:
                         self.state.resample_events.append(event)
+                    timing["resample_s"] += clock() - t_done
                 if callback is not None:
                     stop = bool(callback(self, out))
                 if self.step % cfg.log_every == 0 or self.step == steps or stop:

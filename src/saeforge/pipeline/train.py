@@ -73,6 +73,8 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
         carry = cfg.contexts_per_pass * (n_ctx - 1)
     st_dtype = DTYPES[cfg.buffer_dtype]
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
+    # a short run needs no buffer larger than its budget (its first fill would run the model for nothing)
+    rows = min(rows, max(run.steps * run.local_batch, 2 * run.local_batch))
     if activations is not None:
         rows = activations.buffer_rows(rows, run.local_batch)
     live = activations is None and not cfg.cache  # the model runs during training
@@ -83,11 +85,14 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
         if ActivationBuffer.fits(snap, tensors, rows, d_in) and snap["contexts_per_pass"] == cfg.contexts_per_pass:
             restore = (snap, tensors)
         else:
-            print("saeforge: note: --buffer-mb or --contexts-per-pass changed since the checkpoint; the run goes "
-                  "on from its data position with a fresh buffer (not the batches an uninterrupted run would see)",
+            print("saeforge: note: the buffer's size changed since the checkpoint (--buffer-mb, --contexts-per-pass, "
+                  "or a budget shorter than the buffer); the run goes on from its data position with a fresh buffer "
+                  "(not the batches an uninterrupted run would see)",
                   file=sys.stderr)
+    t_fill = time.perf_counter()
     buffer = ActivationBuffer(source, rows, run.local_batch, device, st_dtype, seed=cfg.seed * world + rank,
                               scale=resumed.input_scale if resumed else None, restore=restore)
+    first_fill = (time.perf_counter() - t_fill, getattr(source, "forward_seconds", 0.0))
     if not resumed:
         buffer.scale = distributed.all_reduce_mean([buffer.scale], device)[0]
 
@@ -120,6 +125,7 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
         **common.finish(run, trainer), "input_scale": buffer.scale, "buffer_rows": rows,
         "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),
         "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
+        "time_breakdown": breakdown(trainer, source, first_fill),
     }
     t_eval = time.perf_counter()
     if cfg.eval_tokens and distributed.is_main() and activations is None:
@@ -132,3 +138,16 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
         summary.update(ev)
     summary["eval_s"] = round(time.perf_counter() - t_eval, 3)
     return common.write_summary(run, trainer, summary)
+
+
+def breakdown(trainer, source, first_fill: tuple[float, float]) -> dict[str, float]:
+    """Where this process's time went, in seconds: the buffer's first fill (before training), then,
+    while training, the model's forward passes (live runs), the rest of getting batches (refills,
+    mixing, cache reads), the step (loss, gradients, Adam), resampling, and the remainder
+    (logging, checkpoints)."""
+    t = trainer.timing
+    forward = getattr(source, "forward_seconds", 0.0) - first_fill[1]
+    parts = {"first_fill_s": first_fill[0], "model_forward_s": forward, "buffer_s": t["data_s"] - forward,
+             "step_s": t["step_s"], "resample_s": t["resample_s"]}
+    parts["other_s"] = max(0.0, trainer.state.train_seconds - sum(parts.values()) + first_fill[0])
+    return {k: round(v, 3) for k, v in parts.items()}

@@ -104,6 +104,24 @@ def test_jumprelu_gradients_equal_saelens_jumprelu_training_loss():
     assert ours.threshold.grad.abs().sum() > 0  # the estimator reaches the threshold
 
 
+def test_saelens_topk_with_decoder_norm_rescaling_loads_with_its_codes(tmp_path):
+    """SAELens's TopK training default (rescale_acts_by_decoder_norm true) loads with the norms
+    folded in: the same codes and reconstructions as SAELens's own SAE."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=5, rescale_acts_by_decoder_norm=True))
+    with torch.no_grad():
+        for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(theirs, n).copy_(torch.randn(getattr(theirs, n).shape, generator=torch.Generator().manual_seed(7)))
+    theirs.save_model(str(tmp_path / "sl"))
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["rescale_acts_by_decoder_norm"] is True
+    ours = saeforge.load(tmp_path / "sl")
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("make, saved", [
     (lambda: TopKSAE(D, F, k=5), "topk"),
     (lambda: JumpReLUSAE(D, F, init_threshold=0.2), "jumprelu"),

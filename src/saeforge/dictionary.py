@@ -126,6 +126,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
             raise UserError(f"{path / CFG}: dtype {cfg_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         dtype = DTYPES[cfg_dtype.removeprefix("torch.")]
     sae = cls(d_in, d_sae, device=device, dtype=dtype, **params)
+    cls.fold_saved(cfg, tensors)
     if cfg.get("apply_b_dec_to_input", True) is False:
         # (x W + b) == ((x - b_dec) W + b + b_dec W): fold, so encode() stays one formula.
         tensors["b_enc"] = tensors["b_enc"].double() + tensors["b_dec"].double() @ tensors["W_enc"].double()

@@ -112,6 +112,11 @@ class SAE(nn.Module):
         return StepOutput(out.total.detach(), out.mse.detach(), out.sparsity.detach(), f_BF, out.err_BD.detach(),
                           f_BF.sum(0))
 
+    @classmethod
+    def fold_saved(cls, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Rewrite loaded tensors (in place in the dict) for settings of cfg.json that saeforge
+        folds into the weights; none here."""
+
     def folded(self, input_scale: float) -> dict[str, torch.Tensor]:
         """The weights for raw inputs when training saw inputs × s: W_enc·s, W_dec/s, b_dec/s
         (encode(s·x) and decode(f)/s are unchanged); other tensors as they are."""

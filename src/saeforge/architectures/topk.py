@@ -52,10 +52,18 @@ class TopKSAE(SAE):
         k = cfg.get("k")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UserError(f"{where}: a topk dictionary needs an integer k >= 1, got {k!r}")
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            raise UserError(f"{where}: rescale_acts_by_decoder_norm true is not supported; save it from SAELens's "
-                            "inference SAE, which folds the decoder norm into the weights")
         return {"k": k}
+
+    @classmethod
+    def fold_saved(cls, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """SAELens's `rescale_acts_by_decoder_norm` (its TopK training default): TopK of pre·‖W_dec,i‖,
+        decoded through W_dec,i/‖W_dec,i‖. The same codes and reconstruction with the norms folded:
+        W_enc[:, i]·n_i, b_enc[i]·n_i, W_dec[i]/n_i."""
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            n_F = tensors["W_dec"].double().norm(dim=-1)
+            tensors["W_enc"] = tensors["W_enc"].double() * n_F
+            tensors["b_enc"] = tensors["b_enc"].double() * n_F
+            tensors["W_dec"] = tensors["W_dec"].double() / n_F[:, None]
 
     def pre(self, x_BD: torch.Tensor) -> torch.Tensor:
         return (x_BD - self.b_dec) @ self.W_enc + self.b_enc

@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--architecture", choices=("standard", "topk", "jumprelu"), default="standard")
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--sparse-step", choices=("auto", "on"), default="auto",
+                    help="standard, jumprelu: the step's own choice (below SPARSE_BELOW of codes firing), or always sparse")
     ap.add_argument("--sparse-l0", type=float, default=0.0,
                     help="standard, jumprelu: biases such that this many features fire per input (0: about half)")
     a = ap.parse_args()
@@ -71,8 +73,15 @@ def main() -> None:
     ours = make()
     opt = torch.optim.Adam(ours.parameters(), lr=1e-5, fused=True)
 
+    force = True if a.sparse_step == "on" else None
+
     def saeforge_step():
-        ours.step(x, 5.0)
+        if a.architecture == "standard":
+            fast_step(ours, x, 5.0, sparse=force)
+        elif a.architecture == "jumprelu":
+            ours.step(x, 5.0, sparse=force)
+        else:
+            ours.step(x, 5.0)
         opt.step()
 
     dense = make()  # the same step with the sparse path switched off (standard, jumprelu)

@@ -13,12 +13,12 @@ SRC = Path(saeforge.__file__).parent
 LAYERS = [
     ["errors", "distributed", "runtime", "metrics", "config"],
     ["sae"],
-    ["architectures.standard", "architectures.topk", "architectures.batchtopk", "architectures.matryoshka",
+    ["architectures.topk", "architectures.standard", "architectures.batchtopk", "architectures.matryoshka",
      "architectures.jumprelu", "architectures"],
     ["dictionary", "init", "models", "toy", "synthetic", "data", "buffer", "cache", "scaling"],
-    ["trainer", "resample", "evals", "analysis", "report"],
-    ["pipeline.common", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
-    ["cli", "__main__"],
+    ["wandb_log", "trainer", "resample", "evals", "analysis", "report"],
+    ["pipeline.common", "pipeline.many", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
+    ["api", "cli", "__main__"],
 ]
 ORDER = {m: (i, j) for i, layer in enumerate(LAYERS) for j, m in enumerate(layer)}
 

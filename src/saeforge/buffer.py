@@ -50,13 +50,16 @@ class ModelSource:
     `stream_from(k)` is the context stream from context k on (batches of whole contexts).
     """
 
-    def __init__(self, model, hook: str, stream_from: Callable[[int], Iterator[torch.Tensor]],
+    def __init__(self, model, hook: str | list[str], stream_from: Callable[[int], Iterator[torch.Tensor]],
                  stop_at_layer: int | None, contexts_read: int = 0):
-        self.model, self.hook, self.stop_at_layer = model, hook, stop_at_layer
+        self.model, self.stop_at_layer = model, stop_at_layer
+        self.hooks = [hook] if isinstance(hook, str) else list(hook)  # several: their activations side by side
+        self.hook = self.hooks[0]
         if not callable(stream_from):  # a plain iterator of batches: no replay
             stream_from = (lambda it: lambda k: it)(stream_from)
         self.stream_from = stream_from
-        self.d_in = hook_width(model, hook)
+        self.widths = [hook_width(model, h) for h in self.hooks]
+        self.d_in = sum(self.widths)
         self.device = next(model.parameters()).device
         self.rows_per_context = model.cfg.n_ctx - 1
         self.contexts_read = contexts_read
@@ -69,13 +72,21 @@ class ModelSource:
         return {"contexts_read": self.contexts_read, "carry_rows": 0 if self.carry is None else len(self.carry)}
 
     def _forward(self, tokens: torch.Tensor, keep: Callable[[torch.Tensor], None]) -> None:
+        parts: dict[str, torch.Tensor] = {}
+
         def hook_fn(act, hook):
-            keep(act[:, 1:].reshape(-1, act.shape[-1]))
+            rows = act[:, 1:].reshape(-1, act.shape[-1])
+            if len(self.hooks) == 1:
+                keep(rows)
+            else:
+                parts[hook.name] = rows
             return act
 
         t0 = time.perf_counter()
-        self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=[(self.hook, hook_fn)],
+        self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=[(h, hook_fn) for h in self.hooks],
                                   stop_at_layer=self.stop_at_layer, return_type=None)
+        if len(self.hooks) > 1:
+            keep(torch.cat([parts[h] for h in self.hooks], dim=1))
         self.forward_seconds += time.perf_counter() - t0
 
     @torch.no_grad()
@@ -148,25 +159,40 @@ class ActivationBuffer:
     REPLAYED = 2  # a snapshot stores the rows older than this many buffers of the stream; newer ones are replayed
 
     def __init__(self, source: Source, n_rows: int, batch_size: int, device: torch.device | str,
-                 dtype: torch.dtype = torch.float32, seed: int = 0, scale: float | None = None,
-                 restore: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None):
+                 dtype: torch.dtype = torch.float32, seed: int = 0, scale: float | list[float] | None = None,
+                 restore: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
+                 widths: list[int] | None = None):
         if n_rows < 2 * batch_size:
             raise UserError(f"the activation buffer holds {n_rows} rows, fewer than 2 batches of {batch_size}; "
                             "raise --buffer-mb or lower --batch-size")
         self.source, self.batch_size = source, batch_size
         self.storage = torch.empty(n_rows, source.d_in, dtype=dtype, device=device)
         self.origin_N = torch.zeros(n_rows, dtype=torch.long, device=device)  # each row's index in the stream
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # the batch order: a function of the seed and data only
+        self.sample_gen = sample_generator(seed)  # init and resampling draws, apart from the batch order
         self.device = torch.device(device)
         self.half = n_rows // 2 // batch_size * batch_size
+        self.widths = widths  # several hooks side by side (ModelSource with hooks): a scale for each
         if restore is not None:
             self._restore(*restore)
             self.scale = scale
             return
         all_rows = torch.arange(n_rows, device=device)
         self.source.fill(self.storage, all_rows, self.origin_N)
-        self.scale = scale if scale is not None else self.estimate_scale()
+        if widths is None:
+            self.scale = scale if scale is not None else self.estimate_scale()
+        else:
+            self.set_scales(scale if scale is not None else [self.estimate_scale(cols=c) for c in self.column_slices()])
         self._new_cycle()
+
+    def column_slices(self) -> list[slice]:
+        ends = torch.tensor(self.widths).cumsum(0).tolist()
+        return [slice(e - w, e) for w, e in zip(self.widths, ends)]
+
+    def set_scales(self, scales: list[float]) -> None:
+        """One scale per hook: the batches are multiplied column by column."""
+        self.scales = list(scales)
+        self.scale = torch.cat([torch.full((w,), s) for w, s in zip(self.widths, self.scales)]).to(self.device)
 
     def snapshot(self, contexts_per_pass: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """What rebuilds this buffer exactly (a ModelSource's): its permutation, RNG and row origins,
@@ -177,10 +203,13 @@ class ActivationBuffer:
         meta = {"rows": len(self.storage), "d_in": self.storage.shape[1], "served": self.served, "replay_from": lo,
                 "contexts_per_pass": contexts_per_pass, **self.source.state()}
         return meta, {"perm": self.perm, "origin": self.origin_N, "rng": self.gen.get_state(),
+                      "sample_rng": self.sample_gen.get_state(),
                       "old_idx": old, "old_rows": self.storage[old]}
 
     def _restore(self, meta: dict[str, Any], t: dict[str, torch.Tensor]) -> None:
         self.gen.set_state(t["rng"])
+        if "sample_rng" in t:  # (snapshots before it existed: the sampler starts over)
+            self.sample_gen.set_state(t["sample_rng"])
         self.perm, self.served = t["perm"].to(self.device), meta["served"]
         self.origin_N.copy_(t["origin"])
         self.storage.index_copy_(0, t["old_idx"].to(self.device), t["old_rows"].to(self.device, self.storage.dtype))
@@ -210,13 +239,13 @@ class ActivationBuffer:
         row_bytes = d_in * torch.finfo(dtype).bits // 8
         return int(memory_mb * 2**20) // row_bytes - carry_rows
 
-    def estimate_scale(self, n: int = 65536) -> float:
-        """s with E‖s·x‖² = d_in, from up to n rows of the first fill."""
-        rows = self.storage[: min(n, len(self.storage))].float()
+    def estimate_scale(self, n: int = 65536, cols: slice = slice(None)) -> float:
+        """s with E‖s·x‖² = d_in, from up to n rows of the first fill (of columns `cols`)."""
+        rows = self.storage[: min(n, len(self.storage)), cols].float()
         mean_sq = rows.pow(2).sum(-1).mean().item()
         if not mean_sq > 0:
             raise UserError("the activations are all zero; is the hook point right?")
-        return (self.storage.shape[1] / mean_sq) ** 0.5
+        return (rows.shape[1] / mean_sq) ** 0.5
 
     def _new_cycle(self) -> None:
         self.perm = torch.randperm(len(self.storage), generator=self.gen).to(self.device)
@@ -233,7 +262,16 @@ class ActivationBuffer:
         self.served += self.batch_size
         return self.storage[rows].float().mul_(self.scale)
 
-    def sample(self, n: int) -> torch.Tensor:
-        """n distinct random rows of the current buffer (scaled, float32), for initializers and resamplers."""
-        idx = torch.randperm(len(self.storage), generator=self.gen)[:n].to(self.device)
+    def sample(self, n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        """n distinct random rows of the current buffer (scaled, float32), for initializers and
+        resamplers; drawn with `gen` (default: the buffer's sampler), never with the batch order's
+        generator, so that what a dictionary samples does not change the batches (nor another
+        dictionary's, when several train from one buffer)."""
+        idx = torch.randperm(len(self.storage), generator=gen or self.sample_gen)[:n].to(self.device)
         return self.storage[idx].float().mul_(self.scale)
+
+
+def sample_generator(seed: int) -> torch.Generator:
+    """The generator of `ActivationBuffer.sample` for a buffer seeded `seed` (one per dictionary
+    when several share a buffer: each draws what its own single run would)."""
+    return torch.Generator().manual_seed((seed + 1) * 1_000_003)

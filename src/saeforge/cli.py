@@ -42,7 +42,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     keys = ("tokens", "dict_size", "l0", "explained_variance", "ce_loss_recovered", "dead_fraction", "wall_s")
     if distributed.is_main():
-        print(json.dumps({k: summary[k] for k in keys if k in summary}))
+        if "dictionaries" in summary:  # several from one pass: a line per dictionary
+            for name, s in summary["dictionaries"].items():
+                print(json.dumps({"dictionary": name} | {k: s[k] for k in keys if k in s}))
+            print(json.dumps({"wall_s": summary["wall_s"]}))
+        else:
+            print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 

@@ -307,6 +307,12 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
     buffer_mb: float = opt(128.0, "memory bound of the activation buffer in MiB (on the model's device)", gt=0)
     buffer_dtype: str = opt("float32", "buffer storage dtype", choices=("float32", "bfloat16"))
     eval_tokens: int = opt(65536, "held-out tokens for the final evals (CE loss recovered); 0 skips them", ge=0)
+    hooks: str = opt("", "several hook points, comma-separated: one model forward (up to the deepest) feeds a "
+                     "dictionary at each; the runs go to --out/<hook>[-<spec>]/ (--buffer-mb is per hook)")
+    dictionaries: str = opt("", "several dictionaries from the same batches: specs separated by ';', each "
+                            "comma-separated key=value settings of that dictionary, e.g. 'dict_size=1024; "
+                            "dict_size=4096,k=64' (in a config file also a list of tables); with --hooks, "
+                            "every spec at every hook")
 
 
 @dataclass
@@ -487,6 +493,8 @@ def _file_values(cls: type, path: str) -> dict[str, Any]:
             continue
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
+        if k == "dictionaries" and isinstance(v, list) and all(isinstance(t, dict) for t in v):  # a list of tables
+            v = "; ".join(", ".join(f"{kk}={vv}" for kk, vv in t.items()) for t in v)
         if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
             raise UserError(f"config file {path}: {k} must be {typ.__name__}, got {v!r}")
         values[k] = v

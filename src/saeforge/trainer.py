@@ -232,41 +232,59 @@ class Trainer:
     def fit(self, batches: Iterator[torch.Tensor], steps: int,
             callback: Callable[["Trainer", StepOutput], bool] | None = None) -> None:
         """Train until `steps` total steps (counting resumed ones) or until callback returns True."""
-        cfg = self.cfg = self.cfg.resolved(steps)
-        self.total_steps = steps
-        bar = tqdm(total=steps, initial=self.step, disable=not cfg.progress, file=sys.stderr,
+        self.begin(steps)
+        bar = tqdm(total=steps, initial=self.step, disable=not self.cfg.progress, file=sys.stderr,
                    desc="train", unit="step", dynamic_ncols=True)
-        t0 = time.perf_counter()
         stop = False
         try:
-            clock, timing = time.perf_counter, self.timing
             while self.step < steps and not stop:
-                t_data = clock()
+                t_data = time.perf_counter()
                 x_BD = next(batches)
-                t_step = clock()
-                out = self.train_step(x_BD)
-                t_done = clock()
-                timing["data_s"] += t_step - t_data
-                timing["step_s"] += t_done - t_step
-                if self.resampler is not None:
-                    event = self.resampler(self)
-                    if event is not None:
-                        self.state.resample_events.append(event)
-                    timing["resample_s"] += clock() - t_done
-                if callback is not None:
-                    stop = bool(callback(self, out))
-                if self.step % cfg.log_every == 0 or self.step == steps or stop:
-                    self.check_finite()
-                    row = self.log(x_BD, out, time.perf_counter() - t0)
+                self.timing["data_s"] += time.perf_counter() - t_data
+                stop = self.advance(x_BD, callback)
+                if self.last_log.get("step") == self.step:
+                    row = self.last_log
                     bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{row['l0']:.1f}", ev=f"{row['explained_variance']:.3f}")
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out:
-                    self.check_finite()
-                    self.save_checkpoint(extra_seconds=time.perf_counter() - t0)
                 bar.update(1)
         finally:
             bar.close()
-            self.state.train_seconds += time.perf_counter() - t0
+            self.end(check=False)
         self.check_finite()
+
+    def begin(self, steps: int) -> None:
+        """Start (or continue) training toward a budget of `steps` steps; `advance` does each one."""
+        self.cfg = self.cfg.resolved(steps)
+        self.total_steps = steps
+        self._t0 = time.perf_counter()
+
+    def advance(self, x_BD: torch.Tensor, callback: Callable[["Trainer", StepOutput], bool] | None = None) -> bool:
+        """One step on x_BD, then resampling, the callback, logging and checkpointing when due.
+        Returns True when the callback asks to stop."""
+        cfg, clock, timing = self.cfg, time.perf_counter, self.timing
+        t_step = clock()
+        out = self.train_step(x_BD)
+        t_done = clock()
+        timing["step_s"] += t_done - t_step
+        if self.resampler is not None:
+            event = self.resampler(self)
+            if event is not None:
+                self.state.resample_events.append(event)
+            timing["resample_s"] += clock() - t_done
+        stop = bool(callback(self, out)) if callback is not None else False
+        if self.step % cfg.log_every == 0 or self.step == self.total_steps or stop:
+            self.check_finite()
+            self.log(x_BD, out, clock() - self._t0)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.out:
+            self.check_finite()
+            self.save_checkpoint(extra_seconds=clock() - self._t0)
+        return stop
+
+    def end(self, check: bool = True) -> None:
+        """Close the span `begin` opened (its seconds count into the state); raise if it diverged."""
+        self.state.train_seconds += time.perf_counter() - self._t0
+        self._t0 = time.perf_counter()
+        if check:
+            self.check_finite()
 
     @torch.no_grad()
     def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:

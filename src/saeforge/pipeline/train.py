@@ -24,6 +24,7 @@ from ..buffer import DTYPES, ActivationBuffer, ModelSource
 from ..cache import CacheSource, read_manifest
 from ..config import ActivationTrainConfig
 from ..dictionary import load
+from ..errors import UserError
 from ..evals import evaluate
 from ..models import default_hook, hook_width, load_model, resolve_hook
 from . import common
@@ -32,6 +33,12 @@ from . import common
 def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> dict[str, Any]:
     """`model`: a HookedTransformer to use instead of loading cfg.model; `activations`: a buffer
     source of the caller's own activations (api.py), in place of a model or a cache."""
+    if cfg.hooks or cfg.dictionaries:  # several dictionaries from one pass
+        if activations is not None:
+            raise UserError("--hooks / --dictionaries train from a model or a cache, not from given activations")
+        from .many import run_many
+
+        return run_many(cfg, model=model)
     run = common.start(cfg)
     cfg, world, rank, device = run.cfg, run.world, run.rank, run.device
     if activations is not None:

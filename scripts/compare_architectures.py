@@ -155,8 +155,8 @@ def main() -> None:
             print(f"main job budget {arch} {tag}: L0 {s['l0']:.1f} EV {s['explained_variance']:.4f}", flush=True)
 
     lr_study: list[dict] = []
-    budgets = [(a.real_features[-1], a.real_tokens)] + ([(a.real_features[0], a.main_job_tokens)]
-                                                         if a.main_job_tokens else [])
+    budgets = ([(a.real_features[-1], a.real_tokens)] + ([(a.real_features[0], a.main_job_tokens)]
+                                                          if a.main_job_tokens else [])) if a.real_features else []
     for i, (nf, tokens) in enumerate(budgets if a.lr_study and a.real_features else []):
         for lr in a.lr_study if i == 0 or a.lr_study_main_job is None else a.lr_study_main_job:
             args = ["train", "--dict-size", str(nf), "--tokens", str(tokens), "--architecture", "topk", "--k", "32",

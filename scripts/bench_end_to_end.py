@@ -3,8 +3,9 @@
     python scripts/bench_end_to_end.py [--tokens 1000000] [--architecture topk|standard] [--repeats 1]
         [--out docs/end-to-end.json]
 
-Both train on the same HookedTransformer (the embedded model, handed to SAELens's runner as its
-model), the same packed contexts of the embedded stdlib corpus (BOS + n_ctx − 1 tokens, given to
+Both train on the same HookedTransformer weights (the embedded model, handed to SAELens's runner as
+its model; saeforge's copy runs its attention through the fused kernel of fast_attention.py, part of
+what is measured, SAELens's is TransformerLens's stock model), the same packed contexts of the embedded stdlib corpus (BOS + n_ctx − 1 tokens, given to
 SAELens as a pre-tokenized dataset), the same hook, dictionary size, architecture (TopK k 32 with
 AuxK, or ReLU + L1 with λ matched for L0), batch, token budget and lr schedule (warm-up 200 steps,
 linear decay over the last 400), position 0 skipped by both (SAELens: seqpos_slice (1, None)),
@@ -89,7 +90,7 @@ def saelens_run(a, model, hook: str, out: Path, n_ctx: int) -> tuple[dict, float
 
 def scored(model, path: str, hook: str, tokens: int) -> dict:
     held = data.contexts(model, "embedded", "test", seed=0, batch=32, loop=False)
-    ev = evaluate(model, load(path), hook, held, tokens, progress=False)
+    ev = evaluate(model, load(path), hook, held, tokens, progress=False)  # one model scores both
     return {k: ev[k] for k in ("l0", "explained_variance", "ce_loss_recovered", "kl_divergence", "dead_fraction")
             if k in ev}
 
@@ -107,7 +108,8 @@ def main() -> None:
     ap.add_argument("--out", default="", help="also write the results as JSON here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = load_model("embedded")
+    model = load_model("embedded")  # saeforge's: attention through the fused kernel (fast_attention.py)
+    stock = load_model("embedded", fused_attention=False)  # SAELens's: TransformerLens as its users get it
     hook, n_ctx = default_hook(model), model.cfg.n_ctx
     results = {"saeforge": [], "SAELens": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +120,7 @@ def main() -> None:
                    "time_breakdown": s["time_breakdown"]}
             results["saeforge"].append(row)
             print(f"saeforge repeat {i}: {json.dumps(row)}", flush=True)
-            info, wall = saelens_run(a, model, hook, Path(tmp) / f"sl{i}", n_ctx)
+            info, wall = saelens_run(a, stock, hook, Path(tmp) / f"sl{i}", n_ctx)
             row = {"wall_s": wall, "tokens": -(-a.tokens // 512) * 512,
                    **scored(model, info["dictionary"], hook, a.eval_tokens)}
             results["SAELens"].append(row)

@@ -158,18 +158,26 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu"):
-    """Load a HookedTransformer (see the module docstring for what `spec` may be), in eval mode."""
-    if spec == EMBEDDED:
-        return _load_dir(_asset("tiny-stdlib-lm.json"), _asset("tiny-stdlib-lm.safetensors"), device, EMBEDDED)
+def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu", fused_attention: bool = True):
+    """Load a HookedTransformer (see the module docstring for what `spec` may be), in eval mode;
+    with `fused_attention`, its attention runs through torch's fused kernel wherever that gives
+    TransformerLens's result (fast_attention.py: 2.6× faster forwards of the embedded model)."""
     p = Path(spec)
-    if p.is_dir() and _is_hf_checkpoint(p / "config.json"):
-        return _load_hf_dir(p, device)
-    if p.is_dir():
-        return _load_dir(p / "config.json", p / "model.safetensors", device, str(p))
-    if p.suffix in (".safetensors", ".json") or p.exists():
+    if spec == EMBEDDED:
+        model = _load_dir(_asset("tiny-stdlib-lm.json"), _asset("tiny-stdlib-lm.safetensors"), device, EMBEDDED)
+    elif p.is_dir() and _is_hf_checkpoint(p / "config.json"):
+        model = _load_hf_dir(p, device)
+    elif p.is_dir():
+        model = _load_dir(p / "config.json", p / "model.safetensors", device, str(p))
+    elif p.suffix in (".safetensors", ".json") or p.exists():
         raise UserError(f"--model {spec}: a local model is a directory holding config.json and model.safetensors")
-    return _load_hub(spec, device)
+    else:
+        model = _load_hub(spec, device)
+    if fused_attention:
+        from . import fast_attention
+
+        fast_attention.enable(model)
+    return model
 
 
 def _load_dir(cfg_file: Path, weights: Path, device, name: str):

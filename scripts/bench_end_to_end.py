@@ -64,7 +64,8 @@ def saelens_run(a, model, hook: str, out: Path, n_ctx: int) -> tuple[dict, float
     if a.architecture == "topk":
         from sae_lens import TopKTrainingSAEConfig
 
-        sae_cfg = TopKTrainingSAEConfig(k=32, aux_loss_coefficient=1 / 32, **common)
+        sae_cfg = TopKTrainingSAEConfig(k=32, aux_loss_coefficient=1 / 32,
+                                        rescale_acts_by_decoder_norm=a.saelens_rescale == "true", **common)
     else:
         from sae_lens import StandardTrainingSAEConfig
 
@@ -101,6 +102,8 @@ def main() -> None:
     ap.add_argument("--architecture", choices=("topk", "standard"), default="topk")
     ap.add_argument("--l1", type=float, default=0.55, help="saeforge's λ (standard)")
     ap.add_argument("--saelens-l1", type=float, default=5.0, help="SAELens's λ (standard; choose it for a like L0)")
+    ap.add_argument("--saelens-rescale", choices=("true", "false"), default="true",
+                    help="SAELens TopK's rescale_acts_by_decoder_norm (its training default: true)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--eval-tokens", type=int, default=65536)
     ap.add_argument("--seed", type=int, default=0)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ..sae import SAE, Loss, StepOutput
-from .standard import SPARSE_BELOW, set_grads
-from .topk import csr, csr_of, entries, sampled
+from .standard import set_grads, sparse_enough
+from .topk import Transposed, csr_of, entries, sampled
 
 TANH_SCALE = 4.0
 
@@ -105,9 +105,9 @@ class JumpReLUSAE(SAE):
                 x_BD = x_BD.to(self.W_enc.dtype)
                 pre_BF = self.pre(x_BD)
                 # the entries that fire or lie in θ's kernel: all the sparse step needs
-                seen_BF = pre_BF > self.threshold - self.bandwidth / 2
-                if sparse or int(torch.count_nonzero(seen_BF)) < SPARSE_BELOW * seen_BF.numel():
-                    return sparse_step(self, x_BD, entries(seen_BF, pre_BF), coefficient)
+                low_F = self.threshold - self.bandwidth / 2
+                if sparse or sparse_enough(pre_BF, low_F):
+                    return sparse_step(self, x_BD, entries(pre_BF > low_F, pre_BF), coefficient)
         return super().step(x_BD, coefficient, dead_F)
 
 
@@ -124,15 +124,17 @@ def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float) -> StepOu
     xc_BD = x_BD - b_dec
     rows_S, cols_S, pre_S = seen
     fire_S = pre_S > theta_F[cols_S]
-    A = csr_of(rows_S[fire_S], cols_S[fire_S], pre_S[fire_S], (B, F))
-    crow, cols, vals = A.crow_indices(), A.col_indices(), A.values()
+    rows_A = rows_S[fire_S]
+    A = csr_of(rows_A, cols_S[fire_S], pre_S[fire_S], (B, F))
+    cols, vals = A.col_indices(), A.values()
     err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
     mse = err_BD.pow(2).sum() / B
     gx_BD = err_BD * (2.0 / B)
     norms_F = W_dec.norm(dim=-1)
     g_N = sampled(A, gx_BD, W_dec)  # d mse / d f at the firing codes
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
-    g_W_dec = A.t() @ gx_BD
+    T = Transposed(rows_A, cols, F)  # the latent-major order, shared by both weight gradients
+    g_W_dec = T.matmul(vals, gx_BD)
 
     # the kernel's entries: θ's gradient, -θ/bw · d L/d f there (+ the step loss's -λ₀/(B·bw) each)
     near_S = (pre_S - theta_F[cols_S]).abs() < bw / 2
@@ -156,9 +158,9 @@ def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float) -> StepOu
         g_theta_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(
             0, cols_K, g_K * theta_F[cols_K] + l0 / B, alpha=-1.0 / bw)
 
-    G = csr(crow, cols, g_N, (B, F))  # the JumpReLU passes f's gradient to pre where it fires
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, g_N)
     g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
-    set_grads(((W_enc, (G.t() @ xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec),
+    # the JumpReLU passes f's gradient to pre where it fires
+    set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec),
                (theta_F, g_theta_F)))
     return StepOutput(mse + l0 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)

@@ -15,11 +15,18 @@ import torch
 
 from ..errors import UserError
 from ..sae import SAE, Loss, StepOutput
-from .topk import csr, csr_of, entries, sampled
+from .topk import Transposed, csr_of, entries, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
 # (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
 SPARSE_BELOW = 0.05
+DECIDE_ROWS = 256  # the share is counted on the batch's first rows: a tenth of a pass, one host sync
+
+
+def sparse_enough(pre_BF: torch.Tensor, threshold) -> bool:
+    """Whether fewer than SPARSE_BELOW of the codes fire (pre > threshold), judged on DECIDE_ROWS rows."""
+    head = pre_BF[:DECIDE_ROWS]
+    return int(torch.count_nonzero(head > threshold)) < SPARSE_BELOW * head.numel()
 
 
 class StandardSAE(SAE):
@@ -78,10 +85,8 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
 
     pre_BF = torch.addmm(b_enc, xc_BD, W_enc)
     norms_F = W_dec.norm(dim=-1)
-    if sparse is not False:
-        fire_BF = pre_BF > 0
-        if sparse or int(torch.count_nonzero(fire_BF)) < SPARSE_BELOW * fire_BF.numel():  # one host sync
-            return sparse_relu_step(sae, x_BD, xc_BD, entries(fire_BF, pre_BF), norms_F, l1)
+    if sparse or (sparse is None and sparse_enough(pre_BF, 0.0)):
+        return sparse_relu_step(sae, x_BD, xc_BD, entries(pre_BF > 0, pre_BF), norms_F, l1)
     f_BF = pre_BF.relu_()
     dec_FD1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
     out_BD1 = f_BF @ dec_FD1
@@ -136,17 +141,17 @@ def sparse_relu_step(sae: StandardSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, 
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     F = sae.d_sae
-    A = csr_of(*firing, (B, F))
-    crow, cols, vals = A.crow_indices(), A.col_indices(), A.values()
+    rows, cols, vals = firing
+    A = csr_of(rows, cols, vals, (B, F))
     err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
     mse = err_BD.pow(2).sum() / B
     sparsity = (vals * norms_F[cols]).sum() / B
     gx_BD = err_BD * (2.0 / B)
     g_N = sampled(A, gx_BD, W_dec).add_(norms_F[cols], alpha=l1 / B)
-    G = csr(crow, cols, g_N, (B, F))
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, g_N)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
-    g_W_dec = (A.t() @ gx_BD).addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
+    T = Transposed(rows, cols, F)
+    g_W_dec = T.matmul(vals, gx_BD).addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
     g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
-    set_grads(((W_enc, (G.t() @ xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
+    set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
     return StepOutput(mse + l1 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)

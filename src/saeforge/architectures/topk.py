@@ -131,6 +131,21 @@ def csr_of(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) ->
     return csr(crow_of(torch.bincount(rows, minlength=shape[0])), cols, vals, shape)
 
 
+class Transposed:
+    """The latent-major (CSR of the transpose, [F, B]) order of a batch's entries, sorted once and
+    shared by every product with the transpose (g_W_dec = Aᵀ @ g_x̂, g_W_encᵀ = Gᵀ @ x_c): torch's
+    own `A.t() @ X` converts (and sorts) the pattern again for each product."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_latents: int):
+        self.order = torch.argsort(cols, stable=True)
+        self.crow = crow_of(torch.bincount(cols, minlength=n_latents))
+        self.rows, self.shape = rows[self.order], (n_latents, None)
+
+    def matmul(self, vals: torch.Tensor, X_BD: torch.Tensor) -> torch.Tensor:
+        """(pattern with values `vals`, in row-major order)ᵀ @ X: [F, D]."""
+        return csr(self.crow, self.rows, vals[self.order], (len(self.crow) - 1, len(X_BD))) @ X_BD
+
+
 def crow_of(counts_B: torch.Tensor) -> torch.Tensor:
     """CSR row pointers from the number of entries in each row."""
     return torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
@@ -185,10 +200,11 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
     suffix = suffix[::-1]
 
     g_W_dec = torch.zeros_like(W_dec)
-    enc = []  # (CSR pattern, gradient at its entries) for the encoder's gradients
-    for A_l, (_, _, v_l), S_l in zip(A, parts, suffix):
-        enc.append((A_l, sampled(A_l, S_l, W_dec) * (v_l > 0)))
-        g_W_dec += A_l.t() @ S_l
+    enc = []  # (latent-major order of a pattern, its latents, gradient at its entries) for the encoder
+    for A_l, (c_l, j_l, v_l), S_l in zip(A, parts, suffix):
+        T_l = Transposed(row_of(c_l, len(j_l)), j_l, F)
+        enc.append((T_l, j_l, sampled(A_l, S_l, W_dec) * (v_l > 0)))
+        g_W_dec += T_l.matmul(v_l, S_l)
 
     aux = x_BD.new_zeros(())
     n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
@@ -196,22 +212,23 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
         k_aux = min(sae.aux_k, n_dead)
         a_vals, a_idx = pre_BF.masked_fill_(~dead_F, -torch.inf).topk(k_aux, dim=1, sorted=False)
         a_idx, order = a_idx.sort(dim=1)
-        A_aux = csr(torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1),
-                    a_vals.gather(1, order).reshape(-1), (B, F))
+        crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
+        vals_aux = a_vals.gather(1, order).reshape(-1)
+        A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))
         aux_err_BD = (A_aux @ W_dec).add_(err_BD)
         c = sae.aux_k_coefficient * min(n_dead / sae.aux_k, 1.0)
         aux = c * aux_err_BD.pow(2).sum() / B
         g_aux_BD = aux_err_BD * (2.0 * c / B)
-        enc.append((A_aux, sampled(A_aux, g_aux_BD, W_dec)))
-        g_W_dec += A_aux.t() @ g_aux_BD
+        T_aux = Transposed(row_of(crow_aux, len(cols_aux)), cols_aux, F)
+        enc.append((T_aux, cols_aux, sampled(A_aux, g_aux_BD, W_dec)))
+        g_W_dec += T_aux.matmul(vals_aux, g_aux_BD)
 
     # encoder gradients: [W_enc]ᵀ from the sparse code gradients, b_enc by latent
     g_enc_FD = torch.zeros(F, D, dtype=x_BD.dtype, device=x_BD.device)
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device)
-    for pattern, g in enc:
-        G = csr(pattern.crow_indices(), pattern.col_indices(), g, (B, F))
-        g_enc_FD += G.t() @ xc_BD
-        g_b_enc.index_add_(0, pattern.col_indices(), g)
+    for T, cols_N, g in enc:
+        g_enc_FD += T.matmul(g, xc_BD)
+        g_b_enc.index_add_(0, cols_N, g)
     g_b_dec = suffix[0].sum(0).sub_(W_enc @ g_b_enc)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
 

@@ -21,7 +21,10 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,20 +32,22 @@ from pathlib import Path
 import torch
 
 from saeforge import data
-from saeforge.config import ActivationTrainConfig
 from saeforge.dictionary import load
 from saeforge.evals import evaluate
 from saeforge.models import default_hook, load_model
-from saeforge.pipeline.train import run_train
 
 LR = {"topk": 3e-3, "standard": 1e-2}
 
 
 def saeforge_run(a, out: Path) -> dict:
-    cfg = ActivationTrainConfig(out=str(out), tokens=a.tokens, architecture=a.architecture, eval_tokens=0,
-                                progress=False, checkpoint_every=0, l1_coefficient=a.l1, seed=a.seed)
+    """`saeforge train` as a user runs it: its own process (imports, model load, its memory settings)."""
+    cmd = [sys.executable, "-m", "saeforge", "train", "--out", str(out), "--tokens", str(a.tokens),
+           "--architecture", a.architecture, "--eval-tokens", "0", "--no-progress", "--checkpoint-every", "0",
+           "--l1-coefficient", str(a.l1), "--seed", str(a.seed)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     t0 = time.perf_counter()
-    summary = run_train(cfg)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    summary = json.loads((out / "summary.json").read_text())
     summary["bench_wall_s"] = time.perf_counter() - t0
     return summary
 

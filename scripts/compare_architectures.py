@@ -288,7 +288,9 @@ def main() -> None:
     if MISSING:
         lines += [f"Not run in this revision of the document (--reuse-only; the time ran out): {', '.join(MISSING)}.", ""]
     lines += [f"Wall time of this script: {time.perf_counter() - t0:.0f} s (finished runs are reused; the machine: "
-              "2 CPU cores, shared).", ""]
+              "2 CPU cores, shared). The `wall s` columns are as measured when each run was made, often beside "
+              "another run; the embedded-model rows predate the fused attention of fast_attention.py "
+              "(docs/performance.md has today's speed).", ""]
     (docs / "architectures.md").write_text("\n".join(lines))
     print(f"wrote {docs / 'architectures.md'}")
 

@@ -138,6 +138,9 @@ def train(source: Any = "embedded", *, defaults: str = "train", **kwargs: Any) -
     """Train a dictionary on `source`: a tensor [..., d_in] or an iterable of them (activations),
     or a model (a name or directory as `--model` takes, or a HookedTransformer) read on
     `dataset` at `hook`. Returns (the dictionary on raw activations, the run's summary)."""
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()
     try:
         return _train(source, defaults, kwargs)
     except UserError as e:

@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from . import distributed
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # no page-fault churn on the per-step tensors (docs/performance.md, section 3)
 
     try:
         return args.func(args)

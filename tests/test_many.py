@@ -65,3 +65,20 @@ def test_bad_specs_are_one_line(spec, says, model_dir, text_dir, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cache_feeds_several_dictionaries(model_dir, text_dir, tmp_path, capsys):
+    assert main(["harvest", "--model", str(model_dir), "--dataset", str(text_dir), "--hook", "blocks.1.hook_resid_post",
+                 "--tokens", "4000", "--out", str(tmp_path / "cache"), "--no-progress"]) == 0
+    args = ["train", "--cache", str(tmp_path / "cache"), "--tokens", "3072", "--batch-size", "128", "--buffer-mb", "1",
+            "--eval-tokens", "256", "--no-progress"]
+    assert main([*args, "--dictionaries", "dict_size=48; dict_size=80,architecture=standard",
+                 "--out", str(tmp_path / "m")]) == 0
+    top = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert sorted(top["dictionaries"]) == ["dict_size48", "dict_size80-architecturestandard"]
+    assert top["dictionaries"]["dict_size80-architecturestandard"]["architecture"] == "standard"
+    assert main([*args, "--dict-size", "48", "--out", str(tmp_path / "alone")]) == 0
+    torch.testing.assert_close(load(tmp_path / "m" / "dict_size48").W_dec, load(tmp_path / "alone").W_dec)
+    capsys.readouterr()
+    assert main([*args, "--hooks", "blocks.0.hook_resid_post", "--out", str(tmp_path / "bad")]) == 2
+    assert "holds blocks.1.hook_resid_post only" in capsys.readouterr().err

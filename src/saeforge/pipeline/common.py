@@ -6,10 +6,12 @@
     make_trainer(...) the trainer with its resampler, restored from the checkpoint
     finish(...)       checkpoint + dictionary saved, the summary fields every run reports
     write_summary(...) summary.json
+    context_stream / held_out_evals   the training contexts and the held-out evals (train, many)
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +20,12 @@ from typing import Any
 
 import torch
 
-from .. import distributed
+from .. import data, distributed
 from ..architectures import ARCHITECTURES, create
 from ..config import TrainConfig
+from ..dictionary import load
 from ..errors import UserError
+from ..evals import evaluate
 from ..init import initialize, sample_size
 from ..resample import Resampler, check_settings
 from ..runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
@@ -132,6 +136,26 @@ def finish(run: Run, trainer: Trainer) -> dict[str, Any]:
             "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed,
             "l1_coefficient": cfg.l1_coefficient, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}
+
+
+def context_stream(model, cfg: Any, rank: int, world: int) -> Callable[[int], Any]:
+    """The training contexts from global context k on (this rank's share under torchrun)."""
+    def stream_from(k: int):
+        stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
+                               text_column=cfg.text_column, skip=k)
+        return itertools.islice(stream, rank, None, world) if world > 1 else stream
+
+    return stream_from
+
+
+def held_out_evals(model, run: Run, dataset: str, hook: str) -> dict[str, Any]:
+    """The saved dictionary spliced into the model on the dataset's held-out split (`eval_tokens`)."""
+    cfg = run.cfg
+    held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass, text_column=cfg.text_column,
+                         loop=False)
+    ev = evaluate(model, load(run.out, device=run.device), hook, held, cfg.eval_tokens, progress=cfg.progress)
+    ev.pop("firing_frequency")
+    return ev
 
 
 def write_summary(run: Run, trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any]:

@@ -25,13 +25,11 @@ from typing import Any, get_type_hints
 
 from tqdm import tqdm
 
-from .. import data, distributed
+from .. import distributed
 from ..buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
 from ..cache import CacheSource, read_manifest
 from ..config import ActivationTrainConfig, _base_type
 from ..errors import UserError
-from ..evals import evaluate
-from ..dictionary import load
 from ..models import default_hook, hook_width, load_model, resolve_hook
 from ..runtime import atomic_write_json, make_out_dir
 from . import common
@@ -126,13 +124,8 @@ def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
     else:
         stops = [resolve_hook(model, h) for h in hooks]
         stop_at = None if None in stops else max(stops)
-
-        def stream_from(k: int):
-            stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
-                                   text_column=cfg.text_column, skip=k)
-            return itertools.islice(stream, rank, None, world) if world > 1 else stream
-
-        source = ModelSource(model, hooks, stream_from, stop_at, contexts_read=skip)
+        source = ModelSource(model, hooks, common.context_stream(model, cfg, rank, world), stop_at,
+                             contexts_read=skip)
         carry = cfg.contexts_per_pass * (n_ctx - 1)
     st_dtype = DTYPES[cfg.buffer_dtype]
     # --buffer-mb per hook: the rows of a single run's buffer, each holding every hook's activation
@@ -199,11 +192,7 @@ def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
         if cfg.eval_tokens and distributed.is_main():
             if model is None:
                 model = load_model(model_spec, device)
-            held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass,
-                                 text_column=cfg.text_column, loop=False)
-            ev = evaluate(model, load(run.out, device=device), hook, held, cfg.eval_tokens, progress=cfg.progress)
-            ev.pop("firing_frequency")
-            summary.update(ev)
+            summary.update(common.held_out_evals(model, run, dataset, hook))
         summary["eval_s"] = round(time.perf_counter() - t_eval, 3)
         summaries[name] = common.write_summary(run, tr, summary)
     total = {"dictionaries": summaries, "hooks": hooks, "steps": steps,

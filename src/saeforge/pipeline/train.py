@@ -14,18 +14,15 @@ is the mean of the ranks' estimates; rank 0 initializes, broadcasts and evaluate
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from typing import Any
 
-from .. import data, distributed
+from .. import distributed
 from ..buffer import DTYPES, ActivationBuffer, ModelSource
 from ..cache import CacheSource, read_manifest
 from ..config import ActivationTrainConfig
-from ..dictionary import load
 from ..errors import UserError
-from ..evals import evaluate
 from ..models import default_hook, hook_width, load_model, resolve_hook
 from . import common
 
@@ -70,13 +67,8 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
         carry = source.rows_per_chunk
     else:
         skip = position.get("contexts_read", 0)  # global contexts consumed by all ranks together
-
-        def stream_from(k: int):
-            stream = data.contexts(model, cfg.dataset, "train", seed=cfg.seed, batch=cfg.contexts_per_pass,
-                                   text_column=cfg.text_column, skip=k)
-            return itertools.islice(stream, rank, None, world) if world > 1 else stream
-
-        source = ModelSource(model, hook, stream_from, stop_at_layer, contexts_read=skip)
+        source = ModelSource(model, hook, common.context_stream(model, cfg, rank, world), stop_at_layer,
+                             contexts_read=skip)
         carry = cfg.contexts_per_pass * (n_ctx - 1)
     st_dtype = DTYPES[cfg.buffer_dtype]
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d_in, st_dtype, carry_rows=carry)
@@ -138,11 +130,7 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
     if cfg.eval_tokens and distributed.is_main() and activations is None:
         if model is None:
             model = load_model(model_spec, device)
-        held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass,
-                             text_column=cfg.text_column, loop=False)
-        ev = evaluate(model, load(run.out, device=device), hook, held, cfg.eval_tokens, progress=cfg.progress)
-        ev.pop("firing_frequency")
-        summary.update(ev)
+        summary.update(common.held_out_evals(model, run, dataset, hook))
     summary["eval_s"] = round(time.perf_counter() - t_eval, 3)
     return common.write_summary(run, trainer, summary)
 

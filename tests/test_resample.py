@@ -6,7 +6,7 @@ import torch
 
 import saeforge
 from saeforge.cli import main
-from saeforge.config import TrainConfig
+from saeforge.config import ToyConfig, TrainConfig
 from saeforge.errors import UserError
 from saeforge.init import initialize
 from saeforge.resample import Resampler, anthropic_directions, check_settings, clustered_directions, unexplained
@@ -24,12 +24,44 @@ def _trained(method: str):
     cfg = TrainConfig(out="unused", resample=method, resample_at="5", batch_size=64, l1_coefficient=0.1, lr=3e-3,
                       unit_norm_decoder=True, resample_sample=2048, resample_worst=256, resample_clusters=8,
                       lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0)
-    sampler = lambda n, step: torch.cat([data.batch(-(1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
+    sampler = lambda n, step, part=0: torch.cat([data.batch(-(1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
     tr = Trainer(sae, cfg)
     batches = data.batches(64)
     for _ in range(4):
         tr.train_step(next(batches))
     return tr, cfg, sampler, batches
+
+
+@pytest.mark.parametrize("direction", ["residual", "centroid"])
+def test_a_pool_scored_in_chunks_renews_as_one_pool_does(direction, monkeypatch):
+    """A large pool is streamed (only the top candidates kept): the same renewals, directions and
+    firing counts as the pool scored at once."""
+    from saeforge import resample
+
+    pool_ND = ToyData(16, 32, n_active=3, seed=5).fresh(2048, 7)
+    sampler = lambda n, step, part: pool_ND[part * resample.POOL_CHUNK:][:n]
+    out = {}
+    for chunk in (4096, 300):
+        tr, cfg, _, batches = _trained("clustered")
+        cfg = replace(cfg, resample_direction=direction, resample_worst=64)
+        tr.train_step(next(batches))
+        tr.state.tokens_since_fired_F[[1, 7, 20]] = 10**9
+        with torch.no_grad():
+            tr.sae.b_enc[[1, 7]] = -1e3
+        monkeypatch.setattr(resample, "POOL_CHUNK", chunk)
+        event = Resampler(cfg, sampler, 100)(tr)
+        out[chunk] = event, tr.sae.W_dec.detach().clone()
+    assert out[300][0]["dead"] == out[4096][0]["dead"] >= 2 and out[300][0]["pool"] == 2048
+    torch.testing.assert_close(out[300][1], out[4096][1])
+
+
+def test_the_auto_pool_grows_with_the_dictionary():
+    from saeforge import resample
+
+    cfg = replace(ToyConfig(), resample="clustered")
+    sizes = [Resampler(cfg, None, 5000).pool_size(SparseAutoencoder(8, f)) for f in (64, 256, 512, 1024)]
+    assert sizes == [131072, 131072, 524288, 2097152]
+    assert Resampler(replace(cfg, resample_sample=100), None, 5000).pool_size(SparseAutoencoder(8, 64)) == 100
 
 
 @pytest.mark.parametrize("method", ["anthropic", "clustered"])
@@ -250,7 +282,7 @@ def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path,
                       lr=3e-2, l1_coefficient=1.0, unit_norm_decoder=True, progress=False, resample_sample=1024,
                       lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0,
                       resample_worst=128, resample_clusters=4)
-    sampler = lambda n, step: torch.cat([data.batch(-(10**6 + step * 1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
+    sampler = lambda n, step, part=0: torch.cat([data.batch(-(10**6 + step * 1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
 
     def fresh(out):
         out.mkdir(exist_ok=True)

@@ -138,7 +138,8 @@ class TrainConfig(RunConfig):
                         "resampling step fits in the budget and AuxK is off, else none)", choices=(*RESAMPLERS, AUTO))
     resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)", ge=0)
     resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
-    resample_sample: int = opt(16384, "inputs scored by reconstruction error at each resampling", ge=1)
+    resample_sample: int | None = opt(16384, "inputs scored by reconstruction error at each resampling, streamed in "
+                                      "chunks (auto: max(131072, 2 × latents²))", ge=1)
     resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered (residual: "
                               "the N with the most unexplained error among the 8N worst)", ge=1)
     resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs", ge=1)
@@ -240,7 +241,7 @@ class ToyConfig(TrainConfig):
     init: str = inherit(TrainConfig, "init", "mod")
     resample: str = inherit(TrainConfig, "resample", AUTO)
     resample_every: int = inherit(TrainConfig, "resample_every", 250)
-    resample_sample: int = inherit(TrainConfig, "resample_sample", 131072)
+    resample_sample: int | None = inherit(TrainConfig, "resample_sample", None)
     resample_direction: str = inherit(TrainConfig, "resample_direction", "residual")
     resample_encoder: str = inherit(TrainConfig, "resample_encoder", "alive")
     resample_duplicates: float = inherit(TrainConfig, "resample_duplicates", 0.8)

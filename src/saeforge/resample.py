@@ -33,6 +33,7 @@ METHODS = ("none", "anthropic", "clustered")
 SAME_DIRECTION = 0.5  # residual directions: clusters this close share a missing feature (true ones: ~0.1)
 CLUSTERS_PER_FEATURE = 4  # residual directions: clusters per renewed feature (small, pure clusters)
 ENCODER_SCALE = 0.2  # Towards Monosemanticity's factor on the alive features' mean encoder norm
+POOL_CHUNK = 131072  # resampling inputs scored at a time (a pool of one chunk is scored as it always was)
 
 
 def check_settings(cfg: Any, total_steps: int, total_tokens: int) -> None:
@@ -55,10 +56,11 @@ def check_settings(cfg: Any, total_steps: int, total_tokens: int) -> None:
 class Resampler:
     """Called by the trainer after each step; acts on the scheduled steps only.
 
-    `sample(n, step)` returns n activations [n, d_in] from the training distribution (the toy
-    generator, or the live buffer) without advancing the training stream."""
+    `sample(n, step, part)` returns n activations [n, d_in] from the training distribution (the
+    toy generator, or the live buffer) without advancing the training stream; a pool larger
+    than POOL_CHUNK is drawn in parts 0, 1, … that must differ."""
 
-    def __init__(self, cfg: Any, sample: Callable[[int, int], torch.Tensor], total_steps: int):
+    def __init__(self, cfg: Any, sample: Callable[[int, int, int], torch.Tensor], total_steps: int):
         self.cfg, self.sample = cfg, sample
         self.steps = set(cfg.resample_steps(total_steps)) if cfg.resample != "none" else set()
 
@@ -77,8 +79,8 @@ class Resampler:
             mask_F = torch.zeros(sae.d_sae, device=dev)  # 1: dead, 2: duplicate
             dirs_KD = None
             if distributed.is_main():
-                X_ND = self.sample(cfg.resample_sample, tr.step).to(dev, torch.float32)
-                loss_N, fires_F = score(sae, X_ND)
+                X_ND, loss_N, fires_F = self.pool(sae, tr.step)
+                event["pool"] = self.pool_size(sae)
                 dead_F = window_dead_F & (fires_F == 0)  # firing on fresh inputs: not dead after all
                 dup_F = (duplicates(sae, fires_F, ~dead_F, cfg.resample_duplicates)
                          if cfg.resample_duplicates > 0 else torch.zeros_like(dead_F))
@@ -98,6 +100,33 @@ class Resampler:
         event["resampled"] = event["dead"] + event["duplicates"]
         event["seconds"] = round(time.perf_counter() - t0, 4)
         return event
+
+    def pool_size(self, sae) -> int:
+        """--resample-sample, or auto: max(131072, 2 × latents²). The rarest features a pool can
+        show grow rarer faster than the dictionary grows (128/1024 toy: 2M inputs found the
+        features that 524,288 missed; docs/toy.md)."""
+        return self.cfg.resample_sample or max(131072, 2 * sae.d_sae ** 2)
+
+    @torch.no_grad()
+    def pool(self, sae, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score the pool chunk by chunk and keep only what choosing directions reads: the
+        candidates with the largest errors (8 × --resample-worst for residual directions, the
+        --resample-worst for centroids, all for anthropic's draw ∝ error²), in pool order; and
+        the firing counts of every feature over the whole pool. Memory stays one chunk."""
+        cfg, dev = self.cfg, sae.W_dec.device
+        n = self.pool_size(sae)
+        keep = {"residual": 8 * cfg.resample_worst, "centroid": cfg.resample_worst}.get(cfg.resample_direction, n)
+        keep = n if cfg.resample == "anthropic" else keep
+        X_ND = loss_N = fires_F = None
+        for part, start in enumerate(range(0, n, POOL_CHUNK)):
+            x_ND = self.sample(min(POOL_CHUNK, n - start), step, part).to(dev, torch.float32)
+            l_N, f_F = score(sae, x_ND)
+            fires_F = f_F if fires_F is None else fires_F + f_F
+            X_ND, loss_N = (x_ND, l_N) if X_ND is None else (torch.cat([X_ND, x_ND]), torch.cat([loss_N, l_N]))
+            if len(loss_N) > keep:
+                top = torch.topk(loss_N, keep).indices.sort().values  # pool order, as unchunked
+                X_ND, loss_N = X_ND[top], loss_N[top]
+        return X_ND, loss_N, fires_F
 
     def directions(self, tr: "Trainer", X_ND: torch.Tensor, loss_N: torch.Tensor, k: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tr.step)

@@ -111,8 +111,8 @@ def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Ten
     return sae
 
 
-def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:
-    """The trainer, with a resampler drawing `sampler(n, step)` when --resample is on."""
+def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:
+    """The trainer, with a resampler drawing `sampler(n, step, part)` when --resample is on."""
     resampler = Resampler(run.cfg, sampler, run.steps) if run.cfg.resample != "none" else None
     trainer = Trainer(sae, run.cfg, run.out, state=TrainState(input_scale=input_scale), resampler=resampler)
     if run.checkpoint is not None:

@@ -148,7 +148,7 @@ def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
         sae.metadata.update(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True,
                             dataset_path=dataset, seed=run.cfg.seed, dict_size=sae.d_sae,
                             source="cache" if cfg.cache else "model")
-        trainers.append(common.make_trainer(run, sae, (lambda s: lambda n, step: s(n))(sample),
+        trainers.append(common.make_trainer(run, sae, (lambda s: lambda n, step, part: s(n))(sample),
                                             input_scale=buffer.scales[i]))
 
     def save_position(st) -> None:

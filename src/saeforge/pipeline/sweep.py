@@ -88,7 +88,7 @@ def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d, torch.float32, carry_rows=source.rows_per_chunk)
     buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
     sae = common.build_sae(run, d, F, buffer.sample, center=True)
-    trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)
+    trainer = common.make_trainer(run, sae, lambda n, step, part: buffer.sample(n), input_scale=buffer.scale)
     trainer.fit(buffer, S)
     rec = Reconstruction(F, device)
     with torch.no_grad():

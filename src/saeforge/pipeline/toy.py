@@ -36,7 +36,7 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     sae = common.build_sae(run, cfg.d_model, cfg.dict_size or cfg.n_features, lambda n: data.fresh(n, 1), center=False)
     sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed,
                         data=cfg.synthetic_model or cfg.data)
-    trainer = common.make_trainer(run, sae, lambda n, step: data.fresh(n, 10**6 + step * 1000))
+    trainer = common.make_trainer(run, sae, lambda n, step, part: data.fresh(n, 10**6 + step * 1000 + part * 10**9))
 
     trace = torch.full((steps + 1,), float("nan"), device=device)
     trace[0] = mmcs(data.features_FD, sae.W_dec)

@@ -100,7 +100,7 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
     sae.metadata.update({k: v for k, v in meta.items() if activations is None},
                         seed=cfg.seed, dict_size=sae.d_sae,
                         source="activations" if activations is not None else "cache" if cfg.cache else "model")
-    trainer = common.make_trainer(run, sae, lambda n, step: buffer.sample(n), input_scale=buffer.scale)
+    trainer = common.make_trainer(run, sae, lambda n, step, part: buffer.sample(n), input_scale=buffer.scale)
 
     def save_position(st) -> None:
         pos = dict(source.state(), world=world)

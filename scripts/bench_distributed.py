@@ -14,6 +14,10 @@ machines are shared and noisy:
 - 2 processes, 1 thread each (torchrun --nproc_per_node 2)
 
 Scaling efficiency = tokens/s(2 processes) / (2 × tokens/s(1 process, 1 thread)).
+
+With `--feature-shards` it compares 1 process × 1 thread with 2 processes that split the
+dictionary's features (`--feature-shards 2`, same global batch, each process 1 thread) and
+prints each one's dictionary state per rank (weights + Adam moments) and peak RSS per rank.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import tempfile
 from pathlib import Path
 
 
-def run(nproc: int, threads: int, cache: str, a) -> float:
+def run(nproc: int, threads: int, cache: str, a, shards: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["-m", "saeforge", "train", "--architecture", "standard", "--cache", cache, "--dict-size", str(a.dict_size), "--batch-size",
+        args = ["-m", "saeforge", "train", "--cache", cache, "--dict-size", str(a.dict_size), "--batch-size",
                 str(a.batch_size), "--steps", str(a.steps), "--eval-tokens", "0", "--checkpoint-every", "0",
                 "--log-every", str(a.steps), "--no-progress", "--lr-warmup-steps", "0", "--l1-warmup-steps", "0",
-                "--lr-decay-steps", "0", "--device", "cpu", "--out", str(Path(tmp) / "run")]
+                "--lr-decay-steps", "0", "--device", "cpu", "--out", str(Path(tmp) / "run"),
+                "--feature-shards", str(shards), "--architecture", a.architecture]
         cmd = [sys.executable, *args] if nproc == 1 else \
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -40,7 +45,8 @@ def run(nproc: int, threads: int, cache: str, a) -> float:
         if p.returncode:
             sys.exit(p.stdout + p.stderr)
         s = json.loads((Path(tmp) / "run" / "summary.json").read_text())
-        return s["tokens"] / s["train_s"]
+        return {"tps": s["tokens"] / s["train_s"], "state_mb": s["rank_state_bytes"] / 2**20,
+                "rss_mb": s["rank_peak_rss_mb"]}
 
 
 def main() -> None:
@@ -50,24 +56,34 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--architecture", default="standard")
+    ap.add_argument("--feature-shards", action="store_true", help="1 process against 2 feature shards")
     a = ap.parse_args()
     if not (Path(a.cache) / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "saeforge", "harvest", "--out", a.cache, "--tokens", "1000000",
                         "--no-progress"], check=True)
-    configs = {"1 process × 1 thread": (1, 1), "1 process × 2 threads": (1, 2), "2 processes × 1 thread": (2, 1)}
-    best = {k: 0.0 for k in configs}
+    if a.feature_shards:
+        configs = {"1 process × 1 thread": (1, 1, 1), "2 feature shards × 1 thread": (2, 1, 2)}
+    else:
+        configs = {"1 process × 1 thread": (1, 1, 1), "1 process × 2 threads": (1, 2, 1),
+                   "2 processes × 1 thread": (2, 1, 1)}
+    best = {k: {"tps": 0.0} for k in configs}
     for r in range(a.repeats):
-        for name, (n, t) in configs.items():
-            tps = run(n, t, a.cache, a)
-            best[name] = max(best[name], tps)
-            print(f"round {r}: {name}: {tps:,.0f} tokens/s", flush=True)
-    base = best["1 process × 1 thread"]
-    print(f"\nd_in 128, {a.dict_size} features, global batch {a.batch_size}, {a.steps} steps, best of {a.repeats}:")
-    for name, tps in best.items():
-        print(f"  {name:24s} {tps:10,.0f} tokens/s   ratio to 1×1: {tps / base:.2f}")
-    eff = best["2 processes × 1 thread"] / (2 * base)
-    print(f"scaling efficiency (2 processes vs 2 × one): {eff:.2f}; "
-          f"2 processes vs 1 process × 2 threads: {best['2 processes × 1 thread'] / best['1 process × 2 threads']:.2f}")
+        for name, (n, t, shards) in configs.items():
+            res = run(n, t, a.cache, a, shards)
+            if res["tps"] > best[name]["tps"]:
+                best[name] = res
+            print(f"round {r}: {name}: {res['tps']:,.0f} tokens/s", flush=True)
+    base = best["1 process × 1 thread"]["tps"]
+    print(f"\n{a.architecture}, d_in 128, {a.dict_size} features, global batch {a.batch_size}, {a.steps} steps, "
+          f"best of {a.repeats}:")
+    for name, res in best.items():
+        print(f"  {name:28s} {res['tps']:10,.0f} tokens/s   ratio to 1×1: {res['tps'] / base:.2f}   "
+              f"dictionary state per rank {res['state_mb']:.1f} MB   peak RSS per rank {res['rss_mb']:.0f} MB")
+    if not a.feature_shards:
+        two = best["2 processes × 1 thread"]["tps"]
+        print(f"scaling efficiency (2 processes vs 2 × one): {two / (2 * base):.2f}; "
+              f"2 processes vs 1 process × 2 threads: {two / best['1 process × 2 threads']['tps']:.2f}")
 
 
 if __name__ == "__main__":

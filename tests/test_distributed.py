@@ -143,3 +143,49 @@ def test_batchtopk_threshold_is_the_same_on_every_rank(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     p = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.count("ok") == 2, p.stdout + p.stderr
+
+
+SHARDED = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress",
+           "--log-every", "10", "--target-mmcs", "0", "--dead-window", "128", "--lr", "3e-2", "--checkpoint-every", "10",
+           "--lr-decay-steps", "0", "--resample", "none", "--eval-samples", "2000"]
+
+
+@pytest.mark.parametrize("arch", [["--architecture", "standard", "--l1", "1"], ["--architecture", "topk", "--k", "4"]])
+def test_two_feature_shards_end_at_the_unsharded_weights(arch, tmp_path):
+    """Each rank owns half of the features; the all-reduced reconstruction (and TopK's global top k,
+    AuxK's among the dead) make every rank's gradient its slice of the unsharded one."""
+    assert main(["toy", *SHARDED, *arch, "--steps", "30", "--out", str(tmp_path / "one")]) == 0
+    torchrun(2, "toy", *SHARDED, *arch, "--steps", "30", "--feature-shards", "2", "--out", str(tmp_path / "two"))
+    assert_close(weights(tmp_path / "one"), weights(tmp_path / "two"))
+    s1, s2 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert s1["dead_features"] == s2["dead_features"] and s1["dead_features"] > 0  # AuxK had dead latents to use
+    assert s2["dict_size"] == 32 and abs(s1["l0"] - s2["l0"]) < 1e-4
+    assert abs(s1["ground_truth"]["mcc"] - s2["ground_truth"]["mcc"]) < 1e-4
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30]  # rank 0 alone logs
+
+
+def test_a_feature_sharded_checkpoint_resumes_on_another_layout(tmp_path):
+    arch = ["--architecture", "topk", "--k", "4"]
+    assert main(["toy", *SHARDED, *arch, "--steps", "30", "--out", str(tmp_path / "one")]) == 0
+    torchrun(2, "toy", *SHARDED, *arch, "--steps", "20", "--feature-shards", "2", "--out", str(tmp_path / "a"))
+    state = saeforge.runtime.read_tensors(tmp_path / "a" / "checkpoint" / "state.safetensors", "checkpoint")
+    assert state["sae.W_dec"].shape == (32, 16) and state["adam.W_enc.exp_avg"].shape == (16, 32)  # whole
+    assert main(["toy", *SHARDED, *arch, "--steps", "30", "--out", str(tmp_path / "a"), "--resume"]) == 0
+    assert main(["toy", *SHARDED, *arch, "--steps", "20", "--out", str(tmp_path / "b")]) == 0
+    torchrun(2, "toy", *SHARDED, *arch, "--steps", "30", "--feature-shards", "2", "--out", str(tmp_path / "b"), "--resume")
+    one = weights(tmp_path / "one")
+    assert_close(one, weights(tmp_path / "a"))
+    assert_close(one, weights(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--feature-shards", "2"], "must divide the number of ranks (1)"),
+    (["--feature-shards", "2", "--architecture", "matryoshka"], "--feature-shards supports"),
+    (["--feature-shards", "2", "--resample", "clustered"], "give --resample none"),
+])
+def test_feature_sharding_refuses_what_it_cannot_run(flags, says, tmp_path, capsys):
+    assert main(["toy", "--steps", "10", *flags, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saeforge: error:") and says in err and "\n" not in err
+    assert not (tmp_path / "run").exists()

@@ -182,6 +182,8 @@ class TrainConfig(RunConfig):
     resume: bool = opt(False, "continue from the checkpoint in --out if there is one")
     wandb: str = opt("", "also log to Weights & Biases under this project (pip install 'saeforge[wandb]'; "
                      "WANDB_MODE=offline logs without a network)")
+    feature_shards: int = opt(1, "under torchrun: split the dictionary's features over this many ranks (the "
+                              "world is data × feature shards; docs/distributed.md)", ge=1)
 
     def validate(self) -> None:
         super().validate()
@@ -206,7 +208,8 @@ class TrainConfig(RunConfig):
             cfg = dataclasses.replace(cfg, lr_decay_steps=steps // 2)
         if cfg.resample == AUTO:  # off where AuxK revives dead latents; both may be asked for explicitly
             auxk = cfg.architecture in K_ARCHITECTURES and cfg.aux_k_coefficient > 0
-            cfg = dataclasses.replace(cfg, resample="clustered" if cfg.resample_steps(steps) and not auxk else "none")
+            on = cfg.resample_steps(steps) and not auxk and cfg.feature_shards == 1
+            cfg = dataclasses.replace(cfg, resample="clustered" if on else "none")
         return cfg
 
     def resample_steps(self, total_steps: int) -> list[int]:

@@ -66,12 +66,13 @@ def device_for(name: str) -> str:
     return name
 
 
-def all_reduce_step(params: list[torch.Tensor], feature_sums_F: torch.Tensor) -> None:
-    """Average the gradients and sum the firing statistics across ranks, in one collective."""
+def all_reduce_step(params: list[torch.Tensor], feature_sums_F: torch.Tensor, group=None) -> None:
+    """Average the gradients and sum the firing statistics across ranks (of `group`: a feature
+    shard's data group), in one collective."""
     grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads] + [feature_sums_F.reshape(-1)])
-    dist.all_reduce(flat)
-    n = world()
+    dist.all_reduce(flat, group=group)
+    n = dist.get_world_size(group)
     i = 0
     for g in grads:
         g.copy_(flat[i:i + g.numel()].view_as(g)).div_(n)
@@ -79,9 +80,9 @@ def all_reduce_step(params: list[torch.Tensor], feature_sums_F: torch.Tensor) ->
     feature_sums_F.copy_(flat[i:])
 
 
-def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum_(t: torch.Tensor, group=None) -> torch.Tensor:
     if active():
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t
 
 

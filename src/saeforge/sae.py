@@ -94,8 +94,18 @@ class SAE(nn.Module):
         return {}
 
     # ---------------------------------------------------------------- shared
+    shards: Any = None  # feature_shards.FeatureShards when this instance holds one shard of the features
+
+    def centered(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """x − b_dec, the encoder's input (sharded: its b_dec gradient is summed over the shards)."""
+        return x_BD - self.b_dec if self.shards is None else self.shards.copy(x_BD - self.b_dec)
+
+    def across(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-feature sum (a partial reconstruction, a penalty) completed over the shards."""
+        return t if self.shards is None else self.shards.sum(t)
+
     def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
-        return f_BF @ self.W_dec + self.b_dec
+        return self.across(f_BF @ self.W_dec) + self.b_dec
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x_BD))

@@ -161,6 +161,11 @@ class Trainer:
         return self.state.step
 
     @property
+    def data_world(self) -> int:
+        """Ranks that train on different rows of the global batch."""
+        return distributed.world() if self.sae.shards is None else self.sae.shards.data_world
+
+    @property
     def dead_window(self) -> int:
         return self.cfg.dead_window or 10 * self.cfg.batch_size
 
@@ -185,9 +190,13 @@ class Trainer:
     def train_step(self, x_BD: torch.Tensor) -> StepOutput:
         sae, st = self.sae, self.state
         dead_F = st.tokens_since_fired_F >= self.dead_window if sae.uses_dead_mask else None
-        out = sae.step(x_BD, self.coefficient_now(), dead_F)
-        if distributed.active():  # one all-reduce: mean gradient of the global batch + firing sums
-            distributed.all_reduce_step(list(sae.parameters()), out.feature_sums_F)
+        if sae.shards is None:
+            out = sae.step(x_BD, self.coefficient_now(), dead_F)
+        else:  # one shard of the features: the autograd step, with its collectives (feature_shards.py)
+            out = SAE.step(sae, x_BD, self.coefficient_now(), dead_F)
+        if self.data_world > 1:  # one all-reduce: mean gradient of the global batch + firing sums
+            distributed.all_reduce_step(list(sae.parameters()), out.feature_sums_F,
+                                        group=None if sae.shards is None else sae.shards.data_group)
         if self.cfg.unit_norm_decoder:
             sae.remove_parallel_grad_()
         if self.cfg.lr_warmup_steps or self.cfg.lr_decay_steps:
@@ -196,7 +205,7 @@ class Trainer:
         self.opt.step()
         if self.cfg.unit_norm_decoder:
             sae.normalize_decoder_()
-        B = x_BD.shape[0] * distributed.world()
+        B = x_BD.shape[0] * self.data_world
         st.tokens_since_fired_F.add_(B).masked_fill_(out.feature_sums_F > 0, 0)
         st.step += 1
         st.tokens += B
@@ -291,15 +300,20 @@ class Trainer:
         st = self.state
         f_BF = out.codes()
         fired_BF = f_BF > 0
-        st.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0))
-        st.firing_tokens += x_BD.shape[0] * distributed.world()
-        loss, mse, sparsity, l0, ev = distributed.all_reduce_mean(  # means over ranks (equal local batches)
-            [out.loss.item(), out.mse.item(), out.sparsity.item(), metrics.l0(f_BF).item(),
-             metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item()], x_BD.device)
+        shards = self.sae.shards
+        st.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0), None if shards is None else shards.data_group)
+        st.firing_tokens += x_BD.shape[0] * self.data_world
+        l0_B = fired_BF.sum(-1, dtype=torch.float32)
+        l0_B = l0_B if shards is None else shards.sum(l0_B)  # a shard sees its own latents only
+        dead = metrics.dead_fraction(st.tokens_since_fired_F, self.dead_window).item()
+        # means over ranks (equal local batches; a feature group's ranks agree, dead: equal shares)
+        loss, mse, sparsity, l0, ev, dead = distributed.all_reduce_mean(
+            [out.loss.item(), out.mse.item(), out.sparsity.item(), l0_B.mean().item(),
+             metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item(), dead], x_BD.device)
         row = {
             "step": self.step, "tokens": st.tokens, "loss": loss, "mse": mse, "sparsity": sparsity, "l0": l0,
             "explained_variance": ev,
-            "dead_fraction": metrics.dead_fraction(st.tokens_since_fired_F, self.dead_window).item(),
+            "dead_fraction": dead,
             "lr": self.opt.param_groups[0]["lr"], (self.sae.coefficient or "coefficient"): self.coefficient_now(),
             "elapsed_s": round(st.train_seconds + elapsed, 3),
         }
@@ -322,33 +336,54 @@ class Trainer:
                 "resample_s": round(sum(e["seconds"] for e in events), 4)}
 
     def dead_count(self) -> int:
-        return int((self.state.tokens_since_fired_F >= self.dead_window).sum())
+        n = int((self.state.tokens_since_fired_F >= self.dead_window).sum())
+        return n if self.sae.shards is None else self.sae.shards.count(n)
 
     def save_dictionary(self, path: str | Path | None = None) -> Path:
         target = Path(path) if path else self.out
         if target is None:
             raise ValueError("no output directory")
+        sae = self.whole_sae()
+        st = self.state
+        counts_F = st.firing_counts_F if self.sae.shards is None else self.sae.shards.whole(st.firing_counts_F, 0)
         if not distributed.is_main():
             return target
-        st = self.state
-        self.sae.metadata.update(tokens_seen=st.tokens, steps=st.step, architecture=self.sae.architecture,
-                                 resample=self.cfg.resample, input_scale=st.input_scale)
-        if self.sae.coefficient:
-            self.sae.metadata[self.sae.coefficient] = getattr(self.cfg, self.sae.coefficient)
-        sparsity = log_sparsity(st.firing_counts_F, st.firing_tokens) if st.firing_tokens else None
-        return save(self.sae, target, sparsity_F=sparsity, input_scale=st.input_scale)
+        sae.metadata.update(tokens_seen=st.tokens, steps=st.step, architecture=self.sae.architecture,
+                            resample=self.cfg.resample, input_scale=st.input_scale)
+        if sae.coefficient:
+            sae.metadata[sae.coefficient] = getattr(self.cfg, sae.coefficient)
+        sparsity = log_sparsity(counts_F, st.firing_tokens) if st.firing_tokens else None
+        return save(sae, target, sparsity_F=sparsity, input_scale=st.input_scale)
+
+    def unshard(self) -> None:
+        """After training: hold the whole dictionary and its counters on every rank (a collective),
+        so that the summary and evals read them as in an unsharded run."""
+        shards = self.sae.shards
+        if shards is not None:
+            st = self.state
+            st.tokens_since_fired_F = shards.whole(st.tokens_since_fired_F, 0)
+            st.firing_counts_F = shards.whole(st.firing_counts_F, 0)
+            self.sae = self.whole_sae()
+
+    def whole_sae(self) -> SAE:
+        """The dictionary with every feature (a sharded run gathers its shards: a collective)."""
+        shards = self.sae.shards
+        if shards is None:
+            return self.sae
+        whole = type(self.sae)(self.sae.d_in, shards.total, device=self.sae.W_enc.device, dtype=self.sae.W_enc.dtype,
+                               **type(self.sae).from_train_config(self.cfg))
+        with torch.no_grad():
+            for name, p in self.sae.named_parameters():
+                axis = self.sae.feature_axes.get(name)
+                getattr(whole, name).copy_(p if axis is None else shards.whole(p.detach(), axis))
+        whole.metadata = dict(self.sae.metadata)
+        return whole
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, extra_seconds: float = 0.0) -> Path:
         """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename.
         Rank 0 writes; every rank waits for it, so a resumed run finds the same state everywhere."""
         assert self.out is not None
-        if not distributed.is_main():
-            distributed.barrier()
-            return self.out / CHECKPOINT
-        final, tmp, old = self.out / CHECKPOINT, self.out / f".{CHECKPOINT}.tmp", self.out / f".{CHECKPOINT}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         st = self.state
         tensors: dict[str, torch.Tensor] = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
         adam_steps = {}
@@ -360,6 +395,14 @@ class Trainer:
                 adam_steps[name] = float(ost["step"])
         tensors["tokens_since_fired"] = st.tokens_since_fired_F
         tensors["firing_counts"] = st.firing_counts_F
+        if self.sae.shards is not None:  # the checkpoint holds the whole dictionary, whatever the layout
+            tensors = {k: self._resliced(k, v, self.sae.shards.whole) for k, v in tensors.items()}
+        if not distributed.is_main():
+            distributed.barrier()
+            return self.out / CHECKPOINT
+        final, tmp, old = self.out / CHECKPOINT, self.out / f".{CHECKPOINT}.tmp", self.out / f".{CHECKPOINT}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         tensors |= {f"data.{k}": v for k, v in st.data_tensors.items()}
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
@@ -378,8 +421,26 @@ class Trainer:
         distributed.barrier()
         return final
 
+    def _resliced(self, key: str, t: torch.Tensor, how: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """A checkpoint tensor gathered whole or cut to this shard (`how`), if it is indexed by feature."""
+        if key in ("tokens_since_fired", "firing_counts"):
+            return how(t, 0)
+        name = key.split(".")[1] if key.startswith(("sae.", "adam.")) else None
+        axis = self.sae.feature_axes.get(name) if name else None
+        return t if axis is None else how(t, axis)
+
     def restore(self, ckpt: Checkpoint) -> None:
-        """Continue from a checkpoint: weights, Adam's moments, torch's RNG, the training state."""
+        """Continue from a checkpoint: weights, Adam's moments, torch's RNG, the training state.
+        A feature shard takes its slice of the whole checkpoint (any layout wrote it)."""
+        shards = self.sae.shards
+        if shards is not None:
+            size = ckpt.tensors["sae.W_dec"].shape[0] if "sae.W_dec" in ckpt.tensors else -1
+            if size != shards.total:
+                raise UserError(f"checkpoint {ckpt.path} does not match this run's dictionary ({size} features, "
+                                f"not {shards.total}); use the same --dict-size, or another --out")
+            ckpt.tensors = {k: self._resliced(k, v, shards.own) for k, v in ckpt.tensors.items()}
+            ckpt.state.tokens_since_fired_F = ckpt.tensors["tokens_since_fired"]
+            ckpt.state.firing_counts_F = ckpt.tensors["firing_counts"]
         dev = self.sae.W_enc.device
         params = dict(self.sae.named_parameters())
         sd = {k[4:]: v for k, v in ckpt.tensors.items() if k.startswith("sae.")}

@@ -79,7 +79,7 @@ class JumpReLUSAE(SAE):
         return {"threshold": torch.full((len(idx_K),), float(self.init_threshold), device=idx_K.device)}
 
     def pre(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
+        return self.centered(x_BD) @ self.W_enc + self.b_enc
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)
@@ -91,9 +91,9 @@ class JumpReLUSAE(SAE):
         err_BD = self.decode(f_BF) - x_BD
         mse = err_BD.pow(2).sum(-1).mean()
         if self.sparsity_loss == "tanh":
-            sparsity = torch.tanh(TANH_SCALE * f_BF * self.W_dec.norm(dim=-1)).sum(-1).mean()
+            sparsity = self.across(torch.tanh(TANH_SCALE * f_BF * self.W_dec.norm(dim=-1)).sum(-1)).mean()
         else:
-            sparsity = _Step.apply(pre_BF, self.threshold, self.bandwidth).sum(-1).mean()
+            sparsity = self.across(_Step.apply(pre_BF, self.threshold, self.bandwidth).sum(-1)).mean()
         return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
 
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,

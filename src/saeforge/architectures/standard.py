@@ -33,13 +33,13 @@ class StandardSAE(SAE):
     architecture = "standard"
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
+        return torch.relu(self.centered(x_BD) @ self.W_enc + self.b_enc)
 
     def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
         f_BF = self.encode(x_BD)
         err_BD = self.decode(f_BF) - x_BD
         mse = err_BD.pow(2).sum(-1).mean()
-        sparsity = (f_BF * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        sparsity = self.across((f_BF * self.W_dec.norm(dim=-1)).sum(-1)).mean()
         return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
 
     @classmethod

@@ -66,11 +66,14 @@ class TopKSAE(SAE):
             tensors["W_dec"] = tensors["W_dec"].double() / n_F[:, None]
 
     def pre(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
+        return self.centered(x_BD) @ self.W_enc + self.b_enc
 
     def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The active entries of a batch during training, in CSR order (rows ascending, latents
         ascending within a row): (row pointers [B + 1], latents [N], values ≥ 0 [N])."""
+        if self.shards is not None:  # the global top k over every shard's latents
+            rows, cols = self.shards.top_k(pre_BF, self.k)
+            return crow_of(torch.bincount(rows, minlength=len(pre_BF))), cols, pre_BF[rows, cols].relu()
         vals_BK, idx_BK = pre_BF.topk(self.k, dim=1, sorted=False)
         idx_BK, order = idx_BK.sort(dim=1)
         crow = torch.arange(0, len(pre_BF) * self.k + 1, self.k, device=pre_BF.device)
@@ -96,15 +99,22 @@ class TopKSAE(SAE):
         f_BF = torch.zeros_like(pre_BF).index_put((rows, cols), vals)
         total = 0.0
         for size in self.levels():
-            err_BD = f_BF[:, :size] @ self.W_dec[:size] + self.b_dec - x_BD
+            err_BD = self.across(f_BF[:, :size] @ self.W_dec[:size]) + self.b_dec - x_BD
             total = total + err_BD.pow(2).sum(-1).mean()
         mse = err_BD.pow(2).sum(-1).mean()
         aux = x_BD.new_zeros(())
         n_dead = 0 if dead_F is None else int(dead_F.sum())
+        n_dead = n_dead if self.shards is None else self.shards.count(n_dead)
         if n_dead and self.aux_k_coefficient:
             k_aux = min(self.aux_k, n_dead)
-            a_vals, a_idx = pre_BF.masked_fill(~dead_F, -torch.inf).topk(k_aux, dim=1, sorted=False)
-            recon_BD = torch.zeros_like(pre_BF).scatter(1, a_idx, a_vals) @ self.W_dec
+            dead_pre_BF = pre_BF.masked_fill(~dead_F, -torch.inf)
+            if self.shards is None:
+                a_vals, a_idx = dead_pre_BF.topk(k_aux, dim=1, sorted=False)
+                a_BF = torch.zeros_like(pre_BF).scatter(1, a_idx, a_vals)
+            else:
+                rows, cols = self.shards.top_k(dead_pre_BF, k_aux)
+                a_BF = torch.zeros_like(pre_BF).index_put((rows, cols), pre_BF[rows, cols])
+            recon_BD = self.across(a_BF @ self.W_dec)
             aux = (self.aux_k_coefficient * min(n_dead / self.aux_k, 1.0)) * (recon_BD + err_BD.detach()).pow(2).sum(-1).mean()
         return Loss(total + aux, mse, aux, f_BF, err_BD)
 

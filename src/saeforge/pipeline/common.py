@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .. import data, distributed
+from .. import data, distributed, feature_shards
 from ..architectures import ARCHITECTURES, create
 from ..config import TrainConfig
 from ..dictionary import load
@@ -53,7 +54,12 @@ def start(cfg: TrainConfig) -> Run:
     distributed.setup(cfg.device)
     device = pick_device(cfg.device)
     out = check_run_dir(cfg.out, cfg.resume) if cfg.out else None  # created by make_trainer, after the checks
+    feature_shards.check(cfg)
     world, rank = distributed.world(), distributed.rank()
+    if cfg.feature_shards > 1:  # the data splits over the data groups; a feature group shares its rows
+        if world % cfg.feature_shards:
+            raise UserError(f"--feature-shards {cfg.feature_shards} must divide the number of ranks ({world})")
+        world, rank = world // cfg.feature_shards, rank // cfg.feature_shards
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
     steps = cfg.total_steps()
@@ -107,8 +113,22 @@ def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Ten
                     sae.b_dec.copy_(sample(16384).mean(0))
         for p in sae.parameters():  # every replica starts from rank 0's dictionary
             distributed.broadcast_(p.data)
+    if cfg.feature_shards > 1:
+        sae = shard(sae, feature_shards.FeatureShards(cfg.feature_shards, d_sae), cfg)
     run.init_s = time.perf_counter() - t0
     return sae
+
+
+def shard(sae: SAE, shards: "feature_shards.FeatureShards", cfg: TrainConfig) -> SAE:
+    """This rank's slice of the (initialized) dictionary: its features, b_dec replicated."""
+    part = create(cfg.architecture, sae.d_in, shards.size, device=sae.W_enc.device,
+                  **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            axis = sae.feature_axes.get(name)
+            getattr(part, name).copy_(p if axis is None else shards.own(p, axis))
+    part.metadata, part.shards = sae.metadata, shards
+    return part
 
 
 def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:
@@ -132,7 +152,12 @@ def finish(run: Run, trainer: Trainer) -> dict[str, Any]:
     if run.out:
         trainer.save_checkpoint()
         trainer.save_dictionary()
+    # this rank's dictionary state: weights + Adam's two moments (a feature shard holds its slice)
+    state_bytes = sum(3 * p.numel() * p.element_size() for p in trainer.sae.parameters())
+    trainer.unshard()
     return {"architecture": cfg.architecture, "dict_size": trainer.sae.d_sae, "init": cfg.init,
+            "feature_shards": cfg.feature_shards, "rank_state_bytes": state_bytes,
+            "rank_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed,
             "l1_coefficient": cfg.l1_coefficient, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}

@@ -81,6 +81,8 @@ def parse_spec(text: str) -> dict[str, Any]:
 def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
     t_start = time.perf_counter()
     specs(cfg, cfg.hook or "default")  # a bad spec is refused before any model or cache is read
+    if cfg.feature_shards > 1:
+        raise UserError("--feature-shards trains one dictionary; run --hooks / --dictionaries without it")
     if cfg.cache:
         manifest = read_manifest(cfg.cache)
         model_spec, dataset, first_hook = manifest["model"], manifest["dataset"], manifest["hook"]

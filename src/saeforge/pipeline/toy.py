@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..config import ToyConfig
-from ..metrics import mmcs
+from ..metrics import max_cosines, mmcs
 from ..synthetic import SyntheticData, evaluate
 from ..toy import ToyData
 from . import common
@@ -38,8 +38,12 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
                         data=cfg.synthetic_model or cfg.data)
     trainer = common.make_trainer(run, sae, lambda n, step, part: data.fresh(n, 10**6 + step * 1000 + part * 10**9))
 
+    def mmcs_of(W_dec: torch.Tensor) -> torch.Tensor:  # a feature shard holds some of the atoms
+        return mmcs(data.features_FD, W_dec) if sae.shards is None else sae.shards.max(
+            max_cosines(data.features_FD, W_dec)).mean()
+
     trace = torch.full((steps + 1,), float("nan"), device=device)
-    trace[0] = mmcs(data.features_FD, sae.W_dec)
+    trace[0] = mmcs_of(sae.W_dec)
     saved = trainer.state.mmcs_trace
     trace[: len(saved)] = torch.tensor(saved, device=device)
     reached: dict[str, int | None] = {t: None for t in THRESHOLDS}
@@ -53,7 +57,7 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
         return float(done[trainer.step])
 
     def on_step(tr, _out) -> bool:
-        trace[tr.step] = mmcs(data.features_FD, tr.sae.W_dec)
+        trace[tr.step] = mmcs_of(tr.sae.W_dec)
         if cfg.checkpoint_every and tr.step % cfg.checkpoint_every == 0:
             tr.state.mmcs_trace = trace[: tr.step + 1].tolist()
         if tr.step % cfg.log_every == 0 or tr.step % cfg.check_every == 0:

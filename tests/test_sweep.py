@@ -115,3 +115,15 @@ def test_a_topk_sweep_varies_k(cache, tmp_path):
     assert all(r["sparsity_axis"] == "k" and r["loss_l1"] == r["mse"] and r["architecture"] == "topk" for r in rows)
     by_k = {r["k"]: r["l0"] for r in rows if r["d_sae"] == 64}
     assert by_k[2] <= 2 and by_k[2] < by_k[8] <= 8
+
+
+def test_runs_of_one_budget_train_side_by_side_as_they_would_alone(cache, tmp_path):
+    """One pass over the cache feeds every run of a step budget; each ends as its sweep alone does."""
+    args = ["sweep", "--cache", str(cache), "--batch-size", "64", "--no-progress", "--l1s", "0.5", "--steps", "20"]
+    assert main([*args, "--sizes", "32,64", "--out", str(tmp_path / "both")]) == 0
+    assert main([*args, "--sizes", "64", "--out", str(tmp_path / "alone")]) == 0
+    both = {r["d_sae"]: r for r in map(json.loads, (tmp_path / "both" / "runs.jsonl").read_text().splitlines())}
+    alone = json.loads((tmp_path / "alone" / "runs.jsonl").read_text().splitlines()[0])
+    assert both[64]["trained_with"] == 2 and alone["trained_with"] == 1
+    for key in ("mse", "sparsity", "l0", "explained_variance", "dead_fraction", "tokens"):
+        assert both[64][key] == alone[key], key

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..buffer import ActivationBuffer
+from ..buffer import ActivationBuffer, sample_generator
 from ..cache import CacheSource, read_manifest
 from ..config import DEFAULT_LR, SweepConfig
 from ..errors import UserError
@@ -61,16 +61,17 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
     grid = [(F, S, lam) for lam in l1s for F in sizes for S in steps]
     bar = tqdm(total=len(grid), initial=sum(g in done for g in grid), disable=not cfg.progress, file=sys.stderr,
                desc="sweep", unit="run", dynamic_ncols=True)
-    for F, S, lam in grid:
-        if (F, S, lam) in done:
+    for S in steps:  # the runs that share a step budget train side by side, from one pass over the cache
+        group = [(F, lam) for F, S2, lam in grid if S2 == S and (F, S, lam) not in done]
+        if not group:
             continue
-        row = train_one(cfg, F, S, lam, device, train_shards, X_eval)
-        with open(results, "a") as fh:  # one whole line per finished run
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        bar.update(1)
-        bar.set_postfix(F=F, S=S, l1=lam, loss=f"{row['loss_l1']:.3f}")
+        for row in train_group(cfg, group, S, device, train_shards, X_eval):
+            with open(results, "a") as fh:  # one whole line per finished run
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            bar.update(1)
+            bar.set_postfix(F=row["d_sae"], S=S, loss=f"{row['loss_l1']:.3f}")
     bar.close()
     rows = [r for r in read_results(results) if r.get("sparsity_axis", "l1_coefficient") == axis
             and (r["d_sae"], r["steps"], sparsity_value(r)) in set(grid)]
@@ -80,19 +81,48 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
     return rows
 
 
-def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards, X_eval) -> dict:
+def train_group(cfg: SweepConfig, group: list[tuple[int, float]], S: int, device, train_shards, X_eval) -> list[dict]:
+    """The (size, λ) runs of one step budget, trained side by side: one buffer over the cache feeds
+    every run each batch; each run keeps its own optimizer, resampling and sample generator, so
+    it ends with the weights of its run alone (tests/test_sweep.py)."""
     t0 = time.perf_counter()
-    run = common.start(cfg.run_config(S, lam, str(device)))
     source = CacheSource(cfg.cache, seed=cfg.seed, device=device, shards=train_shards)
     d = source.d_in
     rows = ActivationBuffer.rows_for(cfg.buffer_mb, d, torch.float32, carry_rows=source.rows_per_chunk)
     buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
-    sae = common.build_sae(run, d, F, buffer.sample, center=True)
-    trainer = common.make_trainer(run, sae, lambda n, step, part: buffer.sample(n), input_scale=buffer.scale)
-    trainer.fit(buffer, S)
+    runs, trainers = [], []
+    for F, lam in group:
+        run = common.start(cfg.run_config(S, lam, str(device)))
+        gen = sample_generator(cfg.seed)  # what this run's own buffer would sample with
+        sample = (lambda gen: lambda n: buffer.sample(n, gen))(gen)
+        sae = common.build_sae(run, d, F, sample, center=True)
+        trainer = common.make_trainer(run, sae, (lambda s: lambda n, step, part: s(n))(sample), input_scale=buffer.scale)
+        trainer.begin(S)
+        runs.append(run)
+        trainers.append(trainer)
+    try:
+        while trainers[0].step < S:
+            x_BD = next(buffer)
+            for tr in trainers:
+                tr.advance(x_BD)
+    finally:
+        for tr in trainers:
+            tr.end(check=False)
+    seconds = (time.perf_counter() - t0) / len(group)
+    out = []
+    for run, tr, (F, lam) in zip(runs, trainers, group):
+        tr.check_finite()
+        out.append(measure(cfg, tr, F, S, lam, d, buffer.scale, X_eval, device) | {
+            "init_s": round(run.init_s, 3), "seconds": round(seconds, 3), "trained_with": len(group)})
+    return out
+
+
+def measure(cfg: SweepConfig, trainer, F: int, S: int, lam: float, d: int, scale: float, X_eval, device) -> dict:
+    """One finished run's row: held-out reconstruction, FLOPs, settings."""
+    sae = trainer.sae
     rec = Reconstruction(F, device)
     with torch.no_grad():
-        x = X_eval * buffer.scale
+        x = X_eval * scale
         norms_F = sae.W_dec.norm(dim=1)
         for i in range(0, len(x), 8192):
             f_BF = sae.encode(x[i:i + 8192])
@@ -107,4 +137,4 @@ def train_one(cfg: SweepConfig, F: int, S: int, lam: float, device, train_shards
             "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr or DEFAULT_LR[cfg.architecture],
             "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + coefficient * (m["l0"] if axis == "l0_coefficient" else m["sparsity"]),
             "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"], "eval_rows": rec.n,
-            "init_s": round(run.init_s, 3), "seconds": round(time.perf_counter() - t0, 3), "seed": cfg.seed}
+            "seed": cfg.seed}

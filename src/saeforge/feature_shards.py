@@ -62,11 +62,7 @@ class FeatureShards:
     """This rank's place in the data × feature grid and the collectives over its feature group."""
 
     def __init__(self, shards: int, d_sae: int):
-        world, rank = dist.get_world_size(), dist.get_rank()
-        if world % shards:
-            raise UserError(f"--feature-shards {shards} must divide the number of ranks ({world})")
-        if d_sae % shards:
-            raise UserError(f"--feature-shards {shards} must divide the dictionary size ({d_sae})")
+        world, rank = dist.get_world_size(), dist.get_rank()  # S divides both: checked by pipeline/common.py
         self.shards, self.total = shards, d_sae
         self.index, self.data_rank, self.data_world = rank % shards, rank // shards, world // shards
         self.size = d_sae // shards
@@ -131,6 +127,18 @@ class FeatureShards:
         parts = [torch.empty_like(t) for _ in range(self.shards)]
         dist.all_gather(parts, t, group=self.group)
         return torch.cat(parts, dim=axis)
+
+
+@torch.no_grad()
+def rebuilt(sae: Any, d_sae: int, how: Any, kwargs: dict[str, Any]) -> Any:
+    """A new instance of sae's architecture with d_sae features, its feature-indexed parameters
+    `how(p, axis)` of sae's (a shard's slice, or the whole gathered), the others copied."""
+    new = type(sae)(sae.d_in, d_sae, device=sae.W_enc.device, dtype=sae.W_enc.dtype, **kwargs)
+    for name, p in sae.named_parameters():
+        axis = sae.feature_axes.get(name)
+        getattr(new, name).copy_(p if axis is None else how(p.detach(), axis))
+    new.metadata = dict(sae.metadata)
+    return new
 
 
 def check(cfg: Any) -> None:

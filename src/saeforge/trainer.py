@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from . import distributed, metrics
+from . import distributed, feature_shards, metrics
 from .config import DEFAULT_LR, TrainConfig
 from .dictionary import log_sparsity, save
 from .errors import UserError
@@ -303,12 +303,12 @@ class Trainer:
         shards = self.sae.shards
         st.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0), None if shards is None else shards.data_group)
         st.firing_tokens += x_BD.shape[0] * self.data_world
-        l0_B = fired_BF.sum(-1, dtype=torch.float32)
-        l0_B = l0_B if shards is None else shards.sum(l0_B)  # a shard sees its own latents only
+        l0 = metrics.l0(f_BF)
+        l0 = l0 if shards is None else shards.sum(l0)  # a shard counts its own latents only
         dead = metrics.dead_fraction(st.tokens_since_fired_F, self.dead_window).item()
         # means over ranks (equal local batches; a feature group's ranks agree, dead: equal shares)
         loss, mse, sparsity, l0, ev, dead = distributed.all_reduce_mean(
-            [out.loss.item(), out.mse.item(), out.sparsity.item(), l0_B.mean().item(),
+            [out.loss.item(), out.mse.item(), out.sparsity.item(), l0.item(),
              metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item(), dead], x_BD.device)
         row = {
             "step": self.step, "tokens": st.tokens, "loss": loss, "mse": mse, "sparsity": sparsity, "l0": l0,
@@ -370,14 +370,7 @@ class Trainer:
         shards = self.sae.shards
         if shards is None:
             return self.sae
-        whole = type(self.sae)(self.sae.d_in, shards.total, device=self.sae.W_enc.device, dtype=self.sae.W_enc.dtype,
-                               **type(self.sae).from_train_config(self.cfg))
-        with torch.no_grad():
-            for name, p in self.sae.named_parameters():
-                axis = self.sae.feature_axes.get(name)
-                getattr(whole, name).copy_(p if axis is None else shards.whole(p.detach(), axis))
-        whole.metadata = dict(self.sae.metadata)
-        return whole
+        return feature_shards.rebuilt(self.sae, shards.total, shards.whole, type(self.sae).from_train_config(self.cfg))
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, extra_seconds: float = 0.0) -> Path:

@@ -94,6 +94,8 @@ def check_architecture(run: Run, d_in: int, d_sae: int) -> None:
     on a weightless instance, before any data is read."""
     cfg = run.cfg
     create(cfg.architecture, d_in, d_sae, device="meta", **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
+    if d_sae % cfg.feature_shards:
+        raise UserError(f"--feature-shards {cfg.feature_shards} must divide the dictionary size ({d_sae})")
 
 
 def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
@@ -113,22 +115,12 @@ def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Ten
                     sae.b_dec.copy_(sample(16384).mean(0))
         for p in sae.parameters():  # every replica starts from rank 0's dictionary
             distributed.broadcast_(p.data)
-    if cfg.feature_shards > 1:
-        sae = shard(sae, feature_shards.FeatureShards(cfg.feature_shards, d_sae), cfg)
+    if cfg.feature_shards > 1:  # this rank's slice of the initialized dictionary (b_dec replicated)
+        shards = feature_shards.FeatureShards(cfg.feature_shards, d_sae)
+        sae = feature_shards.rebuilt(sae, shards.size, shards.own, ARCHITECTURES[cfg.architecture].from_train_config(cfg))
+        sae.shards = shards
     run.init_s = time.perf_counter() - t0
     return sae
-
-
-def shard(sae: SAE, shards: "feature_shards.FeatureShards", cfg: TrainConfig) -> SAE:
-    """This rank's slice of the (initialized) dictionary: its features, b_dec replicated."""
-    part = create(cfg.architecture, sae.d_in, shards.size, device=sae.W_enc.device,
-                  **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
-    with torch.no_grad():
-        for name, p in sae.named_parameters():
-            axis = sae.feature_axes.get(name)
-            getattr(part, name).copy_(p if axis is None else shards.own(p, axis))
-    part.metadata, part.shards = sae.metadata, shards
-    return part
 
 
 def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:

@@ -1,7 +1,7 @@
 """Training-step throughput of saeforge against baselines measured in the same process.
 
     python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
-        [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K]
+        [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K] [--default-allocator]
 
 Prints tokens/s for: saeforge's step (the architecture's fast step + fused Adam: standard.py's
 hand-written backward, or topk.py's sparse step), the bare matrix products one dense autograd
@@ -27,6 +27,7 @@ import torch
 from saeforge.architectures import JumpReLUSAE, StandardSAE, TopKSAE
 from saeforge.architectures.standard import fast_step
 from saeforge.init import initialize
+from saeforge.runtime import keep_freed_memory
 from saeforge.toy import ToyData
 
 
@@ -51,10 +52,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--sparse-step", choices=("auto", "on"), default="auto",
                     help="standard, jumprelu: the step's own choice (below SPARSE_BELOW of codes firing), or always sparse")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (by default the bench calls runtime.keep_freed_memory, as "
+                         "saeforge's CLI does, so no run pays page faults for its large temporaries)")
     ap.add_argument("--sparse-l0", type=float, default=0.0,
                     help="standard, jumprelu: biases such that this many features fire per input (0: about half)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    kept = False if a.default_allocator else keep_freed_memory()
     D, F, B = a.d_in, a.features, a.batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
@@ -158,6 +163,7 @@ def main() -> None:
         l0 = float((ours.encode(x) > 0).sum(1).float().mean())
     print(f"{a.architecture}{f' k {a.k}' if a.architecture == 'topk' else ''}, L0 {l0:.1f} of {F}, "
           f"d_in {D}, features {F}, batch {B}, {a.threads} threads, torch {torch.__version__}, "
+          f"{'keep_freed_memory' if kept else 'default allocator'}, "
           f"median of {a.rounds} rounds x {a.repeats} steps")
     for name, t in med.items():
         print(f"  {name:30s} {B / t:10.0f} tokens/s   ({t * 1e3:7.1f} ms)")

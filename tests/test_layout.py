@@ -11,7 +11,7 @@ import saeforge
 SRC = Path(saeforge.__file__).parent
 # Lowest first: a module may import only modules of a lower layer or of its own layer listed before it.
 LAYERS = [
-    ["errors", "distributed", "feature_shards", "runtime", "metrics", "config", "fast_attention"],
+    ["errors", "distributed", "feature_shards", "runtime", "metrics", "config", "fast_attention", "kernels"],
     ["sae"],
     ["architectures.topk", "architectures.standard", "architectures.batchtopk", "architectures.matryoshka",
      "architectures.jumprelu", "architectures"],

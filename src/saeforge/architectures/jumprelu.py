@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from .. import kernels
 from ..sae import SAE, Loss, StepOutput
 from .standard import set_grads, sparse_enough
-from .topk import Transposed, csr_of, entries, sampled
+from .topk import Transposed, csr_of, sampled
 
 TANH_SCALE = 4.0
 
@@ -107,7 +108,7 @@ class JumpReLUSAE(SAE):
                 # the entries that fire or lie in θ's kernel: all the sparse step needs
                 low_F = self.threshold - self.bandwidth / 2
                 if sparse or sparse_enough(pre_BF, low_F):
-                    return sparse_step(self, x_BD, entries(pre_BF > low_F, pre_BF), coefficient)
+                    return sparse_step(self, x_BD, kernels.firing(pre_BF, low_F), coefficient)
         return super().step(x_BD, coefficient, dead_F)
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from ..errors import UserError
 from ..sae import SAE, Loss, StepOutput
-from .topk import Transposed, csr_of, entries, sampled
+from .topk import Transposed, csr_of, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
 # (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
@@ -58,7 +59,7 @@ class StandardSAE(SAE):
 # Autograd on [batch, features] tensors spends as much on the elementwise work (ReLU, its mask,
 # the penalty and their gradients) and one avoidable product as on the useful products. Here:
 #
-#   forward   pre_BF = addmm(b_enc, x_BD − b_dec, W_enc)      product 1
+#   forward   pre_BF = (x_BD − b_dec) @ W_enc + b_enc          product 1
 #             f_BF   = relu_(pre_BF)                            in place
 #             out    = f_BF @ [W_dec | ‖W_dec‖]                 product 2: x̂ and the penalty at once
 #   backward  g_BF   = addmm(λ‖W_dec‖/B, g_x̂_BD, W_decᵀ)        product 3
@@ -83,11 +84,11 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
     xc_BD1[:, D] = 1.0
     xc_BD = xc_BD1[:, :D]
 
-    pre_BF = torch.addmm(b_enc, xc_BD, W_enc)
+    pre_BF = xc_BD @ W_enc  # the bias joins below: folded into the sparse path's comparison
     norms_F = W_dec.norm(dim=-1)
-    if sparse or (sparse is None and sparse_enough(pre_BF, 0.0)):
-        return sparse_relu_step(sae, x_BD, xc_BD, entries(pre_BF > 0, pre_BF), norms_F, l1)
-    f_BF = pre_BF.relu_()
+    if sparse or (sparse is None and sparse_enough(pre_BF, -b_enc)):
+        return sparse_relu_step(sae, x_BD, xc_BD, kernels.firing(pre_BF, -b_enc, b_enc), norms_F, l1)
+    f_BF = pre_BF.add_(b_enc).relu_()
     dec_FD1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
     out_BD1 = f_BF @ dec_FD1
     err_BD = out_BD1[:, :D].add_(b_dec).sub_(x_BD)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import kernels
 from ..errors import UserError
 from ..sae import SAE, Loss, StepOutput
 
@@ -74,10 +75,9 @@ class TopKSAE(SAE):
         if self.shards is not None:  # the global top k over every shard's latents
             rows, cols = self.shards.top_k(pre_BF, self.k)
             return crow_of(torch.bincount(rows, minlength=len(pre_BF))), cols, pre_BF[rows, cols].relu()
-        vals_BK, idx_BK = pre_BF.topk(self.k, dim=1, sorted=False)
-        idx_BK, order = idx_BK.sort(dim=1)
+        vals_BK, idx_BK = kernels.top_k(pre_BF, self.k)
         crow = torch.arange(0, len(pre_BF) * self.k + 1, self.k, device=pre_BF.device)
-        return crow, idx_BK.reshape(-1), vals_BK.gather(1, order).reshape(-1).relu()
+        return crow, idx_BK.reshape(-1), vals_BK.reshape(-1).relu()
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD.reshape(-1, self.d_in))  # any leading dimensions (e.g. [batch, pos, d_in])
@@ -127,13 +127,6 @@ def csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> to
     with warnings.catch_warnings():  # torch's one-time "CSR support is in beta" notice: not the user's concern
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
-
-
-def entries(mask_BF: torch.Tensor, values_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, columns, values) of the True entries of a mask, row-major: CSR order. One `nonzero`
-    (cheaper on CPU than `to_sparse_csr`, which also scans for zeros in the values)."""
-    rows, cols = mask_BF.nonzero().unbind(1)
-    return rows, cols, values_BF[rows, cols]
 
 
 def csr_of(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
@@ -220,10 +213,9 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
     n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     if n_dead and sae.aux_k_coefficient:
         k_aux = min(sae.aux_k, n_dead)
-        a_vals, a_idx = pre_BF.masked_fill_(~dead_F, -torch.inf).topk(k_aux, dim=1, sorted=False)
-        a_idx, order = a_idx.sort(dim=1)
+        a_vals, a_idx = kernels.top_k(pre_BF.masked_fill_(~dead_F, -torch.inf), k_aux)
         crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
-        vals_aux = a_vals.gather(1, order).reshape(-1)
+        vals_aux = a_vals.reshape(-1)
         A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))
         aux_err_BD = (A_aux @ W_dec).add_(err_BD)
         c = sae.aux_k_coefficient * min(n_dead / sae.aux_k, 1.0)

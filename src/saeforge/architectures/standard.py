@@ -20,7 +20,7 @@ from .topk import Transposed, csr_of, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
 # (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
-SPARSE_BELOW = 0.05
+SPARSE_BELOW = 0.04
 DECIDE_ROWS = 256  # the share is counted on the batch's first rows: a tenth of a pass, one host sync
 
 

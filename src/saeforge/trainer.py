@@ -32,8 +32,8 @@ from . import distributed, feature_shards, metrics
 from .config import DEFAULT_LR, TrainConfig
 from .dictionary import log_sparsity, save
 from .errors import UserError
-from .runtime import (CHECKPOINT, atomic_save_tensors, atomic_write_bytes, atomic_write_json, check_json, read_json,
-                      read_tensors)
+from .runtime import (CHECKPOINT, DeviceClock, atomic_save_tensors, atomic_write_bytes, atomic_write_json, check_json,
+                      read_json, read_tensors)
 from .sae import SAE, StepOutput
 
 STATE_FORMAT = 2  # state.json's layout; 1 (saeforge 0.1) kept the non-tensor state under "extra"
@@ -150,9 +150,10 @@ class Trainer:
         self.total_steps = 0  # the budget fit() runs to; the lr decay counts back from it
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=dev)  # first step with a non-finite loss
         self.log_extra: dict[str, Any] = {}  # fields a callback adds to the next metrics.jsonl rows
-        # where this process's training time went (seconds; on a GPU the step's kernels run async,
-        # so their time shows wherever the host next waits)
+        # where this process's training time went (host seconds; on a GPU the step's kernels run
+        # async, so their time shows wherever the host next waits: `step_clock` has their GPU time)
         self.timing = {"data_s": 0.0, "step_s": 0.0, "resample_s": 0.0}
+        self.step_clock = DeviceClock(dev)
         self.loggers: list[Any] = []  # more sinks for each metrics row: objects with log(row) (e.g. W&B)
         self.last_log: dict[str, Any] = {}
 
@@ -270,8 +271,9 @@ class Trainer:
         """One step on x_BD, then resampling, the callback, logging and checkpointing when due.
         Returns True when the callback asks to stop."""
         cfg, clock, timing = self.cfg, time.perf_counter, self.timing
-        t_step = clock()
+        t_step, begun = clock(), self.step_clock.start()
         out = self.train_step(x_BD)
+        self.step_clock.stop(begun)
         t_done = clock()
         timing["step_s"] += t_done - t_step
         if self.resampler is not None:
@@ -317,6 +319,8 @@ class Trainer:
             "lr": self.opt.param_groups[0]["lr"], (self.sae.coefficient or "coefficient"): self.coefficient_now(),
             "elapsed_s": round(st.train_seconds + elapsed, 3),
         }
+        if self.step_clock.on:  # the host has just waited for the step (the .item() above): no extra sync
+            row["step_gpu_s"] = round(self.step_clock.seconds(), 4)
         if self.resampler is not None:
             row["resampled"] = self.resample_summary()["resampled"]
         row.update(self.log_extra)

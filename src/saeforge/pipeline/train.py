@@ -145,4 +145,6 @@ def breakdown(trainer, source, first_fill: tuple[float, float]) -> dict[str, flo
     parts = {"first_fill_s": first_fill[0], "model_forward_s": forward, "buffer_s": t["data_s"] - forward,
              "step_s": t["step_s"], "resample_s": t["resample_s"]}
     parts["other_s"] = max(0.0, trainer.state.train_seconds - sum(parts.values()) + first_fill[0])
+    if trainer.step_clock.on:  # on a GPU: the steps' kernel time by CUDA events (step_s is the host's launch time)
+        parts["step_gpu_s"] = trainer.step_clock.seconds()
     return {k: round(v, 3) for k, v in parts.items()}

@@ -149,3 +149,12 @@ class SAE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"architecture={self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}"
+
+
+def set_grads(pairs) -> None:
+    """Write hand-computed gradients into `.grad` (the fast steps): (parameter, gradient) pairs."""
+    for p, g in pairs:
+        if p.grad is None:
+            p.grad = g.contiguous()
+        else:
+            p.grad.copy_(g)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from .. import kernels
-from ..sae import SAE, Loss, StepOutput
-from .standard import set_grads, sparse_enough
+from ..sae import SAE, Loss, StepOutput, set_grads
+from .standard import sparse_enough
 from .topk import Transposed, csr_of, sampled
 
 TANH_SCALE = 4.0

@@ -15,13 +15,13 @@ import torch
 
 from .. import kernels
 from ..errors import UserError
-from ..sae import SAE, Loss, StepOutput
+from ..sae import SAE, Loss, StepOutput, set_grads
 from .topk import Transposed, csr_of, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
 # (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
 SPARSE_BELOW = 0.04
-DECIDE_ROWS = 256  # the share is counted on the batch's first rows: a tenth of a pass, one host sync
+DECIDE_ROWS = 256  # the share is counted on the batch's first rows: a fraction of a pass, one host sync
 
 
 def sparse_enough(pre_BF: torch.Tensor, threshold) -> bool:
@@ -112,11 +112,7 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
     g_b_enc = g_enc_D1F[D]
     g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
 
-    for p, g in ((W_enc, g_enc_D1F[:D]), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)):
-        if p.grad is None:
-            p.grad = g.contiguous()
-        else:
-            p.grad.copy_(g)
+    set_grads(((W_enc, g_enc_D1F[:D]), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
     return StepOutput(mse + l1 * sparsity, mse, sparsity, f_BF, err_BD, feature_sums_F)
 
 
@@ -127,14 +123,6 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
 #   x̂ = A @ W_dec + b_dec                     O(N·D) instead of O(B·F·D)
 #   g at A's entries = sampled (g_x̂ @ W_decᵀ) + λ‖W_dec‖/B     (ReLU: only firing codes pass gradient)
 #   g_W_enc = (Gᵀ @ x_c)ᵀ,  g_W_dec = Aᵀ @ g_x̂ + penalty term,  g_b_enc = Σ by latent
-def set_grads(pairs) -> None:
-    for p, g in pairs:
-        if p.grad is None:
-            p.grad = g.contiguous()
-        else:
-            p.grad.copy_(g)
-
-
 @torch.no_grad()
 def sparse_relu_step(sae: StandardSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, firing, norms_F: torch.Tensor,
                      l1: float) -> StepOutput:

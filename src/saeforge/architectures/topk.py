@@ -26,7 +26,7 @@ import torch
 
 from .. import kernels
 from ..errors import UserError
-from ..sae import SAE, Loss, StepOutput
+from ..sae import SAE, Loss, StepOutput, set_grads
 
 
 class TopKSAE(SAE):
@@ -142,7 +142,7 @@ class Transposed:
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_latents: int):
         self.order = torch.argsort(cols, stable=True)
         self.crow = crow_of(torch.bincount(cols, minlength=n_latents))
-        self.rows, self.shape = rows[self.order], (n_latents, None)
+        self.rows = rows[self.order]
 
     def matmul(self, vals: torch.Tensor, X_BD: torch.Tensor) -> torch.Tensor:
         """(pattern with values `vals`, in row-major order)ᵀ @ X: [F, D]."""
@@ -234,11 +234,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
     g_b_dec = suffix[0].sum(0).sub_(W_enc @ g_b_enc)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
 
-    for p, g in ((W_enc, g_enc_FD.t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)):
-        if p.grad is None:
-            p.grad = g.contiguous()
-        else:
-            p.grad.copy_(g)
+    set_grads(((W_enc, g_enc_FD.t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
     sae.after_step(vals)
     return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)).to_dense(), err_BD,
                       feature_sums_F)

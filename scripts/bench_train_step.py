@@ -1,14 +1,15 @@
 """Training-step throughput of saeforge against baselines measured in the same process.
 
     python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
-        [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K] [--default-allocator]
+        [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K] [--default-allocator] [--autocast]
 
 Prints tokens/s for: saeforge's step (the architecture's fast step + fused Adam: standard.py's
 hand-written backward, or topk.py's sparse step), the bare matrix products one dense autograd
 step needs (6: encoder, decoder, and their backward products, the "matrix-product floor"), the
 same SAE trained by plain autograd, and SAELens's StandardTrainingSAE / TopKTrainingSAE step
 (if sae-lens is installed), interleaved in rounds so that machine noise hits all of them alike;
-then the ratios. Also the toy generator's batch cost against
+then the ratios. `--autocast` adds saeforge's and SAELens's steps under bfloat16 autocast
+(`saeforge train --autocast`; SAELens's runner `autocast=True`). Also the toy generator's batch cost against
 a step on that batch (the generator must be cheaper).
 
 `--sparse-l0 K` (standard, jumprelu) sets each encoder bias to minus the (1 − K/F) quantile of its
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--default-allocator", action="store_true",
                     help="leave glibc's allocator as it is (by default the bench calls runtime.keep_freed_memory, as "
                          "saeforge's CLI does, so no run pays page faults for its large temporaries)")
+    ap.add_argument("--autocast", action="store_true", help="also time both steps under bfloat16 autocast")
     ap.add_argument("--sparse-l0", type=float, default=0.0,
                     help="standard, jumprelu: biases such that this many features fire per input (0: about half)")
     a = ap.parse_args()
@@ -117,7 +119,15 @@ def main() -> None:
         _ = x.T @ c_                # grad W_enc
         _ = c_ @ W_enc.T            # grad through x - b_dec
 
+    def bf16(step):
+        def run():
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                step()
+        return run
+
     runs = {"saeforge": saeforge_step, "matmul floor": floor, "autograd torch": autograd_step}
+    if a.autocast:
+        runs["saeforge, bf16 autocast"] = bf16(saeforge_step)
     if a.architecture != "topk":
         runs["saeforge, dense step forced"] = saeforge_dense_step
     try:
@@ -148,6 +158,8 @@ def main() -> None:
             slopt.step()
 
         runs["SAELens"] = saelens_step
+        if a.autocast:
+            runs["SAELens, bf16 autocast"] = bf16(saelens_step)
     except Exception as e:  # noqa: BLE001
         print(f"(SAELens baseline skipped: {e})")
 
@@ -176,6 +188,11 @@ def main() -> None:
     if "SAELens" in med:
         print(f"saeforge / SAELens:       {med['SAELens'] / s:.2f}x  (targets: dense codes >= 1.5; sparse codes >= 3; "
               "topk >= 2)")
+    if "saeforge, bf16 autocast" in med:
+        h = med["saeforge, bf16 autocast"]
+        print(f"saeforge bf16 / saeforge float32: {s / h:.2f}x")
+        if "SAELens, bf16 autocast" in med:
+            print(f"saeforge bf16 / SAELens bf16: {med['SAELens, bf16 autocast'] / h:.2f}x")
     print(f"toy batch generation / saeforge step: {med['toy batch generation'] / s:.2f}  (< 1 required)")
 
 

@@ -190,3 +190,43 @@ def test_bad_architecture_flags_are_one_line_errors(tmp_path, capsys, flags, msg
 def test_k_larger_than_the_dictionary_in_python():
     with pytest.raises(UserError, match="--k must be in"):
         TopKSAE(8, 16, k=17)
+
+
+@pytest.mark.parametrize("name, kw", [("standard", {}), ("topk", {"k": 5}), ("batchtopk", {"k": 5}),
+                                      ("matryoshka", {"k": 5, "matryoshka_sizes": "8,32"}), ("jumprelu", {})])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_steps_under_bf16_autocast_keep_float32_and_agree(name, kw, sparse):
+    """--autocast (the GPU path, here on CPU): the [B, F] products in bfloat16, the gradients float32
+    and as the float32 step's up to bfloat16's rounding (dense and sparse steps alike)."""
+    from saeforge.architectures import create
+    sae = randomized(create(name, 16, 64, **kw))
+    with torch.no_grad():
+        sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_enc.fill_(-1.2 if sparse else 0.3)  # ReLU / JumpReLU: sparse codes take the sparse step
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+    dead_F = torch.arange(64) % 4 == 0
+    want = sae.step(x, 0.3, dead_F)
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sae.step(x, 0.3, dead_F)
+    assert got.loss.dtype == torch.float32 and got.loss.item() == pytest.approx(want.loss.item(), rel=0.02)
+    for n, p in sae.named_parameters():
+        assert p.grad.dtype == torch.float32, n
+        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), grads[n].flatten(), dim=0)
+        # θ's estimator counts the entries within bandwidth / 2 of θ, which bfloat16's rounding moves
+        # (a run still trains as well: the test below)
+        assert cos > (0.7 if n == "threshold" else 0.99), (n, float(cos))
+    assert torch.equal(got.feature_sums_F > 0, want.feature_sums_F > 0) or name != "standard"
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
+def test_autocast_training_holds_accuracy(architecture):
+    """A run with --autocast ends within 0.02 explained variance of the same run in float32."""
+    from saeforge.toy import ToyData
+    acts = ToyData(16, 48, n_active=3, decay=0.99, correlated=False, seed=3).fresh(8192, 1)
+    kw = dict(architecture=architecture, k=3, dict_size=48, steps=300, batch_size=256, progress=False)
+    _, exact = saeforge.train(acts, **kw)
+    _, half = saeforge.train(acts, **kw, autocast=True)
+    assert exact["train_explained_variance"] > 0.5
+    assert half["train_explained_variance"] == pytest.approx(exact["train_explained_variance"], abs=0.02)

@@ -54,3 +54,21 @@ def test_top_k_edge_rows(rng):
     vals, idx = kernels.top_k(pre, k)
     assert torch.equal(vals.sort(1, descending=True).values, pre.topk(k, dim=1).values)
     assert (idx.diff(dim=1) > 0).all() and torch.equal(pre.gather(1, idx), vals)
+
+
+def test_bfloat16_rows_are_widened_exactly(rng):
+    """--autocast hands the kernels bfloat16 pre-activations: the same entries as torch on their
+    float32 values (bfloat16 is float32's top half), values returned in float32."""
+    pre = (torch.randn(40, 128, generator=rng) * 3).bfloat16()
+    pre[2] = 0.5  # ties
+    pre[3, 64:] = -torch.inf
+    assert kernels.usable(pre)
+    wide = pre.float()
+    vals, idx = kernels.top_k(pre, 6)
+    assert vals.dtype == torch.float32 and torch.equal(wide.gather(1, idx), vals)
+    assert torch.equal(vals.sort(1, descending=True).values, wide.topk(6, dim=1).values)
+    low, add = torch.randn(128, generator=rng) + 2.0, torch.randn(128, generator=rng)
+    rows, cols, got = kernels.firing(pre, low, add)
+    want_r, want_c = (wide > low).nonzero().unbind(1)
+    assert torch.equal(rows, want_r) and torch.equal(cols, want_c) and len(rows) > 0
+    assert torch.equal(got, wide[want_r, want_c] + add[want_c])

@@ -176,6 +176,8 @@ class TrainConfig(RunConfig):
     adam_eps: float = opt(1e-8, "Adam ε (larger: parameters with tiny, rare gradients move less)", gt=0)
     batch_size: int = opt(512, "activations per training step (the global batch under torchrun)", ge=1)
     unit_norm_decoder: bool = opt(False, "keep decoder rows at unit norm (tangent gradient + renormalize)")
+    autocast: bool = opt(False, "the step's dense matrix products in bfloat16 (torch.autocast; parameters, gradients, "
+                         "Adam and the loss's sums stay float32): for GPUs, and CPUs with AMX (docs/performance.md)")
     log_every: int = opt(100, "write a metrics.jsonl line every N steps (the only host syncs)", ge=1)
     checkpoint_every: int = opt(1000, "save a resumable checkpoint every N steps (0: only at the end)", ge=0)
     dead_window: int = opt(0, "a feature is dead after this many tokens without firing (0: 10 batches)", ge=0)

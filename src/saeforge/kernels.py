@@ -7,8 +7,9 @@ Both read each row of the [B, F] pre-activations once as 16 interleaved slices (
 maximum, vectorized, is one maximum per group of F/16 latents) and revisit only the groups that
 can hold an answer, where torch needs a comparison, a `nonzero` and a gather (ReLU, JumpReLU) or
 a full `topk` and a sort (TopK): a quarter to a third of torch's time at L0 32 of 4,096
-(docs/performance.md). Without numba, on a GPU, in another dtype or for F not a multiple of 16
-the same answers come from torch. Inputs are NaN-free (a diverged run is stopped by the trainer).
+(docs/performance.md). bfloat16 input (the encoder product under `--autocast`) is widened to
+float32 row by row inside the kernels (its bits are float32's top half): values come back float32.
+Without numba, on a GPU, in another dtype or for F not a multiple of 16 the same answers come from torch. Inputs are NaN-free (a diverged run is stopped by the trainer).
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ BLOCK = 16
 
 
 def usable(t: torch.Tensor) -> bool:
-    return (numba is not None and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+    return (numba is not None and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.bfloat16)
             and t.dim() == 2 and t.is_contiguous() and t.shape[1] % BLOCK == 0 and not t.requires_grad)
+
+
+def _split(pre_BF: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(floats, bfloat16 bits) for the kernels: one of them holds the rows, the other is empty."""
+    F = pre_BF.shape[1]
+    if pre_BF.dtype == torch.bfloat16:
+        return np.empty((0, F), np.float32), pre_BF.view(torch.int16).numpy()
+    return pre_BF.numpy(), np.empty((0, F), np.int16)
 
 
 def _threads() -> None:
@@ -45,16 +54,17 @@ def firing(pre_BF: torch.Tensor, low_F: torch.Tensor,
         return rows, cols, vals if add_F is None else vals + add_F[cols]
     _threads()
     B, F = pre_BF.shape
-    pre = pre_BF.numpy()
-    low = torch.as_tensor(low_F, dtype=pre_BF.dtype).expand(F).contiguous().numpy()
-    add = np.zeros(F, pre.dtype) if add_F is None else add_F.detach().to(pre_BF.dtype).contiguous().numpy()
+    pre, bits = _split(pre_BF)
+    dtype = torch.float32 if pre_BF.dtype == torch.bfloat16 else pre_BF.dtype
+    low = torch.as_tensor(low_F, dtype=dtype).expand(F).contiguous().numpy()
+    add = np.zeros(F, pre.dtype) if add_F is None else add_F.detach().to(dtype).contiguous().numpy()
     crow = np.zeros(B + 1, np.int64)
     empty_i, empty_v = np.empty(0, np.int64), np.empty(0, pre.dtype)
-    _firing(pre, low, add, crow[1:], empty_i, empty_i, empty_v, False)  # counts per row
+    _firing(pre, bits, low, add, crow[1:], empty_i, empty_i, empty_v, False)  # counts per row
     np.cumsum(crow, out=crow)
     n = int(crow[-1])
     rows, cols, vals = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, pre.dtype)
-    _firing(pre, low, add, crow, rows, cols, vals, True)
+    _firing(pre, bits, low, add, crow, rows, cols, vals, True)
     return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(vals)
 
 
@@ -80,8 +90,9 @@ def top_k(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx_BK, order = idx_BK.sort(dim=1)
         return vals_BK.gather(1, order), idx_BK
     _threads()
-    vals, idx = np.empty((B, k), pre_BF.numpy().dtype), np.empty((B, k), np.int64)
-    _top_k(pre_BF.numpy(), k, vals, idx)
+    pre, bits = _split(pre_BF)
+    vals, idx = np.empty((B, k), pre.dtype), np.empty((B, k), np.int64)
+    _top_k(pre, bits, k, vals, idx)
     return torch.from_numpy(vals), torch.from_numpy(idx)
 
 
@@ -100,13 +111,23 @@ if numba is not None:
             for g in range(G):
                 mx[g] = max(mx[g], row[s * G + g] - low[s * G + g])
 
+    @numba.njit(cache=True, inline="always")
+    def _row(pre, bits, b, buf):
+        """Row b as floats: `pre[b]`, or bfloat16 `bits[b]` widened into buf (float32's top half)."""
+        if bits.shape[0] == 0:
+            return pre[b]
+        src, out = bits[b], buf.view(np.uint32)
+        for i in range(len(src)):
+            out[i] = np.uint32(np.uint16(src[i])) << 16
+        return buf
+
     @jit
-    def _firing(pre, low, add, counts, rows, cols, vals, fill):
+    def _firing(pre, bits, low, add, counts, rows, cols, vals, fill):
         """Count (fill False) or write (fill True, from the row pointers in `counts`) the entries above `low`."""
-        B, F = pre.shape
+        B, F = max(pre.shape[0], bits.shape[0]), pre.shape[1]
         G = F // BLOCK
         for b in numba.prange(B):
-            row = pre[b]
+            row = _row(pre, bits, b, np.empty(F, pre.dtype))
             mx = np.empty(G, pre.dtype)
             _group_max(row, low, mx)
             hit = np.empty(G, np.int64)
@@ -165,15 +186,15 @@ if numba is not None:
         return lo, False
 
     @jit
-    def _top_k(pre, k, vals, idx):
+    def _top_k(pre, bits, k, vals, idx):
         """Per row: T with at least k group maxima ≥ T (so the row's k-th largest is ≥ T); the
         entries ≥ T of those groups, latents ascending (about k to 2k of them); V with exactly k of
         them ≥ V (or the tie value: then the entries > V and as many = V as make k)."""
-        B, F = pre.shape
+        B, F = max(pre.shape[0], bits.shape[0]), pre.shape[1]
         G = F // BLOCK
         zero = np.zeros(F, pre.dtype)
         for b in numba.prange(B):
-            row = pre[b]
+            row = _row(pre, bits, b, np.empty(F, pre.dtype))
             mx = np.empty(G, pre.dtype)
             _group_max(row, zero, mx)
             T = _bisect(mx, G, k, k // 2)[0]

@@ -155,6 +155,12 @@ def set_grads(pairs) -> None:
     """Write hand-computed gradients into `.grad` (the fast steps): (parameter, gradient) pairs."""
     for p, g in pairs:
         if p.grad is None:
-            p.grad = g.contiguous()
+            p.grad = g.to(p.dtype).contiguous()
         else:
             p.grad.copy_(g)
+
+
+def exact(device_type: str):
+    """Turn autocast off for what follows a step's bfloat16 products (the selections, the sparse
+    products and the sums: float32, as the parameters)."""
+    return torch.autocast(device_type, enabled=False)

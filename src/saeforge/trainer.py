@@ -191,10 +191,11 @@ class Trainer:
     def train_step(self, x_BD: torch.Tensor) -> StepOutput:
         sae, st = self.sae, self.state
         dead_F = st.tokens_since_fired_F >= self.dead_window if sae.uses_dead_mask else None
-        if sae.shards is None:
-            out = sae.step(x_BD, self.coefficient_now(), dead_F)
-        else:  # one shard of the features: the autograd step, with its collectives (feature_shards.py)
-            out = SAE.step(sae, x_BD, self.coefficient_now(), dead_F)
+        with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
+            if sae.shards is None:
+                out = sae.step(x_BD, self.coefficient_now(), dead_F)
+            else:  # one shard of the features: the autograd step, with its collectives (feature_shards.py)
+                out = SAE.step(sae, x_BD, self.coefficient_now(), dead_F)
         if self.data_world > 1:  # one all-reduce: mean gradient of the global batch + firing sums
             distributed.all_reduce_step(list(sae.parameters()), out.feature_sums_F,
                                         group=None if sae.shards is None else sae.shards.data_group)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import kernels
-from ..sae import SAE, Loss, StepOutput, set_grads
+from ..sae import SAE, Loss, StepOutput, exact, set_grads
 from .standard import sparse_enough
 from .topk import Transposed, csr_of, sampled
 
@@ -104,11 +104,12 @@ class JumpReLUSAE(SAE):
             self.threshold.clamp_(min=0.0)  # θ < 0 would let negative pre-activations through
             if sparse is not False:
                 x_BD = x_BD.to(self.W_enc.dtype)
-                pre_BF = self.pre(x_BD)
+                pre_BF = torch.addmm(self.b_enc, self.centered(x_BD), self.W_enc)  # bfloat16 under autocast
                 # the entries that fire or lie in θ's kernel: all the sparse step needs
                 low_F = self.threshold - self.bandwidth / 2
                 if sparse or sparse_enough(pre_BF, low_F):
-                    return sparse_step(self, x_BD, kernels.firing(pre_BF, low_F), coefficient)
+                    with exact(x_BD.device.type):  # after the encoder product (bfloat16 under autocast)
+                        return sparse_step(self, x_BD, kernels.firing(pre_BF, low_F), coefficient)
         return super().step(x_BD, coefficient, dead_F)
 
 
@@ -124,6 +125,7 @@ def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float) -> StepOu
     F, bw = sae.d_sae, sae.bandwidth
     xc_BD = x_BD - b_dec
     rows_S, cols_S, pre_S = seen
+    pre_S = pre_S.to(x_BD.dtype)
     fire_S = pre_S > theta_F[cols_S]
     rows_A = rows_S[fire_S]
     A = csr_of(rows_A, cols_S[fire_S], pre_S[fire_S], (B, F))

@@ -15,7 +15,7 @@ import torch
 
 from .. import kernels
 from ..errors import UserError
-from ..sae import SAE, Loss, StepOutput, set_grads
+from ..sae import SAE, Loss, StepOutput, exact, set_grads
 from .topk import Transposed, csr_of, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
@@ -74,7 +74,8 @@ class StandardSAE(SAE):
 @torch.no_grad()
 def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | None = None) -> StepOutput:
     """Compute the loss and write the gradients into `.grad` of the four parameters.
-    `sparse`: None decides from the share of codes that fire (SPARSE_BELOW); True / False force."""
+    `sparse`: None decides from the share of codes that fire (SPARSE_BELOW); True / False force.
+    Under autocast the [B, F] products run in bfloat16; the rest in the parameters' dtype."""
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     x_BD = x_BD.to(W_enc.dtype)
@@ -87,10 +88,12 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
     pre_BF = xc_BD @ W_enc  # the bias joins below: folded into the sparse path's comparison
     norms_F = W_dec.norm(dim=-1)
     if sparse or (sparse is None and sparse_enough(pre_BF, -b_enc)):
-        return sparse_relu_step(sae, x_BD, xc_BD, kernels.firing(pre_BF, -b_enc, b_enc), norms_F, l1)
+        with exact(x_BD.device.type):
+            return sparse_relu_step(sae, x_BD, xc_BD, kernels.firing(pre_BF, -b_enc, b_enc), norms_F, l1)
+    dtype = x_BD.dtype
     f_BF = pre_BF.add_(b_enc).relu_()
     dec_FD1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
-    out_BD1 = f_BF @ dec_FD1
+    out_BD1 = (f_BF @ dec_FD1).to(dtype)
     err_BD = out_BD1[:, :D].add_(b_dec).sub_(x_BD)
     mse = err_BD.pow(2).sum() / B
     sparsity = out_BD1[:, D].sum() / B
@@ -104,8 +107,8 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
     g_BF = torch.addmm(norms_F * (l1 / B), gx_BD, W_dec.t())
     g_BF = torch.ops.aten.threshold_backward(g_BF, f_BF, 0.0)
 
-    g_enc_D1F = xc_BD1.t() @ g_BF
-    g_dec_FD1 = f_BF.t() @ gx_BD1
+    g_enc_D1F = (xc_BD1.t() @ g_BF).to(dtype)
+    g_dec_FD1 = (f_BF.t() @ gx_BD1).to(dtype)
     feature_sums_F = g_dec_FD1[:, D]
 
     g_W_dec = g_dec_FD1[:, :D].addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
@@ -131,6 +134,7 @@ def sparse_relu_step(sae: StandardSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, 
     B, D = x_BD.shape
     F = sae.d_sae
     rows, cols, vals = firing
+    vals = vals.to(x_BD.dtype)  # bfloat16 when the encoder product ran under autocast
     A = csr_of(rows, cols, vals, (B, F))
     err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
     mse = err_BD.pow(2).sum() / B

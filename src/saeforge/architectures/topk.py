@@ -26,7 +26,7 @@ import torch
 
 from .. import kernels
 from ..errors import UserError
-from ..sae import SAE, Loss, StepOutput, set_grads
+from ..sae import SAE, Loss, StepOutput, exact, set_grads
 
 
 class TopKSAE(SAE):
@@ -168,13 +168,21 @@ def sampled(pattern: torch.Tensor, a_BD: torch.Tensor, W_FD: torch.Tensor) -> to
 def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -> StepOutput:
     """Loss and gradients of `TopKSAE.loss` (and its subclasses') with the codes as CSR matrices:
     the decoder, the codes' gradients and both weight gradients are sparse products (MKL)."""
-    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    x_BD = x_BD.to(sae.W_enc.dtype)
+    xc_BD = x_BD - sae.b_dec
+    pre_BF = torch.addmm(sae.b_enc, xc_BD, sae.W_enc)  # the one dense product (bfloat16 under autocast)
+    with exact(x_BD.device.type):
+        return sparse_rest(sae, x_BD, xc_BD, pre_BF, dead_F)
+
+
+def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: torch.Tensor,
+                dead_F: torch.Tensor | None) -> StepOutput:
+    """`sparse_step` after the encoder product: selection, sparse products, gradients."""
+    W_enc, W_dec, b_dec = sae.W_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     F = sae.d_sae
-    x_BD = x_BD.to(W_enc.dtype)
-    xc_BD = x_BD - b_dec
-    pre_BF = torch.addmm(b_enc, xc_BD, W_enc)                       # the one dense product
     crow, cols, vals = sae.select(pre_BF)
+    vals = vals.to(x_BD.dtype)
 
     # the active entries split by nested level (one level unless Matryoshka), each a CSR matrix
     sizes = sae.levels()
@@ -215,7 +223,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
         k_aux = min(sae.aux_k, n_dead)
         a_vals, a_idx = kernels.top_k(pre_BF.masked_fill_(~dead_F, -torch.inf), k_aux)
         crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
-        vals_aux = a_vals.reshape(-1)
+        vals_aux = a_vals.reshape(-1).to(x_BD.dtype)
         A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))
         aux_err_BD = (A_aux @ W_dec).add_(err_BD)
         c = sae.aux_k_coefficient * min(n_dead / sae.aux_k, 1.0)
@@ -234,7 +242,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -
     g_b_dec = suffix[0].sum(0).sub_(W_enc @ g_b_enc)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
 
-    set_grads(((W_enc, g_enc_FD.t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
+    set_grads(((W_enc, g_enc_FD.t()), (sae.b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
     sae.after_step(vals)
     return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)).to_dense(), err_BD,
                       feature_sums_F)

@@ -43,7 +43,7 @@ def saeforge_run(a, out: Path) -> dict:
     """`saeforge train` as a user runs it: its own process (imports, model load, its memory settings)."""
     cmd = [sys.executable, "-m", "saeforge", "train", "--out", str(out), "--tokens", str(a.tokens),
            "--architecture", a.architecture, "--eval-tokens", "0", "--no-progress", "--checkpoint-every", "0",
-           "--l1-coefficient", str(a.l1), "--seed", str(a.seed)]
+           "--l1-coefficient", str(a.l1), "--seed", str(a.seed), *a.saeforge_flags.split()]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--saelens-l1", type=float, default=5.0, help="SAELens's λ (standard; choose it for a like L0)")
     ap.add_argument("--saelens-rescale", choices=("true", "false"), default="true",
                     help="SAELens TopK's rescale_acts_by_decoder_norm (its training default: true)")
+    ap.add_argument("--saeforge-flags", default="", help="more `saeforge train` flags, e.g. '--unit-norm-decoder'")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--eval-tokens", type=int, default=65536)
     ap.add_argument("--seed", type=int, default=0)

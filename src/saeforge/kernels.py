@@ -9,7 +9,8 @@ can hold an answer, where torch needs a comparison, a `nonzero` and a gather (Re
 a full `topk` and a sort (TopK): a quarter to a third of torch's time at L0 32 of 4,096
 (docs/performance.md). bfloat16 input (the encoder product under `--autocast`) is widened to
 float32 row by row inside the kernels (its bits are float32's top half): values come back float32.
-Without numba, on a GPU, in another dtype or for F not a multiple of 16 the same answers come from torch. Inputs are NaN-free (a diverged run is stopped by the trainer).
+Without numba, on a GPU, in another dtype or for F not a multiple of 16 the same answers come
+from torch. Inputs are NaN-free (a diverged run is stopped by the trainer).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ if numba is not None:
         B, F = max(pre.shape[0], bits.shape[0]), pre.shape[1]
         G = F // BLOCK
         for b in numba.prange(B):
-            row = _row(pre, bits, b, np.empty(F, pre.dtype))
+            row = _row(pre, bits, b, np.empty(F if len(bits) else 0, pre.dtype))
             mx = np.empty(G, pre.dtype)
             _group_max(row, low, mx)
             hit = np.empty(G, np.int64)
@@ -194,7 +195,7 @@ if numba is not None:
         G = F // BLOCK
         zero = np.zeros(F, pre.dtype)
         for b in numba.prange(B):
-            row = _row(pre, bits, b, np.empty(F, pre.dtype))
+            row = _row(pre, bits, b, np.empty(F if len(bits) else 0, pre.dtype))
             mx = np.empty(G, pre.dtype)
             _group_max(row, zero, mx)
             T = _bisect(mx, G, k, k // 2)[0]

@@ -77,6 +77,8 @@ def main() -> None:
                     help="seeds for the toy sizes after the first (default: --seeds)")
     ap.add_argument("--toy-steps", type=int, default=5000)
     ap.add_argument("--toy-l0", type=float, default=0.01, help="JumpReLU's λ₀ on toy data")
+    ap.add_argument("--toy-extra", default="", help="more `saeforge toy` flags for sections (a) and (d), e.g. "
+                    "older toy defaults: '--adam-eps 1e-8 --resample-pool fresh'")
     ap.add_argument("--real-features", type=int, nargs="*", default=[1024, 4096])
     ap.add_argument("--real-tokens", type=int, default=4_000_000)
     ap.add_argument("--real-l0", type=float, default=0.05, help="JumpReLU's λ₀ on the embedded model")
@@ -107,7 +109,8 @@ def main() -> None:
         for arch in a.archs:
             for seed in a.seeds if i == 0 or a.wide_seeds is None else a.wide_seeds:
                 args = ["toy", "--d-model", "128", "--n-features", str(nf), "--seed", str(seed), "--init", "orthogonal",
-                        "--architecture", arch, "--steps", str(a.toy_steps), *sparsity_flags(arch, 5, 0.3, a.toy_l0)]
+                        "--architecture", arch, "--steps", str(a.toy_steps), *sparsity_flags(arch, 5, 0.3, a.toy_l0),
+                        *a.toy_extra.split()]
                 s = run(args, out / f"toy-{nf}-{arch}-seed{seed}")
                 if s is None:
                     continue
@@ -182,7 +185,7 @@ def main() -> None:
             for name, flags in variants:
                 tag = name.replace(" ", "-").replace(",", "")
                 args = ["toy", "--d-model", "128", "--n-features", str(nf), "--seed", str(seed), "--init", "orthogonal",
-                        "--architecture", arch, "--steps", str(a.toy_steps), "--k", "5", *flags]
+                        "--architecture", arch, "--steps", str(a.toy_steps), "--k", "5", *flags, *a.toy_extra.split()]
                 s = run(args, out / f"methods-{nf}-{arch}-{tag}")
                 if s is None:
                     continue

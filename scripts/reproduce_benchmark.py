@@ -66,7 +66,7 @@ def build_model(path: Path):
     return SyntheticModel.load_from_disk(path)
 
 
-def ours(model_dir: Path, arch: str, variant: str, seed: int, steps: int, out: Path) -> dict:
+def ours(model_dir: Path, arch: str, variant: str, seed: int, steps: int, out: Path, extra: str = "") -> dict:
     run_dir = out / f"saeforge-{arch}-{variant.replace(', ', '-')}-seed{seed}"
     if REUSE_ONLY and not (run_dir / "summary.json").exists():
         return None
@@ -80,7 +80,7 @@ def ours(model_dir: Path, arch: str, variant: str, seed: int, steps: int, out: P
             flags += OURS_SPARSITY[arch]
         args = ["toy", "--synthetic-model", str(model_dir), "--architecture", arch, "--seed", str(seed),
                 "--steps", str(steps), "--batch-size", "1024", "--target-mmcs", "0", "--eval-samples", "0",
-                "--out", str(run_dir), "--no-progress", *flags]
+                "--out", str(run_dir), "--no-progress", *flags, *extra.split()]
         if saeforge_main(args):
             sys.exit(f"failed: saeforge {' '.join(args)}")
     s = json.loads((run_dir / "summary.json").read_text())
@@ -127,6 +127,8 @@ def main() -> None:
                     help="run the variants other than --main-variant only on these seeds (default: every seed)")
     ap.add_argument("--main-variant", default="mod, clustered", help="the saeforge variant run on every seed")
     ap.add_argument("--eval-samples", type=int, default=100_000)
+    ap.add_argument("--saeforge-extra", default="", help="more `saeforge toy` flags for saeforge's runs, e.g. older "
+                    "toy defaults: '--adam-eps 1e-8 --resample-pool fresh'")
     ap.add_argument("--reuse-only", action="store_true", help="only the finished runs (time ran out for the rest)")
     ap.add_argument("--out", default="runs/benchmark")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
@@ -144,7 +146,7 @@ def main() -> None:
     rows = []
     for arch in a.archs:
         for seed in a.seeds:
-            runs = [(f"saeforge {v}", ours(out / "model", arch, v, seed, a.steps, out)) for v in a.variants
+            runs = [(f"saeforge {v}", ours(out / "model", arch, v, seed, a.steps, out, a.saeforge_extra)) for v in a.variants
                     if v == a.main_variant or a.variant_seeds is None or seed in a.variant_seeds]
             runs.append(("SAELens", theirs(model, arch, seed, a.steps, out)))
             for who, r in runs:

@@ -40,7 +40,8 @@ def assert_close(a, b):
 
 
 def test_two_ranks_end_where_one_process_ends_across_resampling_and_resume(tmp_path):
-    resample = ["--resample", "clustered", "--resample-at", "15,35"]
+    # the stream pool (the toy default): rank 0 renews from the global batch's worst rows, gathered
+    resample = ["--resample", "clustered", "--resample-at", "20,40", "--l1", "3", "--resample-sample", "512"]
     assert main(["toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "one")]) == 0
     torchrun(2, "toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "two"))
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -51,7 +52,11 @@ def test_two_ranks_end_where_one_process_ends_across_resampling_and_resume(tmp_p
     # only rank 0 wrote: one metrics line per logging step
     steps = [json.loads(x)["step"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 30, 40, 50]
-    # 2 ranks up to step 30 (one resampling), then resumed by 1 process to 50 (the second)
+    # a fresh pool: 2 ranks up to step 30 (one resampling), then resumed by 1 process to 50 (the
+    # second); a stream pool would miss steps 21-30's rows (no event in a 30-step budget after 20)
+    resample = ["--resample", "clustered", "--resample-at", "15,35", "--resample-pool", "fresh"]
+    assert main(["toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "one-fresh")]) == 0
+    one = weights(tmp_path / "one-fresh")
     torchrun(2, "toy", *FLAGS, *resample, "--steps", "30", "--out", str(tmp_path / "mixed"))
     assert main(["toy", *FLAGS, *resample, "--steps", "50", "--out", str(tmp_path / "mixed"), "--resume"]) == 0
     assert_close(one, weights(tmp_path / "mixed"))

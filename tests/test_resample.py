@@ -132,6 +132,45 @@ def test_silent_in_the_window_but_firing_on_fresh_inputs_is_not_dead():
     assert torch.equal(tr.sae.W_dec[2], W[2]) and not torch.equal(tr.sae.W_dec[3], W[3])
 
 
+def test_stream_pool_draws_nothing_and_keeps_the_worst_training_inputs():
+    """--resample-pool stream: an event renews the features silent since the last event from the
+    worst inputs of the batches since then (no fresh draw); a feature silent for the trainer's
+    window but not for the interval is not dead; the candidates are carried to the next event."""
+    def no_draw(n, step, part):
+        raise AssertionError("a stream pool draws no fresh inputs")
+
+    tr, cfg, _, batches = _trained("clustered")
+    cfg = replace(cfg, resample_pool="stream", resample_direction="residual", resample_worst=16, resample_at="8,12",
+                  dead_window=128)
+    tr.cfg = cfg
+    rs = Resampler(cfg, no_draw, 100)
+    with torch.no_grad():
+        tr.sae.b_enc[[3, 9]] = -1e3  # they fire in none of the interval's batches
+    seen, events = [], []
+    for _ in range(4):  # steps 5-8
+        x_BD = next(batches)
+        seen.append(x_BD)
+        out = tr.train_step(x_BD)
+        if tr.step == 8:
+            tr.state.tokens_since_fired_F.zero_()
+            tr.state.tokens_since_fired_F[[3, 9]] = 10**9
+            tr.state.tokens_since_fired_F[2] = 300  # silent for the window (128), not for the interval (4 × 64)
+            W = tr.sae.W_dec.detach().clone()
+        rs.observe(tr, x_BD, out)
+        events.append(rs(tr))
+    assert events[:3] == [None] * 3 and (events[3]["dead"], events[3]["pool"]) == (2, 4 * 32)  # 32 per batch
+    assert torch.equal(tr.sae.W_dec[2], W[2]) and not torch.equal(tr.sae.W_dec[3], W[3])
+    assert rs.rows == [] and rs.fired_F is None  # the next interval starts empty…
+    pool_ND = torch.cat(seen)
+    assert len(rs.carry) == 8 * 16 and all(bool((pool_ND == r).all(1).any()) for r in rs.carry)  # …with these
+    for _ in range(4):  # steps 9-12: the second event scores the carried candidates and the new rows
+        x_BD = next(batches)
+        out = tr.train_step(x_BD)
+        rs.observe(tr, x_BD, out)
+        event = rs(tr)
+    assert event["step"] == 12 and event["pool"] == 8 * 16 + 4 * 64  # the 128 carried; 64 per batch of a 4-step interval
+
+
 def test_duplicates_free_the_rarer_twin():
     tr, cfg, sampler, batches = _trained("clustered")
     tr.train_step(next(batches))
@@ -275,10 +314,11 @@ def test_toy_run_with_resampling_is_reproducible(tmp_path):
     assert full["resampled"] == sum(e["dead"] + e["duplicates"] for e in events)
 
 
-@pytest.mark.parametrize("method", ["anthropic", "clustered"])
-def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path, method):
+@pytest.mark.parametrize("method,pool", [("anthropic", "fresh"), ("clustered", "fresh"), ("clustered", "stream")])
+def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path, method, pool):
     data = ToyData(16, 32, n_active=3, seed=0)
     cfg = TrainConfig(out=str(tmp_path), resample=method, resample_every=10, dead_window=128, batch_size=64,
+                      resample_pool=pool, resample_direction="residual",
                       lr=3e-2, l1_coefficient=1.0, unit_norm_decoder=True, progress=False, resample_sample=1024,
                       lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0,
                       resample_worst=128, resample_clusters=4)
@@ -293,7 +333,7 @@ def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path,
     ref = fresh(tmp_path / "ref")
     ref.fit(data.batches(64), 50)
     part = fresh(tmp_path / "part")
-    part.fit(data.batches(64), 50, callback=lambda tr, _: tr.step == 25)  # interrupted after the 2nd event
+    part.fit(data.batches(64), 50, callback=lambda tr, _: tr.step == 25)  # after the 2nd event, mid-interval
     part.save_checkpoint()
     resumed = fresh(tmp_path / "part")
     resumed.restore(read_checkpoint(tmp_path / "part"))

@@ -95,7 +95,8 @@ def test_same_seed_same_dictionary(tmp_path):
 
 V01 = Path(__file__).parent / "data" / "v0.1"  # run directories written by saeforge 0.1 (checkpoint format 1)
 V01_TOY = [*SMALL, "--target-mmcs", "0", "--checkpoint-every", "20", "--lr-decay-steps", "0", "--resample", "clustered",
-           "--resample-at", "10,30", "--dead-window", "64", "--resample-sample", "512"]
+           "--resample-at", "10,30", "--dead-window", "64", "--resample-sample", "512",
+           "--adam-eps", "1e-8", "--resample-pool", "fresh"]  # the toy defaults release 0.1 trained with
 
 
 def test_a_toy_run_of_release_0_1_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):

@@ -140,6 +140,10 @@ class TrainConfig(RunConfig):
     resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
     resample_sample: int | None = opt(16384, "inputs scored by reconstruction error at each resampling, streamed in "
                                       "chunks (auto: max(131072, 2 × latents²))", ge=1)
+    resample_pool: str = opt("fresh", "where resampling looks for badly reconstructed inputs: fresh "
+                             "(--resample-sample new inputs drawn and scored at each resampling) or stream (the "
+                             "worst of every training batch since the last resampling, and the earlier candidates "
+                             "still unexplained: nothing drawn, only those scored)", choices=("fresh", "stream"))
     resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered (residual: "
                               "the N with the most unexplained error among the 8N worst)", ge=1)
     resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs", ge=1)
@@ -247,6 +251,7 @@ class ToyConfig(TrainConfig):
     resample: str = inherit(TrainConfig, "resample", AUTO)
     resample_every: int = inherit(TrainConfig, "resample_every", 250)
     resample_sample: int | None = inherit(TrainConfig, "resample_sample", None)
+    resample_pool: str = inherit(TrainConfig, "resample_pool", "stream")
     resample_direction: str = inherit(TrainConfig, "resample_direction", "residual")
     resample_encoder: str = inherit(TrainConfig, "resample_encoder", "alive")
     resample_duplicates: float = inherit(TrainConfig, "resample_duplicates", 0.8)
@@ -255,6 +260,7 @@ class ToyConfig(TrainConfig):
     lr_warmup_steps: int = inherit(TrainConfig, "lr_warmup_steps", 0)
     lr_decay_steps: int | None = inherit(TrainConfig, "lr_decay_steps", None)
     beta2: float = inherit(TrainConfig, "beta2", 0.95)
+    adam_eps: float = inherit(TrainConfig, "adam_eps", 1e-5)
     batch_size: int = inherit(TrainConfig, "batch_size", 2048)
     unit_norm_decoder: bool = inherit(TrainConfig, "unit_norm_decoder", True)
     checkpoint_every: int = inherit(TrainConfig, "checkpoint_every", 0)

@@ -94,6 +94,15 @@ def all_reduce_mean(values: list[float], device) -> list[float]:
     return (t / world()).tolist()
 
 
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of t (the same shape on each), concatenated in rank order."""
+    if not active() or world() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if active():
         dist.broadcast(t, src)

@@ -10,6 +10,10 @@ residual of one of the most coherent clusters of what no firing feature explains
 encoders: `anthropic` (0.2 × the alive features' mean norm, bias 0) or `alive` (their median
 norm and bias). The trainer renews the features (`Trainer.renew_features`: weights, Adam
 moments, firing counters). Rank 0 decides from the run's seed and step and broadcasts.
+Where to look (`--resample-pool`): `fresh` draws and scores `resample_sample` new inputs at each
+event; `stream` keeps the worst-reconstructed inputs of every training batch since the last
+event (their errors come free with the step) and those of earlier events still unexplained, so
+an event draws nothing and scores only those candidates.
 docs/design.md ("Resampling") gives the reasons, docs/resampling.md the measurements.
 """
 
@@ -63,6 +67,38 @@ class Resampler:
     def __init__(self, cfg: Any, sample: Callable[[int, int, int], torch.Tensor], total_steps: int):
         self.cfg, self.sample = cfg, sample
         self.steps = set(cfg.resample_steps(total_steps)) if cfg.resample != "none" else set()
+        self.stream = cfg.resample_pool == "stream"
+        self.rows: list[torch.Tensor] = []  # stream: the worst inputs of each batch since the last event
+        self.carry: torch.Tensor | None = None  # stream: the candidates kept at the last event
+        self.fired_F: torch.Tensor | None = None  # stream: batches each feature fired in since the last event
+
+    def candidates(self) -> int:
+        """Inputs that choosing directions reads: 8 × --resample-worst for residual directions (and
+        for anthropic's draw ∝ error² from a stream), --resample-worst for centroids."""
+        return self.cfg.resample_worst * (1 if self.cfg.resample_direction == "centroid" and
+                                          self.cfg.resample == "clustered" else 8)
+
+    def observe(self, tr: "Trainer", x_BD: torch.Tensor, out: Any) -> None:
+        """Stream pool: after each step, keep the batch's worst-reconstructed inputs (twice the
+        candidates over an interval) and count the batches each feature fired in. No host sync."""
+        if not self.stream:
+            return
+        ahead = [s for s in self.steps if s >= tr.step]
+        if not ahead:
+            return
+        nxt = min(ahead)
+        interval = nxt - max([s for s in self.steps if s < tr.step] or [0])
+        q = min(len(x_BD) * tr.data_world, -(-2 * self.candidates() // interval))
+        l_B = squared_error(out.err_BD.float())
+        top = torch.topk(l_B, min(q, len(l_B))).indices
+        if tr.data_world > 1:  # the global batch's worst: each rank's worst q, gathered, then the worst q of those
+            xl_ND1 = distributed.all_gather_rows(torch.cat([x_BD[top].float(), l_B[top, None]], 1))
+            top = torch.topk(xl_ND1[:, -1], q).indices
+            self.rows.append(xl_ND1[top, :-1])
+        else:
+            self.rows.append(x_BD[top].float())
+        fired_F = (out.feature_sums_F > 0).long()
+        self.fired_F = fired_F if self.fired_F is None else self.fired_F + fired_F
 
     def __call__(self, tr: "Trainer") -> dict[str, Any] | None:
         if tr.step not in self.steps:
@@ -73,15 +109,22 @@ class Resampler:
         window_dead_F = tr.state.tokens_since_fired_F >= tr.dead_window
         event = {"step": tr.step, "method": cfg.resample, "dead": 0, "duplicates": 0}
         # one host sync, on resampling steps only; the same on every rank (the counters are)
-        if bool(window_dead_F.any()) or cfg.resample_duplicates > 0:
+        act = bool(window_dead_F.any()) or cfg.resample_duplicates > 0
+        if self.stream and not act:  # nothing to renew: the interval's rows still become candidates
+            if distributed.is_main():
+                self.streamed(sae)
+                event["pool"] = self.scored
+        if act:
             # Rank 0 scores fresh inputs, decides which features to renew and their directions,
             # and broadcasts both, so every rank applies the same change.
             mask_F = torch.zeros(sae.d_sae, device=dev)  # 1: dead, 2: duplicate
             dirs_KD = None
             if distributed.is_main():
-                X_ND, loss_N, fires_F = self.pool(sae, tr.step)
-                event["pool"] = self.pool_size(sae)
-                dead_F = window_dead_F & (fires_F == 0)  # firing on fresh inputs: not dead after all
+                X_ND, loss_N, fires_F = self.streamed(sae) if self.stream else self.pool(sae, tr.step)
+                event["pool"] = self.scored if self.stream else self.pool_size(sae)
+                # firing on the pool: not dead after all (stream: silent for as long as a fresh pool is big)
+                silent_F = (tr.state.tokens_since_fired_F >= self.silence(tr, sae)) if self.stream else fires_F == 0
+                dead_F = window_dead_F & silent_F
                 dup_F = (duplicates(sae, fires_F, ~dead_F, cfg.resample_duplicates)
                          if cfg.resample_duplicates > 0 else torch.zeros_like(dead_F))
                 mask_F[dead_F] = 1.0
@@ -97,6 +140,8 @@ class Resampler:
                     dirs_KD = torch.empty(len(idx), sae.d_in, device=dev)
                 distributed.broadcast_(dirs_KD)
                 tr.renew_features(idx, new_parameters(sae, idx, dirs_KD, cfg.resample_encoder))
+        if self.stream:  # the next interval starts empty; what is still unexplained stays a candidate
+            self.rows, self.fired_F = [], None
         event["resampled"] = event["dead"] + event["duplicates"]
         event["seconds"] = round(time.perf_counter() - t0, 4)
         return event
@@ -127,6 +172,57 @@ class Resampler:
                 top = torch.topk(loss_N, keep).indices.sort().values  # pool order, as unchunked
                 X_ND, loss_N = X_ND[top], loss_N[top]
         return X_ND, loss_N, fires_F
+
+    @torch.no_grad()
+    def streamed(self, sae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stream pool at an event: the kept inputs of this interval and the last event's
+        candidates, scored by the dictionary as it is now; the candidates with the largest errors
+        (in pool order) are kept, and carried to the next event. Firing counts (which of two
+        duplicates is rarer): the interval's batches each feature fired in."""
+        parts = ([self.carry] if self.carry is not None else []) + self.rows
+        dev = sae.W_dec.device
+        X_ND = torch.cat(parts) if parts else torch.empty(0, sae.d_in, device=dev)
+        self.scored = len(X_ND)
+        loss_N = score(sae, X_ND)[0]
+        if len(loss_N) > self.candidates():
+            top = torch.topk(loss_N, self.candidates()).indices.sort().values
+            X_ND, loss_N = X_ND[top], loss_N[top]
+        self.carry = X_ND
+        fires_F = self.fired_F if self.fired_F is not None else torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
+        return X_ND, loss_N, fires_F
+
+    def silence(self, tr: "Trainer", sae) -> int:
+        """Stream pool: a feature is dead if it fired on none of the last min(pool size, inputs
+        since the last event) training inputs — the rate a fresh pool of that size could see."""
+        prev = max([s for s in self.steps if s < tr.step] or [0])
+        return min(self.pool_size(sae), (tr.step - prev) * self.cfg.batch_size)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the stream pool (nothing for a fresh pool)."""
+        if not self.stream:
+            return {}
+        out = {"rows": torch.cat(self.rows) if self.rows else torch.empty(0)}
+        if self.carry is not None:
+            out["carry"] = self.carry
+        if self.fired_F is not None:
+            out["fired"] = self.fired_F
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], sae, where: str) -> None:
+        """Take back what `state_tensors` saved (a resumed run's stream pool), checked."""
+        if not self.stream:
+            return
+        d_in, d_sae, dev = sae.d_in, sae.d_sae, sae.W_dec.device
+        for key, want in (("rows", None), ("carry", None), ("fired", (d_sae,))):
+            t = tensors.get(key)
+            if t is None or (key == "rows" and t.numel() == 0):
+                continue
+            ok = t.shape == want if want else (t.dim() == 2 and t.shape[1] == d_in and t.is_floating_point())
+            if not ok or (key == "fired" and t.dtype != torch.long):
+                raise UserError(f"checkpoint {where}: resample.{key} is misshapen; delete it to start over")
+        t = {k: v.to(dev) for k, v in tensors.items() if k in ("rows", "carry", "fired") and v.numel()}
+        self.rows = [t["rows"]] if "rows" in t else []
+        self.carry, self.fired_F = t.get("carry"), t.get("fired")
 
     def directions(self, tr: "Trainer", X_ND: torch.Tensor, loss_N: torch.Tensor, k: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tr.step)

@@ -129,7 +129,10 @@ def read_checkpoint(out: Path) -> Checkpoint | None:
 
 
 class Resampler(Protocol):
+    def observe(self, trainer: "Trainer", x_BD: torch.Tensor, out: StepOutput) -> None: ...
     def __call__(self, trainer: "Trainer") -> dict[str, Any] | None: ...
+    def state_tensors(self) -> dict[str, torch.Tensor]: ...
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], sae: SAE, where: str) -> None: ...
 
 
 class Trainer:
@@ -278,6 +281,7 @@ class Trainer:
         t_done = clock()
         timing["step_s"] += t_done - t_step
         if self.resampler is not None:
+            self.resampler.observe(self, x_BD, out)
             event = self.resampler(self)
             if event is not None:
                 self.state.resample_events.append(event)
@@ -402,6 +406,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         tensors |= {f"data.{k}": v for k, v in st.data_tensors.items()}
+        if self.resampler is not None:
+            tensors |= {f"resample.{k}": v for k, v in self.resampler.state_tensors().items()}
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -477,6 +483,9 @@ class Trainer:
             raise UserError(f"checkpoint {ckpt.path}: rng.cpu is not a torch RNG state; delete it to start over") from None
         if "rng.cuda" in ckpt.tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(ckpt.tensors["rng.cuda"])
+        if self.resampler is not None:
+            self.resampler.load_state_tensors({k[9:]: v for k, v in ckpt.tensors.items() if k.startswith("resample.")},
+                                              self.sae, str(ckpt.path))
         st = ckpt.state
         st.tokens_since_fired_F = st.tokens_since_fired_F.to(dev)
         st.firing_counts_F = st.firing_counts_F.to(dev)

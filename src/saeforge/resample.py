@@ -80,7 +80,9 @@ class Resampler:
 
     def observe(self, tr: "Trainer", x_BD: torch.Tensor, out: Any) -> None:
         """Stream pool: after each step, keep the batch's worst-reconstructed inputs (twice the
-        candidates over an interval) and count the batches each feature fired in. No host sync."""
+        candidates over an interval) and count the batches each feature fired in. No host sync.
+        Only steps before a scheduled event keep rows, so a run resumed with a larger budget
+        lacks those of the steps between its first budget's last event and its end."""
         if not self.stream:
             return
         ahead = [s for s in self.steps if s >= tr.step]
@@ -115,7 +117,7 @@ class Resampler:
                 self.streamed(sae)
                 event["pool"] = self.scored
         if act:
-            # Rank 0 scores fresh inputs, decides which features to renew and their directions,
+            # Rank 0 scores its pool, decides which features to renew and their directions,
             # and broadcasts both, so every rank applies the same change.
             mask_F = torch.zeros(sae.d_sae, device=dev)  # 1: dead, 2: duplicate
             dirs_KD = None

@@ -32,6 +32,11 @@ VARIANTS = {  # name -> flags
     "anthropic": ["--resample", "anthropic"],
     "clustered (residual)": ["--resample", "clustered", "--resample-direction", "residual"],
     "clustered (centroid)": ["--resample", "clustered", "--resample-direction", "centroid"],
+    # the same residual directions from either pool (toy's default is stream, train's fresh)
+    "clustered (residual, fresh pool)": ["--resample", "clustered", "--resample-direction", "residual",
+                                         "--resample-pool", "fresh"],
+    "clustered (residual, stream pool)": ["--resample", "clustered", "--resample-direction", "residual",
+                                          "--resample-pool", "stream"],
 }
 
 
@@ -118,8 +123,10 @@ def main() -> None:
                  + ([f"--toy-extra '{a.toy_extra}'"] if a.toy_extra else []) + ([f"--real-extra '{a.real_extra}'"] if a.real_extra else [])),
              "```", "",
              f"Medians over seeds {', '.join(map(str, a.seeds))}. Resampling settings are saeforge's defaults unless the "
-             f"extra flags say otherwise (every 500 steps, never in the budget's last 500; dead = no firing for the dead "
-             f"window; 16,384 inputs scored; clustered keeps the 2,048 worst and fits 32 MiniBatchKMeans clusters).", "",
+             f"extra flags or the row say otherwise: on `train` every 500 steps, never in the budget's last 500 nor the lr "
+             f"decay; dead = no firing for the dead window nor on the 16,384 fresh inputs scored; clustered keeps the 2,048 "
+             f"worst and fits 32 MiniBatchKMeans clusters. On `toy` (`saeforge toy --help`): every 250 steps, the stream "
+             f"pool, duplicates (cosine ≥ 0.8) renewed too, new encoders like the alive features'.", "",
              f"## Toy data, 128/{a.toy_features}, {a.toy_steps} steps", "",
              f"`saeforge {' '.join(toy_cmd)} --resample …`", "",
              "| resampling | final MMCS | steps to 0.95 | 0.98 | 0.99 | dead atoms at end | features resampled | resampling s |",
@@ -170,8 +177,10 @@ def reading(toy, real) -> list[str]:
     better_toy = res if t[res] >= t[cen] else cen
     out.append(f"- Residual against member − centroid directions: lower training loss on the embedded model with "
                f"**{better_real}** ({m[res]['loss']:.4f} vs {m[cen]['loss']:.4f}), higher final MMCS on toy data with "
-               f"**{better_toy}** ({t[res]:.4f} vs {t[cen]:.4f}). The default is `centroid`, the better one on "
-               "the embedded model, where there is most to resample; residual directions do point at what the "
+               f"**{better_toy}** ({t[res]:.4f} vs {t[cen]:.4f}). `train`'s default is `centroid`"
+               + (", the better one on the embedded model, where there is most to resample"
+                  if better_real == cen else " (chosen on earlier measurements; these runs favour residual)")
+               + "; residual directions do point at what the "
                "dictionary misses (tests/test_resample.py: ≥ 90% land on features not yet learned on toy data, "
                "against ~20% for random inputs), but on real activations such a direction is what no feature "
                "has learned to fire on yet, and under a strong L1 it tends to die again.")
@@ -187,6 +196,18 @@ def reading(toy, real) -> list[str]:
                f"{an['resampled']:g} (anthropic) out of {real[res][0]['dict_size']}; a feature counts as dead after "
                "the dead window without firing, and one that fires rarely on held-out text is not dead in training.")
     out.append("- Toy data: final MMCS " + ", ".join(f"{k} {v:.4f}" for k, v in t.items()) + ".")
+    fr, st = "clustered (residual, fresh pool)", "clustered (residual, stream pool)"
+    secs = {path: {k: med([r["resample_s"] for r in runs[k]]) for k in (fr, st)} for path, runs in (("toy", toy), ("real", real))}
+    out.append(f"- The pools, residual directions: toy final MMCS {t[fr]:.4f} (fresh) vs {t[st]:.4f} (stream), "
+               f"resampling {secs['toy'][fr]:.1f} s vs {secs['toy'][st]:.1f} s a run; embedded model training loss "
+               f"{m[fr]['loss']:.4f} vs {m[st]['loss']:.4f}, CE-loss recovered {m[fr]['ce']:.4f} vs {m[st]['ce']:.4f}, "
+               f"resampling {secs['real'][fr]:.1f} s vs {secs['real'][st]:.1f} s. The fresh pool scores "
+               "`--resample-sample` new inputs per event (16,384 on `train`; on `toy` max(131,072, 2 × latents²)); the "
+               "stream pool scores only the candidates kept from the training batches, and counts a feature dead after "
+               "min(that pool size, the inputs since the last event) silent inputs — on `train` shorter than the dead "
+               "window, so it adds no check to the window: it renewed "
+               f"{m[st]['resampled']:g} features a run against the fresh pool's {m[fr]['resampled']:g}, and more died "
+               "again. The stream pool is the toy default; `train` keeps the fresh pool.")
     return out
 
 

@@ -356,3 +356,19 @@ def test_toy_defaults_shrink_to_a_short_budget_but_never_override_the_user(tmp_p
     # asked for explicitly, the same settings are an error, not silently dropped
     assert main(["toy", *small, "--steps", "40", "--resample", "clustered", "--out", str(tmp_path / "bad")]) == 2
     assert "no resampling step falls inside" in capsys.readouterr().err
+
+
+def test_a_misshapen_stream_pool_in_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    flags = ["toy", *SMALL, "--target-mmcs", "0", "--resample", "clustered", "--resample-at", "10,25",
+             "--out", str(tmp_path)]
+    assert main([*flags, "--steps", "30"]) == 0
+    state = tmp_path / "checkpoint" / "state.safetensors"
+    tensors = load_file(state)
+    assert tensors["resample.carry"].shape[1] == 16  # the stream pool's candidates (the toy default)
+    tensors["resample.carry"] = tensors["resample.carry"][:, :5].contiguous()
+    save_file(tensors, state)
+    assert main([*flags, "--steps", "40", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("saeforge: error: checkpoint") and "resample.carry is misshapen" in err[-1]

@@ -221,7 +221,9 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
     n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     if n_dead and sae.aux_k_coefficient:
         k_aux = min(sae.aux_k, n_dead)
-        a_vals, a_idx = kernels.top_k(pre_BF.masked_fill_(~dead_F, -torch.inf), k_aux)
+        dead_idx = torch.nonzero(dead_F).flatten()  # ascending: the columns' order survives the gather
+        a_vals, a_j = kernels.top_k(pre_BF[:, dead_idx].contiguous(), k_aux)  # [B, n_dead], not a masked [B, F]
+        a_idx = dead_idx[a_j]
         crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
         vals_aux = a_vals.reshape(-1).to(x_BD.dtype)
         A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))

@@ -19,6 +19,7 @@ docs/design.md ("Resampling") gives the reasons, docs/resampling.md the measurem
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,9 @@ class Resampler:
     def __init__(self, cfg: Any, sample: Callable[[int, int, int], torch.Tensor], total_steps: int):
         self.cfg, self.sample = cfg, sample
         self.steps = set(cfg.resample_steps(total_steps)) if cfg.resample != "none" else set()
+        self.schedule = sorted(self.steps)
         self.stream = cfg.resample_pool == "stream"
+        self.scored = 0  # stream: rows scored at the last event
         self.rows: list[torch.Tensor] = []  # stream: the worst inputs of each batch since the last event
         self.carry: torch.Tensor | None = None  # stream: the candidates kept at the last event
         self.fired_F: torch.Tensor | None = None  # stream: batches each feature fired in since the last event
@@ -78,6 +81,11 @@ class Resampler:
         return self.cfg.resample_worst * (1 if self.cfg.resample_direction == "centroid" and
                                           self.cfg.resample == "clustered" else 8)
 
+    def interval(self, step: int) -> tuple[int, int | None]:
+        """(the last event before `step`, or 0; the first event at or after it, or None)."""
+        i = bisect.bisect_left(self.schedule, step)
+        return (self.schedule[i - 1] if i else 0), (self.schedule[i] if i < len(self.schedule) else None)
+
     def observe(self, tr: "Trainer", x_BD: torch.Tensor, out: Any) -> None:
         """Stream pool: after each step, keep the batch's worst-reconstructed inputs (twice the
         candidates over an interval) and count the batches each feature fired in. No host sync.
@@ -85,12 +93,10 @@ class Resampler:
         lacks those of the steps between its first budget's last event and its end."""
         if not self.stream:
             return
-        ahead = [s for s in self.steps if s >= tr.step]
-        if not ahead:
+        prev, nxt = self.interval(tr.step)
+        if nxt is None:
             return
-        nxt = min(ahead)
-        interval = nxt - max([s for s in self.steps if s < tr.step] or [0])
-        q = min(len(x_BD) * tr.data_world, -(-2 * self.candidates() // interval))
+        q = min(len(x_BD) * tr.data_world, -(-2 * self.candidates() // (nxt - prev)))
         l_B = squared_error(out.err_BD.float())
         top = torch.topk(l_B, min(q, len(l_B))).indices
         if tr.data_world > 1:  # the global batch's worst: each rank's worst q, gathered, then the worst q of those
@@ -99,8 +105,9 @@ class Resampler:
             self.rows.append(xl_ND1[top, :-1])
         else:
             self.rows.append(x_BD[top].float())
-        fired_F = (out.feature_sums_F > 0).long()
-        self.fired_F = fired_F if self.fired_F is None else self.fired_F + fired_F
+        if self.fired_F is None:
+            self.fired_F = torch.zeros(len(out.feature_sums_F), dtype=torch.long, device=x_BD.device)
+        self.fired_F += out.feature_sums_F > 0
 
     def __call__(self, tr: "Trainer") -> dict[str, Any] | None:
         if tr.step not in self.steps:
@@ -112,18 +119,15 @@ class Resampler:
         event = {"step": tr.step, "method": cfg.resample, "dead": 0, "duplicates": 0}
         # one host sync, on resampling steps only; the same on every rank (the counters are)
         act = bool(window_dead_F.any()) or cfg.resample_duplicates > 0
-        if self.stream and not act:  # nothing to renew: the interval's rows still become candidates
-            if distributed.is_main():
-                self.streamed(sae)
-                event["pool"] = self.scored
+        if distributed.is_main() and (act or self.stream):  # a stream is rolled on even with nothing to renew
+            X_ND, loss_N, fires_F = self.streamed(sae) if self.stream else self.pool(sae, tr.step)
+            event["pool"] = self.scored if self.stream else self.pool_size(sae)
         if act:
             # Rank 0 scores its pool, decides which features to renew and their directions,
             # and broadcasts both, so every rank applies the same change.
             mask_F = torch.zeros(sae.d_sae, device=dev)  # 1: dead, 2: duplicate
             dirs_KD = None
             if distributed.is_main():
-                X_ND, loss_N, fires_F = self.streamed(sae) if self.stream else self.pool(sae, tr.step)
-                event["pool"] = self.scored if self.stream else self.pool_size(sae)
                 # firing on the pool: not dead after all (stream: silent for as long as a fresh pool is big)
                 silent_F = (tr.state.tokens_since_fired_F >= self.silence(tr, sae)) if self.stream else fires_F == 0
                 dead_F = window_dead_F & silent_F
@@ -162,17 +166,14 @@ class Resampler:
         the firing counts of every feature over the whole pool. Memory stays one chunk."""
         cfg, dev = self.cfg, sae.W_dec.device
         n = self.pool_size(sae)
-        keep = {"residual": 8 * cfg.resample_worst, "centroid": cfg.resample_worst}.get(cfg.resample_direction, n)
-        keep = n if cfg.resample == "anthropic" else keep
+        keep = n if cfg.resample == "anthropic" else self.candidates()
         X_ND = loss_N = fires_F = None
         for part, start in enumerate(range(0, n, POOL_CHUNK)):
             x_ND = self.sample(min(POOL_CHUNK, n - start), step, part).to(dev, torch.float32)
             l_N, f_F = score(sae, x_ND)
             fires_F = f_F if fires_F is None else fires_F + f_F
             X_ND, loss_N = (x_ND, l_N) if X_ND is None else (torch.cat([X_ND, x_ND]), torch.cat([loss_N, l_N]))
-            if len(loss_N) > keep:
-                top = torch.topk(loss_N, keep).indices.sort().values  # pool order, as unchunked
-                X_ND, loss_N = X_ND[top], loss_N[top]
+            X_ND, loss_N = worst(X_ND, loss_N, keep)
         return X_ND, loss_N, fires_F
 
     @torch.no_grad()
@@ -185,10 +186,7 @@ class Resampler:
         dev = sae.W_dec.device
         X_ND = torch.cat(parts) if parts else torch.empty(0, sae.d_in, device=dev)
         self.scored = len(X_ND)
-        loss_N = score(sae, X_ND)[0]
-        if len(loss_N) > self.candidates():
-            top = torch.topk(loss_N, self.candidates()).indices.sort().values
-            X_ND, loss_N = X_ND[top], loss_N[top]
+        X_ND, loss_N = worst(X_ND, score(sae, X_ND)[0], self.candidates())
         self.carry = X_ND
         fires_F = self.fired_F if self.fired_F is not None else torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
         return X_ND, loss_N, fires_F
@@ -196,19 +194,15 @@ class Resampler:
     def silence(self, tr: "Trainer", sae) -> int:
         """Stream pool: a feature is dead if it fired on none of the last min(pool size, inputs
         since the last event) training inputs — the rate a fresh pool of that size could see."""
-        prev = max([s for s in self.steps if s < tr.step] or [0])
+        prev = self.interval(tr.step)[0]
         return min(self.pool_size(sae), (tr.step - prev) * self.cfg.batch_size)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps of the stream pool (nothing for a fresh pool)."""
         if not self.stream:
             return {}
-        out = {"rows": torch.cat(self.rows) if self.rows else torch.empty(0)}
-        if self.carry is not None:
-            out["carry"] = self.carry
-        if self.fired_F is not None:
-            out["fired"] = self.fired_F
-        return out
+        out = {"rows": torch.cat(self.rows) if self.rows else None, "carry": self.carry, "fired": self.fired_F}
+        return {k: v for k, v in out.items() if v is not None}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], sae, where: str) -> None:
         """Take back what `state_tensors` saved (a resumed run's stream pool), checked."""
@@ -233,6 +227,14 @@ class Resampler:
         return clustered_directions(tr.sae, X_ND, k, g, worst=self.cfg.resample_worst,
                                     clusters=self.cfg.resample_clusters, direction=self.cfg.resample_direction,
                                     seed=self.cfg.seed * 1_000_003 + tr.step, loss_N=loss_N)
+
+
+def worst(X_ND: torch.Tensor, loss_N: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `keep` inputs with the largest losses, in their original order (as an unchunked pool)."""
+    if len(loss_N) <= keep:
+        return X_ND, loss_N
+    top = torch.topk(loss_N, keep).indices.sort().values
+    return X_ND[top], loss_N[top]
 
 
 @torch.no_grad()

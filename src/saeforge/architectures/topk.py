@@ -222,7 +222,7 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
     if n_dead and sae.aux_k_coefficient:
         k_aux = min(sae.aux_k, n_dead)
         dead_idx = torch.nonzero(dead_F).flatten()  # ascending: the columns' order survives the gather
-        a_vals, a_j = kernels.top_k(pre_BF[:, dead_idx].contiguous(), k_aux)  # [B, n_dead], not a masked [B, F]
+        a_vals, a_j = kernels.top_k(pre_BF[:, dead_idx], k_aux)  # [B, n_dead], not a masked [B, F]
         a_idx = dead_idx[a_j]
         crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
         vals_aux = a_vals.reshape(-1).to(x_BD.dtype)

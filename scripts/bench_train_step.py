@@ -2,6 +2,7 @@
 
     python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
         [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K] [--default-allocator] [--autocast]
+        [--dead N]
 
 Prints tokens/s for: saeforge's step (the architecture's fast step + fused Adam: standard.py's
 hand-written backward, or topk.py's sparse step), the bare matrix products one dense autograd
@@ -15,6 +16,9 @@ a step on that batch (the generator must be cheaper).
 `--sparse-l0 K` (standard, jumprelu) sets each encoder bias to minus the (1 − K/F) quantile of its
 feature's pre-activations on the batch, so that K of F features fire per input on average, as in a
 trained dictionary (the same weights go to SAELens's SAE); without it about half fire.
+
+`--dead N` (topk) adds both steps with N dead latents (a fixed random set), so that AuxK acts in
+saeforge's step and in SAELens's (its `dead_neuron_mask`): AuxK's cost against the plain step.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def main() -> None:
                     help="leave glibc's allocator as it is (by default the bench calls runtime.keep_freed_memory, as "
                          "saeforge's CLI does, so no run pays page faults for its large temporaries)")
     ap.add_argument("--autocast", action="store_true", help="also time both steps under bfloat16 autocast")
+    ap.add_argument("--dead", type=int, default=0, help="topk: also time both steps with this many dead latents (AuxK)")
     ap.add_argument("--sparse-l0", type=float, default=0.0,
                     help="standard, jumprelu: biases such that this many features fire per input (0: about half)")
     a = ap.parse_args()
@@ -65,6 +70,8 @@ def main() -> None:
     D, F, B = a.d_in, a.features, a.batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, D, generator=g)
+    dead_F = torch.zeros(F, dtype=torch.bool)
+    dead_F[torch.randperm(F, generator=g)[:a.dead]] = True
 
     def make():
         sae = {"standard": lambda: StandardSAE(D, F), "topk": lambda: TopKSAE(D, F, k=a.k),
@@ -82,13 +89,13 @@ def main() -> None:
 
     force = True if a.sparse_step == "on" else None
 
-    def saeforge_step():
+    def saeforge_step(dead=None):
         if a.architecture == "standard":
             fast_step(ours, x, 5.0, sparse=force)
         elif a.architecture == "jumprelu":
             ours.step(x, 5.0, sparse=force)
         else:
-            ours.step(x, 5.0)
+            ours.step(x, 5.0, dead)
         opt.step()
 
     dense = make()  # the same step with the sparse path switched off (standard, jumprelu)
@@ -126,6 +133,8 @@ def main() -> None:
         return run
 
     runs = {"saeforge": saeforge_step, "matmul floor": floor, "autograd torch": autograd_step}
+    if a.dead and a.architecture == "topk":
+        runs["saeforge, AuxK"] = lambda: saeforge_step(dead_F)
     if a.autocast:
         runs["saeforge, bf16 autocast"] = bf16(saeforge_step)
     if a.architecture != "topk":
@@ -149,15 +158,17 @@ def main() -> None:
                 sl.threshold.copy_(ours.threshold)
         slopt = torch.optim.Adam(sl.parameters(), lr=1e-5)
 
-        def saelens_step():
+        def saelens_step(dead=None):
             slopt.zero_grad(set_to_none=True)
             out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0, "l0": 5.0},
-                                                          dead_neuron_mask=None, n_training_steps=0,
+                                                          dead_neuron_mask=dead, n_training_steps=0,
                                                           is_logging_step=False))
             out.loss.backward()
             slopt.step()
 
         runs["SAELens"] = saelens_step
+        if "saeforge, AuxK" in runs:
+            runs["SAELens, AuxK"] = lambda: saelens_step(dead_F)
         if a.autocast:
             runs["SAELens, bf16 autocast"] = bf16(saelens_step)
     except Exception as e:  # noqa: BLE001
@@ -188,6 +199,11 @@ def main() -> None:
     if "SAELens" in med:
         print(f"saeforge / SAELens:       {med['SAELens'] / s:.2f}x  (targets: dense codes >= 1.5; sparse codes >= 3; "
               "topk >= 2)")
+    if "saeforge, AuxK" in med:
+        h = med["saeforge, AuxK"]
+        print(f"saeforge with AuxK ({a.dead} dead) / saeforge without: {s / h:.2f}x")
+        if "SAELens, AuxK" in med:
+            print(f"saeforge AuxK / SAELens AuxK: {med['SAELens, AuxK'] / h:.2f}x")
     if "saeforge, bf16 autocast" in med:
         h = med["saeforge, bf16 autocast"]
         print(f"saeforge bf16 / saeforge float32: {s / h:.2f}x")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -182,5 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
+def run() -> None:
+    """The `saeforge` program (console script and `python -m saeforge`): main(), then an exit
+    that skips interpreter finalization. Every file is written and closed by then; at
+    finalization native thread pools (Arrow's under `datasets`) can still be torn down with a
+    live worker and abort a finished run (std::terminate, exit 134: seen on a torchrun rank).
+    main() itself never exits, so in-process callers are unaffected."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

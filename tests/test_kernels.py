@@ -1,5 +1,9 @@
 """The numba kernels give torch's answers: the entries above a threshold, each row's k largest."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -72,3 +76,17 @@ def test_bfloat16_rows_are_widened_exactly(rng):
     want_r, want_c = (wide > low).nonzero().unbind(1)
     assert torch.equal(rows, want_r) and torch.equal(cols, want_c) and len(rows) > 0
     assert torch.equal(got, wide[want_r, want_c] + add[want_c])
+
+
+def test_numba_pool_is_as_wide_as_torch_so_no_idle_worker_spins():
+    # a 1-thread process (OMP_NUM_THREADS=1, as under torchrun) starts no second numba worker;
+    # a width the user chose is kept
+    code = ("import saeforge.kernels as k, numba, torch; k.firing(torch.ones(4, 16), torch.zeros(16)); "
+            "print(numba.config.NUMBA_NUM_THREADS, numba.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    one = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True)
+    assert one.stdout.split() == ["1", "1"]
+    mine = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"},
+                          capture_output=True, text=True, check=True)
+    assert mine.stdout.split() == ["2", "1"]

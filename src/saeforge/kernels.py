@@ -15,8 +15,16 @@ from torch. Inputs are NaN-free (a diverged run is stopped by the trainer).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+
+# numba's thread pool is as wide as NUMBA_NUM_THREADS when it starts (default: every core), and
+# its idle OpenMP workers spin even where set_num_threads narrows the work: with torch at 1 thread
+# (OMP_NUM_THREADS=1, as torchrun sets for each rank) a second thread burned ~40% more CPU.
+# Start it as wide as torch is; _threads() still follows torch's count down from there.
+os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
 
 try:
     import numba

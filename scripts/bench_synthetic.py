@@ -1,11 +1,14 @@
 """Does a synthetic batch cost less than a training step on it? Both timed interleaved, in one process.
 
-    python scripts/bench_synthetic.py [--features 1024] [--d-model 128] [--batch 1024] [--architecture standard]
+    python scripts/bench_synthetic.py [--data synthetic|toy] [--features 1024] [--d-model 128]
+        [--batch 1024] [--architecture standard]
 
-The data: `SyntheticData.generate` with the benchmark's shape (hierarchy of 64 trees, branching 3,
-depth 2, half the parents exclusive, rank-16 correlation, magnitudes 1 ± 0.2). The step: the
-architecture's training step plus Adam, as the trainer runs it. Prints the median times and
-their ratio (batch / step): below 1 means the generator is not the bottleneck.
+The data: `--data synthetic`, `SyntheticData.generate` with the benchmark's shape (hierarchy of
+64 trees, branching 3, depth 2, half the parents exclusive, rank-16 correlation, magnitudes
+1 ± 0.2); `--data toy`, the first seed's `ToyData` (decay 0.99, correlated firing, 5 active on
+average: `saeforge toy`'s data). The step: the architecture's training step plus Adam, as the
+trainer runs it. Prints the median times and their ratio (batch / step): below 1 means the
+generator is not the bottleneck. Results: docs/benchmark.md, "The generator's cost".
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ import torch
 
 from saeforge.architectures import create
 from saeforge.synthetic import SyntheticData
+from saeforge.toy import ToyData
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", choices=("synthetic", "toy"), default="synthetic")
     ap.add_argument("--features", type=int, default=1024)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--architecture", default="standard")
     ap.add_argument("--repeats", type=int, default=30)
     a = ap.parse_args()
-    data = SyntheticData.generate(a.d_model, a.features, roots=64, branching=3, depth=2, exclusive=0.5,
-                                  correlation_rank=16, magnitude_std=0.2, zipf_exponent=0.5, max_prob=0.4,
-                                  min_prob=0.005)
+    if a.data == "toy":
+        data, what = ToyData(a.d_model, a.features), "toy batch (decay 0.99, correlated firing)"
+    else:
+        data = SyntheticData.generate(a.d_model, a.features, roots=64, branching=3, depth=2, exclusive=0.5,
+                                      correlation_rank=16, magnitude_std=0.2, zipf_exponent=0.5, max_prob=0.4,
+                                      min_prob=0.005)
+        what = "synthetic batch (hierarchy + correlation)"
     params = {"k": 17} if a.architecture in ("topk", "batchtopk") else {}
     sae = create(a.architecture, a.d_model, a.features, **params)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3, fused=True)
@@ -38,7 +47,7 @@ def main() -> None:
     gen, step = [], []
     for i in range(a.repeats + 3):
         t0 = time.perf_counter()
-        x, _ = data.batch(i, a.batch)
+        x = data.batch(i, a.batch)[0]
         t1 = time.perf_counter()
         sae.step(x, coef)
         opt.step()
@@ -48,7 +57,8 @@ def main() -> None:
             gen.append(t1 - t0)
             step.append(t2 - t1)
     g, s = statistics.median(gen), statistics.median(step)
-    print(f"synthetic batch ({a.batch} × {a.features} features, hierarchy + correlation): {g * 1e3:.1f} ms")
+    print(f"threads: {torch.get_num_threads()}")
+    print(f"{what}, {a.batch} × {a.features} features: {g * 1e3:.1f} ms")
     print(f"{a.architecture} training step + Adam ({a.d_model} → {a.features}): {s * 1e3:.1f} ms")
     print(f"batch / step: {g / s:.2f}")
 

@@ -8,7 +8,7 @@ The data: `--data synthetic`, `SyntheticData.generate` with the benchmark's shap
 1 ± 0.2); `--data toy`, the first seed's `ToyData` (decay 0.99, correlated firing, 5 active on
 average: `saeforge toy`'s data). The step: the architecture's training step plus Adam, as the
 trainer runs it. Prints the median times and their ratio (batch / step): below 1 means the
-generator is not the bottleneck. Results: docs/benchmark.md, "The generator's cost".
+generator is not the bottleneck. Results: docs/toy-notes.md ("What a batch costs").
 """
 
 from __future__ import annotations

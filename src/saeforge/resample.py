@@ -67,8 +67,7 @@ class Resampler:
 
     def __init__(self, cfg: Any, sample: Callable[[int, int, int], torch.Tensor], total_steps: int):
         self.cfg, self.sample = cfg, sample
-        self.steps = set(cfg.resample_steps(total_steps)) if cfg.resample != "none" else set()
-        self.schedule = sorted(self.steps)
+        self.steps = sorted(set(cfg.resample_steps(total_steps))) if cfg.resample != "none" else []
         self.stream = cfg.resample_pool == "stream"
         self.scored = 0  # stream: rows scored at the last event
         self.rows: list[torch.Tensor] = []  # stream: the worst inputs of each batch since the last event
@@ -83,8 +82,8 @@ class Resampler:
 
     def interval(self, step: int) -> tuple[int, int | None]:
         """(the last event before `step`, or 0; the first event at or after it, or None)."""
-        i = bisect.bisect_left(self.schedule, step)
-        return (self.schedule[i - 1] if i else 0), (self.schedule[i] if i < len(self.schedule) else None)
+        i = bisect.bisect_left(self.steps, step)
+        return (self.steps[i - 1] if i else 0), (self.steps[i] if i < len(self.steps) else None)
 
     def observe(self, tr: "Trainer", x_BD: torch.Tensor, out: Any) -> None:
         """Stream pool: after each step, keep the batch's worst-reconstructed inputs (twice the

@@ -34,10 +34,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import metrics
+from . import kernels, metrics
 from .architectures.topk import crow_of, csr
 from .errors import UserError
 from .runtime import read_json, read_tensors
@@ -139,16 +138,6 @@ class Hierarchy:
                 keep = ~on | (score == best_GB[:, None])
                 a_FB[sibs[valid]] = (vals_GSB * keep)[valid]
         return a_FB
-
-
-def nonzero_2d(mask_RC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask.nonzero(as_tuple=True) of a contiguous 2-D bool mask, row-major (the same indices); on
-    CPU through numpy's flatnonzero: torch's nonzero was the batch's largest cost in a profile."""
-    if mask_RC.device.type != "cpu":
-        return mask_RC.nonzero(as_tuple=True)
-    flat = torch.from_numpy(np.flatnonzero(mask_RC.numpy()))
-    C = mask_RC.shape[1]
-    return flat // C, flat % C
 
 
 def zipf(n: int, exponent: float, max_prob: float, min_prob: float) -> torch.Tensor:
@@ -291,14 +280,14 @@ class SyntheticData(StepData):
             z_FB = self.corr_factor_FR @ torch.randn(self.corr_factor_FR.shape[1], B, **kw)
             z_FB += torch.randn(F, B, **kw) * self.corr_sqrt_diag_F[:, None]
             fire_FB = z_FB > self.corr_threshold_F[:, None]
-        f, b = nonzero_2d(fire_FB)  # magnitudes drawn only where a feature fires
+        f, b = kernels.nonzero(fire_FB)  # magnitudes drawn only where a feature fires
         a_FB = torch.zeros(F, B, device=self.device, dtype=self.dtype)
         a_FB[f, b] = (self.mean_F[f] + self.std_F[f] * torch.randn(len(f), **kw)).relu_()
         if self.hierarchy is not None:
             self.hierarchy.apply_(a_FB, self.mean_F, g)
         # x = a @ F + bias as a sparse product over the firing entries (~L0 per sample, not all F)
         a_BF = a_FB.T
-        b, f = nonzero_2d((a_FB != 0).T.contiguous())  # sample-major: CSR order
+        b, f = kernels.nonzero((a_FB != 0).T.contiguous())  # sample-major: CSR order
         codes = csr(crow_of(torch.bincount(b, minlength=B)), f, a_BF[b, f], (B, F))
         return torch.addmm(self.bias_D.expand(B, -1), codes, self.features_FD), a_BF
 

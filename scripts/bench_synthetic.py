@@ -47,7 +47,7 @@ def main() -> None:
     gen, step = [], []
     for i in range(a.repeats + 3):
         t0 = time.perf_counter()
-        x = data.batch(i, a.batch)[0]
+        x = data.inputs(i, a.batch)
         t1 = time.perf_counter()
         sae.step(x, coef)
         opt.step()

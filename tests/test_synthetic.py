@@ -46,6 +46,58 @@ def test_hierarchy_and_mutual_exclusion_hold_on_every_sample():
     assert torch.equal(data.batch(3, 20_000)[1], a) and not torch.equal(data.batch(4, 20_000)[1], a)
 
 
+def test_the_sparse_sampler_draws_what_the_dense_one_draws():
+    """sampler.py (only the firing entries, geometric skipping, thinning) against the dense draws
+    (a number per feature and sample) on every kind of unit: free features with correlated firing,
+    a rescaling exclusive parent, a grandchild, a parentless exclusive group, zero magnitudes."""
+    from saeforge.synthetic import Hierarchy
+
+    F, n = 40, 200_000
+    nodes = [{"feature_index": 0, "scale_children_by_parent": True, "mutually_exclusive_children": True,
+              "children": [{"feature_index": 1, "children": [{"feature_index": 4}, {"feature_index": 5}]},
+                           {"feature_index": 2}, {"feature_index": 3}]},
+             {"feature_index": None, "mutually_exclusive_children": True,
+              "children": [{"feature_index": 6}, {"feature_index": 7}, {"feature_index": 8}]},
+             {"feature_index": 9, "children": [{"feature_index": 10}, {"feature_index": 11}]}]
+    g = torch.Generator().manual_seed(0)
+    p_F = 0.05 + 0.45 * torch.rand(F, generator=g)
+    L_FR = 0.4 * torch.randn(F, 3, generator=g)
+    L_FR *= (0.9 / (L_FR ** 2).sum(1, keepdim=True)).sqrt().clamp(max=1)
+    args = (torch.randn(F, 16, generator=g), torch.zeros(16), p_F, torch.ones(F), torch.full((F,), 0.8),
+            Hierarchy(F, nodes), L_FR, 1 - (L_FR ** 2).sum(1))
+    (_, dense), (_, sparse) = (SyntheticData(*args, seed=2, sparse=s).batch(0, n) for s in (False, True))
+    on_d, on_s = (dense > 0).double(), (sparse > 0).double()
+    rate_d, rate_s = on_d.mean(0), on_s.mean(0)
+    sigma = (rate_d * (1 - rate_d) / n).sqrt()
+    assert ((rate_d - rate_s).abs() <= 5 * sigma + 1e-3).all()
+    def mean_and_se(a, on):  # a firing entry's mean magnitude (children scaled by a parent included)
+        k = on.sum(0)
+        mean = a.double().sum(0) / k
+        return mean, ((a.double() ** 2).sum(0) / k - mean ** 2).sqrt() / k.sqrt()
+
+    (mean_d, se_d), (mean_s, se_s) = mean_and_se(dense, on_d), mean_and_se(sparse, on_s)
+    assert ((mean_d - mean_s).abs() <= 5 * (se_d ** 2 + se_s ** 2).sqrt()).all()
+    free = slice(12, F)  # the low-rank correlation among features drawn by thinning
+    corr_d, corr_s = torch.corrcoef(on_d[:, free].T), torch.corrcoef(on_s[:, free].T)
+    assert (corr_d - corr_s).abs().max() < 0.02 and corr_d.fill_diagonal_(0).abs().max() > 0.05
+    for on in (on_s, on_d):
+        assert on[:, [1, 2, 3]].sum(1).max() == 1 and on[:, [6, 7, 8]].sum(1).max() == 1
+        assert not (on[:, [4, 5]].amax(1) > on[:, 1]).any()
+
+
+def test_a_batch_is_the_same_at_any_thread_count():
+    data = SyntheticData.generate(**SMALL, exclusive=0.5, correlation_rank=4, magnitude_std=0.3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        wide = data.batch(5, 4096)
+        torch.set_num_threads(1)
+        narrow = data.batch(5, 4096)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(wide[0], narrow[0]) and torch.equal(wide[1], narrow[1])
+
+
 def test_mcc_is_one_on_the_truth_and_at_chance_for_random_directions():
     data = SyntheticData.generate(**SMALL)
     F = data.features_FD

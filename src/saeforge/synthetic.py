@@ -37,9 +37,10 @@ from typing import Any
 import torch
 
 from . import kernels, metrics
-from .architectures.topk import crow_of, csr
+from .architectures.topk import crow_of, csr, row_of
 from .errors import UserError
 from .runtime import read_json, read_tensors
+from .sampler import Sampler, stream_key
 from .toy import StepData
 
 CONFIG_FILE, WEIGHTS_FILE, HIERARCHY_FILE = "synthetic_model_config.json", "synthetic_model.safetensors", "hierarchy.json"
@@ -197,7 +198,8 @@ class SyntheticData(StepData):
     def __init__(self, features_FD: torch.Tensor, bias_D: torch.Tensor, probs_F: torch.Tensor,
                  mean_F: torch.Tensor, std_F: torch.Tensor, hierarchy: Hierarchy | None = None,
                  corr_factor_FR: torch.Tensor | None = None, corr_diag_F: torch.Tensor | None = None,
-                 *, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 *, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 sparse: bool | None = None):
         self.device, self.dtype, self.seed = torch.device(device), dtype, seed
         put = lambda t: None if t is None else t.to(self.device, dtype)  # noqa: E731
         self.features_FD, self.bias_D, self.probs_F = put(features_FD), put(bias_D), put(probs_F)
@@ -208,6 +210,12 @@ class SyntheticData(StepData):
         if corr_factor_FR is not None:
             self.corr_sqrt_diag_F = put(corr_diag_F).sqrt()
             self.corr_threshold_F = math.sqrt(2) * torch.erfinv(1 - 2 * self.probs_F)
+        # the sparse sampler (sampler.py) on a CPU; the dense draws below where numba cannot run
+        if sparse is None:
+            sparse = self.device.type == "cpu" and kernels.numba is not None
+        self.sampler = None if not sparse else Sampler(
+            probs_F.cpu(), mean_F.cpu(), std_F.cpu(), hierarchy, None if corr_factor_FR is None else corr_factor_FR.cpu(),
+            None if corr_diag_F is None else corr_diag_F.cpu())
 
     @classmethod
     def generate(cls, d_model: int, n_features: int, *, seed: int = 0, zipf_exponent: float = 1.0,
@@ -269,8 +277,27 @@ class SyntheticData(StepData):
                    None if L is None else L.float(), None if L is None else w["correlation_diag"].float(),
                    seed=seed, device=device)
 
+    def _sparse(self, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_BD, codes as CSR) from the sparse sampler: x = a @ F + bias over the firing entries."""
+        crow, cols, vals = (torch.from_numpy(t) for t in self.sampler.sample(stream_key(self.seed, step), B))
+        codes = csr(crow, cols, vals.to(self.dtype), (B, self.n_features))
+        x_BD = torch.addmm(self.bias_D.cpu().expand(B, -1), codes, self.features_FD.cpu())
+        return x_BD.to(self.device), codes
+
+    def inputs(self, step: int, batch_size: int) -> torch.Tensor:
+        if self.sampler is None:
+            return self.batch(step, batch_size)[0]
+        return self._sparse(step, batch_size)[0]
+
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_BD, a_BF) for training step `step` (drawn feature-major, a_BF is a transposed view)."""
+        """(x_BD, a_BF) for training step `step`."""
+        if self.sampler is not None:
+            x_BD, codes = self._sparse(step, batch_size)
+            a_BF = torch.zeros(batch_size, self.n_features, dtype=self.dtype)
+            crow, cols = codes.crow_indices(), codes.col_indices()
+            a_BF[row_of(crow, len(cols)), cols] = codes.values()
+            return x_BD, a_BF.to(self.device)
+        # the dense draws (a GPU): feature-major, a_BF is a transposed view
         g = self._generator(step)
         kw = dict(generator=g, device=self.device, dtype=self.dtype)
         F, B = self.n_features, batch_size

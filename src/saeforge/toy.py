@@ -49,13 +49,17 @@ class StepData:
         """Endless stream of inputs x_BD, starting at step `start` (what a resumed run needs)."""
         step = start
         while True:
-            yield self.batch(step, batch_size)[0]
+            yield self.inputs(step, batch_size)
             step += 1
 
     def fresh(self, n: int, first: int) -> torch.Tensor:
         """n inputs from steps −first, −first−1, … (batches of 1,024): the same distribution,
         never trained on, a pure function of `first` (initializers and resampling draw here)."""
-        return torch.cat([self.batch(-(first + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
+        return torch.cat([self.inputs(-(first + j), 1024) for j in range(-(-n // 1024))])[:n]
+
+    def inputs(self, step: int, batch_size: int) -> torch.Tensor:
+        """x_BD of `batch(step, B)` alone (a generator may skip building the rest)."""
+        return self.batch(step, batch_size)[0]
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

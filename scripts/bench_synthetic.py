@@ -7,8 +7,9 @@ The data: `--data synthetic`, `SyntheticData.generate` with the benchmark's shap
 64 trees, branching 3, depth 2, half the parents exclusive, rank-16 correlation, magnitudes
 1 ± 0.2); `--data toy`, the first seed's `ToyData` (decay 0.99, correlated firing, 5 active on
 average: `saeforge toy`'s data). The step: the architecture's training step plus Adam, as the
-trainer runs it. Prints the median times and their ratio (batch / step): below 1 means the
-generator is not the bottleneck. Results: docs/toy-notes.md ("What a batch costs").
+trainer runs it; the batch is `inputs(step, B)`, what training draws (no dense codes). Prints
+the median times and their ratio (batch / step): below 1 means the generator is not the
+bottleneck. `OMP_NUM_THREADS` sets torch's and numba's threads. Results: docs/toy-notes.md ("What a batch costs").
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ LAYERS = [
     ["sae"],
     ["architectures.topk", "architectures.standard", "architectures.batchtopk", "architectures.matryoshka",
      "architectures.jumprelu", "architectures"],
-    ["dictionary", "init", "models", "toy", "synthetic", "data", "buffer", "cache", "scaling"],
+    ["dictionary", "init", "models", "toy", "sampler", "synthetic", "data", "buffer", "cache", "scaling"],
     ["wandb_log", "trainer", "resample", "evals", "analysis", "report"],
     ["pipeline.common", "pipeline.many", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
     ["api", "cli", "__main__"],

@@ -25,11 +25,11 @@ import torch
 
 from .kernels import _threads as threads, numba
 
-THIN_BLOCK = 16  # samples per block of the thinning bound (correlated firing without a parent)
+THIN_BLOCK = 128  # samples per block of the thinning bound (correlated firing without a parent)
 # Φ̄ tabulated on [−8, 8] for u < Φ̄(c) without an erfc per draw: linear interpolation errs by at
 # most max|Φ̄''|·h²/8 ≈ 1.2e-7, so a u within _MARGIN of the table is decided by erfc itself.
 _TAB_LO, _TAB_N = -8.0, 8192
-_TAB_H = 16.0 / _TAB_N
+_TAB_PER = _TAB_N / 16.0  # table entries per unit of c
 _TAIL_TABLE = 0.5 * torch.special.erfc(torch.linspace(-8, 8, _TAB_N + 1, dtype=torch.float64) / math.sqrt(2)).numpy()
 _MARGIN = 1e-6
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -76,7 +76,7 @@ class Sampler:
         self.corr = corr_factor_FR is not None
         R = 0 if corr_factor_FR is None else corr_factor_FR.shape[1]
         self.L = np.zeros((F, R)) if corr_factor_FR is None else corr_factor_FR.double().numpy().copy()
-        self.sqrt_d = np.ones(F) if corr_diag_F is None else corr_diag_F.double().sqrt().numpy().copy()
+        self.inv_sd = np.ones(F) if corr_diag_F is None else 1 / corr_diag_F.double().sqrt().numpy()
         with np.errstate(divide="ignore"):
             self.t = math.sqrt(2) * torch.erfinv(1 - 2 * probs_F.double()).numpy()  # ±inf at p = 1 / 0
         # the features drawn over every sample one by one (no parent, not in a group): thinning rows
@@ -99,8 +99,10 @@ class Sampler:
             self._work = np.empty((F, B), np.int32), np.empty((F, B), np.float32)
         pos, val = self._work
         cnt = np.zeros(F, np.int64)
-        _draw(key, B, self.level_ptr, self.unit_ptr, self.members, self.unit_parent, self.p, self.t, self.sqrt_d,
+        chunk = numba.set_parallel_chunksize(8)  # units differ in work (Zipf): hand them out dynamically
+        _draw(key, B, self.level_ptr, self.unit_ptr, self.members, self.unit_parent, self.p, self.t, self.inv_sd,
               self.L, eps, z, self.free_row, self.corr, self.mean, self.std, self.rescale, pos, val, cnt)
+        numba.set_parallel_chunksize(chunk)
         crow = np.zeros(B + 1, np.int64)
         cols, vals = np.empty(int(cnt.sum()), np.int64), np.empty(int(cnt.sum()), np.float32)
         _to_csr(pos, val, cnt, crow, cols, vals)
@@ -130,16 +132,19 @@ if numba is not None:
         s, u2 = _uniform(s)
         return s, math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
-    @jit
-    def _normals(s, out):
-        flat = out.reshape(-1)
-        for i in range(0, len(flat), 2):  # Box–Muller's pair
-            s, u1 = _uniform(s)
-            s, u2 = _uniform(s)
-            r = math.sqrt(-2.0 * math.log(u1))
-            flat[i] = r * math.cos(2.0 * math.pi * u2)
-            if i + 1 < len(flat):
-                flat[i + 1] = r * math.sin(2.0 * math.pi * u2)
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _normals(key, out):
+        """out [B, R] of standard normals, a stream per row (Box–Muller's pairs)."""
+        B, R = out.shape
+        for b in numba.prange(B):
+            s = _mix(key + _U(b + 1) * _U(_GOLDEN))
+            for i in range(0, R, 2):
+                s, u1 = _uniform(s)
+                s, u2 = _uniform(s)
+                r = math.sqrt(-2.0 * math.log(u1))
+                out[b, i] = r * math.cos(2.0 * math.pi * u2)
+                if i + 1 < R:
+                    out[b, i + 1] = r * math.sin(2.0 * math.pi * u2)
 
     @inline
     def _tail(c):
@@ -149,7 +154,7 @@ if numba is not None:
     @inline
     def _below_tail(u, c):
         """u < Φ̄(c), exactly: the table decides unless u is within _MARGIN of it."""
-        x = (c - _TAB_LO) / _TAB_H
+        x = (c - _TAB_LO) * _TAB_PER
         if x > 0 and x < _TAB_N:
             k = int(x)
             q = _TAIL_TABLE[k] + (x - k) * (_TAIL_TABLE[k + 1] - _TAIL_TABLE[k])
@@ -162,7 +167,7 @@ if numba is not None:
     @inline
     def _tail_above(c):
         """An upper bound of Φ̄(c) within _MARGIN of it (the thinning's rate)."""
-        x = (c - _TAB_LO) / _TAB_H
+        x = (c - _TAB_LO) * _TAB_PER
         if x <= 0:
             return 1.0
         if x >= _TAB_N:
@@ -170,8 +175,16 @@ if numba is not None:
         k = int(x)
         return min(1.0, _TAIL_TABLE[k] + (x - k) * (_TAIL_TABLE[k + 1] - _TAIL_TABLE[k]) + _MARGIN)
 
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def _block_max(z):
+        """max(z), vectorized (fastmath: no NaN here)."""
+        m = z[0]
+        for i in range(1, len(z)):
+            m = max(m, z[i])
+        return m
+
     @inline
-    def _fires(s, f, b, p, t, sqrt_d, L, eps, corr):
+    def _fires(s, f, b, p, t, inv_sd, L, eps, corr):
         """One Bernoulli draw of feature f at sample b."""
         s, u = _uniform(s)
         if not corr:
@@ -179,13 +192,16 @@ if numba is not None:
         z = 0.0
         for r in range(L.shape[1]):
             z += L[f, r] * eps[b, r]
-        return s, _below_tail(u, (t[f] - z) / sqrt_d[f])
+        return s, _below_tail(u, (t[f] - z) * inv_sd[f])
 
     @inline
     def _magnitude(s, f, pv, par, mean, std, rescale):
         """A firing entry's coefficient: ReLU(mean + std·N), times parent / parent's mean if rescaled."""
-        s, n = _normal(s)
-        m = max(mean[f] + std[f] * n, 0.0)
+        m = mean[f]
+        if std[f] != 0:
+            s, n = _normal(s)
+            m += std[f] * n
+        m = max(m, 0.0)
         if rescale[f]:
             m *= pv / mean[par]
         return s, m
@@ -197,7 +213,7 @@ if numba is not None:
             cnt[f] += 1
 
     @jit
-    def _free(s, f, B, p, t, sqrt_d, z_row, corr, mean, std, rescale, pos, val, cnt):
+    def _free(s, f, B, p, t, inv_sd, z_row, corr, mean, std, rescale, pos, val, cnt):
         """A feature without parent or group over all B samples: geometric skipping (thinned)."""
         if p[f] <= 0:
             return
@@ -205,28 +221,25 @@ if numba is not None:
             stop = min(start + (THIN_BLOCK if corr else B), B)
             q = p[f]
             if corr:
-                zmax = -np.inf
-                for b in range(start, stop):
-                    zmax = max(zmax, z_row[b])
-                q = _tail_above((t[f] - zmax) / sqrt_d[f])
+                q = _tail_above((t[f] - _block_max(z_row[start:stop])) * inv_sd[f])
             if q <= 0:
                 continue
-            log_miss = math.log1p(-q) if q < 1 else -np.inf
+            per_log = 1 / math.log1p(-q) if q < 1 else 0.0  # gap = ⌊log u / log(1 − q)⌋
             b = start - 1
             while True:
                 s, u = _uniform(s)
-                b += 1 + (0 if q >= 1 else int(min(math.log(u) / log_miss, B)))
+                b += 1 + int(min(math.log(u) * per_log, B))
                 if b >= stop:
                     break
                 if corr:
                     s, u = _uniform(s)
-                    if not _below_tail(u * q, (t[f] - z_row[b]) / sqrt_d[f]):
+                    if not _below_tail(u * q, (t[f] - z_row[b]) * inv_sd[f]):
                         continue
                 s, m = _magnitude(s, f, 0.0, 0, mean, std, rescale)
                 _emit(f, b, m, pos, val, cnt)
 
     @numba.njit(cache=True, nogil=True, parallel=True)
-    def _draw(key, B, level_ptr, unit_ptr, members, unit_parent, p, t, sqrt_d, L, eps, z, free_row, corr,
+    def _draw(key, B, level_ptr, unit_ptr, members, unit_parent, p, t, inv_sd, L, eps, z, free_row, corr,
               mean, std, rescale, pos, val, cnt):
         for level in range(len(level_ptr) - 1):
             for u in numba.prange(level_ptr[level], level_ptr[level + 1]):
@@ -234,7 +247,7 @@ if numba is not None:
                 lo, hi, par = unit_ptr[u], unit_ptr[u + 1], unit_parent[u]
                 if par < 0 and hi - lo == 1:
                     f = members[lo]
-                    _free(s, f, B, p, t, sqrt_d, z[max(free_row[f], 0) if corr else 0], corr, mean, std, rescale,
+                    _free(s, f, B, p, t, inv_sd, z[max(free_row[f], 0) if corr else 0], corr, mean, std, rescale,
                           pos, val, cnt)
                     continue
                 n = B if par < 0 else cnt[par]  # the samples where the unit can fire
@@ -244,7 +257,7 @@ if numba is not None:
                     seen, win, wm = 0, -1, 0.0
                     for i in range(lo, hi):
                         f = members[i]
-                        s, on = _fires(s, f, b, p, t, sqrt_d, L, eps, corr)
+                        s, on = _fires(s, f, b, p, t, inv_sd, L, eps, corr)
                         if not on:
                             continue
                         s, m = _magnitude(s, f, pv, par, mean, std, rescale)

@@ -25,7 +25,9 @@ choice, as SAELens makes it (docs/benchmark.md defines the metrics):
 features, bias, stored probabilities (already compensated), correlation factor, hierarchy and
 magnitude configs; sampling then follows the rules above with saeforge's generator (SAELens
 draws from the global RNG, so samples are equal in distribution, not draw for draw).
-Batches are a pure function of (seed, step), as in toy.py (StepData).
+Batches are a pure function of (seed, step), as in toy.py (StepData). On a CPU they come from
+sampler.py (only the firing entries are drawn, the same at any thread count); elsewhere from the
+dense draws of `batch` (a number per feature and sample: other samples, the same distribution).
 """
 
 from __future__ import annotations

@@ -131,3 +131,20 @@ def test_lr_auto_follows_the_architecture():
     lrs = {a: TrainConfig(out="o", architecture=a).resolved(10).lr for a in ("standard", "jumprelu", "topk", "matryoshka")}
     assert lrs == {"standard": 1e-2, "jumprelu": 1e-2, "topk": 3e-3, "matryoshka": 3e-3}
     assert TrainConfig(out="o", architecture="topk", lr=5e-4).resolved(10).lr == 5e-4
+
+
+def test_train_starts_the_k_architectures_as_saelens_topk_does():
+    """`saeforge train`'s auto: a unit-norm decoder and encoder scale 0.1 for topk, batchtopk and
+    matryoshka (docs/performance.md); standard and jumprelu as before; toy's defaults untouched;
+    an explicit flag wins. Read from the run's summary and dictionary, as a user would."""
+    from saeforge.config import ActivationTrainConfig, ToyConfig
+
+    got = {a: (lambda c: (c.unit_norm_decoder, c.encoder_scale))(ActivationTrainConfig(out="o", architecture=a)
+                                                                  .resolved(10))
+           for a in ("topk", "batchtopk", "matryoshka", "standard", "jumprelu")}
+    assert got == {"topk": (True, 0.1), "batchtopk": (True, 0.1), "matryoshka": (True, 0.1),
+                   "standard": (False, 1.0), "jumprelu": (False, 1.0)}
+    toy = ToyConfig(out="o", architecture="topk").resolved(10)
+    assert (toy.unit_norm_decoder, toy.encoder_scale) == (True, 1.0)
+    mine = ActivationTrainConfig(out="o", architecture="topk", unit_norm_decoder=False, encoder_scale=1.0).resolved(10)
+    assert (mine.unit_norm_decoder, mine.encoder_scale) == (False, 1.0)

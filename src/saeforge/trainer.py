@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, feature_shards, metrics
-from .config import DEFAULT_LR, TrainConfig
+from .config import TrainConfig
 from .dictionary import log_sparsity, save
 from .errors import UserError
 from .runtime import (CHECKPOINT, DeviceClock, atomic_save_tensors, atomic_write_bytes, atomic_write_json, check_json,
@@ -138,8 +138,7 @@ class Resampler(Protocol):
 class Trainer:
     def __init__(self, sae: SAE, cfg: TrainConfig, out_dir: str | Path | None = None, *,
                  state: TrainState | None = None, resampler: Resampler | None = None):
-        if cfg.lr is None:  # --lr auto
-            cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.architecture])
+        cfg = cfg.for_architecture()  # --lr, --unit-norm-decoder auto
         self.sae, self.cfg, self.resampler = sae, cfg, resampler
         self.out = Path(out_dir) if out_dir else None
         dev = sae.W_enc.device

@@ -229,7 +229,10 @@ def main() -> None:
         lines += ["## (b) The embedded model, the main job's other settings", "",
                   "`saeforge train --dict-size F --tokens T --architecture A` plus k (k-architectures), λ (standard; 0.55 "
                   "is its default), λ₀ (jumprelu); held-out figures on the evals of `saeforge train` (65,536 "
-                  "tokens). The first rows of each size are the L0 ≈ 32 comparison at the same token budget.", "",
+                  "tokens). The first rows of each size are the L0 ≈ 32 comparison at the same token budget. "
+                  "TopK starts as `train` starts it by default (`auto`: unit-norm decoder, encoder scale 0.1, as "
+                  "SAELens's TopK); the others with unconstrained decoder rows and W_enc = W_decᵀ (BatchTopK and "
+                  "Matryoshka with TopK's start: docs/performance.md, section 2).", "",
                   "| features | tokens | architecture | setting | L0 | explained variance | CE-loss recovered | KL (nats) | "
                   "dead fraction | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for s in sorted(real, key=lambda s: (s["dict_size"], -s["tokens"], a.archs.index(s["arch"]))):
@@ -253,7 +256,9 @@ def main() -> None:
                   "TopK, k 32, `saeforge train --architecture topk --lr LR` (everything else the main job's). "
                   "'Worst EV in training': the lowest explained variance logged after the first tenth of the run "
                   "(a divergence shows here even where the lr decay lets the run recover partly). `--lr auto` "
-                  "(the default) is 3e-3 for the k-architectures and 1e-2 for standard and jumprelu.", "",
+                  "(the default) is 3e-3 for the k-architectures and 1e-2 for standard and jumprelu. With TopK's "
+                  "earlier start (W_enc = W_decᵀ, unconstrained decoder) lr 1e-2 diverged (4,096 latents: EV "
+                  "0.012; 4M tokens: worst EV 0.38); with today's it does not, and 3e-3 stays the best.", "",
                   "| features | tokens | lr | L0 | explained variance | CE-loss recovered | KL (nats) | worst EV in "
                   "training | peak dead fraction | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for s in lr_study:
@@ -290,10 +295,11 @@ def main() -> None:
                   "k-architectures on such data.", ""]
     if MISSING:
         lines += [f"Not run in this revision of the document (--reuse-only; the time ran out): {', '.join(MISSING)}.", ""]
-    lines += [f"Wall time of this script: {time.perf_counter() - t0:.0f} s (finished runs are reused; the machine: "
-              "2 CPU cores, shared). The `wall s` columns are as measured when each run was made, often beside "
-              "another run; the embedded-model rows predate the fused attention of fast_attention.py "
-              "(docs/performance.md has today's speed).", ""]
+    lines += [f"Wall time of this invocation: {time.perf_counter() - t0:.0f} s (finished runs are reused; the "
+              "machine: 2 CPU cores, shared). The `wall s` columns are as measured when each run was made, in "
+              "several revisions and often beside another run (the TopK rows of (b) and (c) in the latest, with "
+              "its default start; the others before the fused attention of fast_attention.py): "
+              "docs/performance.md measures speed.", ""]
     (docs / "architectures.md").write_text("\n".join(lines))
     print(f"wrote {docs / 'architectures.md'}")
 

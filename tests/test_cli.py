@@ -133,18 +133,24 @@ def test_lr_auto_follows_the_architecture():
     assert TrainConfig(out="o", architecture="topk", lr=5e-4).resolved(10).lr == 5e-4
 
 
-def test_train_starts_the_k_architectures_as_saelens_topk_does():
-    """`saeforge train`'s auto: a unit-norm decoder and encoder scale 0.1 for topk, batchtopk and
-    matryoshka (docs/performance.md); standard and jumprelu as before; toy's defaults untouched;
-    an explicit flag wins. Read from the run's summary and dictionary, as a user would."""
+def test_train_starts_topk_as_saelens_does():
+    """`saeforge train`'s auto: a unit-norm decoder and encoder scale 0.1 for topk (docs/performance.md);
+    the other architectures as before (docs/architectures.md, section b); toy's defaults untouched;
+    an explicit flag wins."""
     from saeforge.config import ActivationTrainConfig, ToyConfig
 
     got = {a: (lambda c: (c.unit_norm_decoder, c.encoder_scale))(ActivationTrainConfig(out="o", architecture=a)
                                                                   .resolved(10))
            for a in ("topk", "batchtopk", "matryoshka", "standard", "jumprelu")}
-    assert got == {"topk": (True, 0.1), "batchtopk": (True, 0.1), "matryoshka": (True, 0.1),
+    assert got == {"topk": (True, 0.1), "batchtopk": (False, 1.0), "matryoshka": (False, 1.0),
                    "standard": (False, 1.0), "jumprelu": (False, 1.0)}
     toy = ToyConfig(out="o", architecture="topk").resolved(10)
     assert (toy.unit_norm_decoder, toy.encoder_scale) == (True, 1.0)
     mine = ActivationTrainConfig(out="o", architecture="topk", unit_norm_decoder=False, encoder_scale=1.0).resolved(10)
     assert (mine.unit_norm_decoder, mine.encoder_scale) == (False, 1.0)
+
+
+def test_the_summary_records_the_start_a_run_took(tmp_path):
+    assert main([*TOY, "--architecture", "topk", "--k", "3", "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (s["unit_norm_decoder"], s["encoder_scale"]) == (True, 1.0)  # toy's own defaults

@@ -207,13 +207,13 @@ class TrainConfig(RunConfig):
 
     def for_architecture(self):
         """This config with the `auto` values that depend only on the architecture fixed."""
-        cfg, k_arch = self, self.architecture in K_ARCHITECTURES
+        cfg, topk = self, self.architecture == "topk"
         if cfg.lr is None:
             cfg = dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.architecture])
         if cfg.unit_norm_decoder is None:
-            cfg = dataclasses.replace(cfg, unit_norm_decoder=k_arch)
+            cfg = dataclasses.replace(cfg, unit_norm_decoder=topk)
         if cfg.encoder_scale is None:
-            cfg = dataclasses.replace(cfg, encoder_scale=0.1 if k_arch else 1.0)
+            cfg = dataclasses.replace(cfg, encoder_scale=0.1 if topk else 1.0)
         return cfg
 
     def resolved(self, steps: int):
@@ -324,12 +324,12 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
     TopK (k 32): on the main job's budget it beats ReLU + L1 (README, docs/architectures.md)."""
 
     architecture: str = inherit(TrainConfig, "architecture", "topk")
-    # the k-architectures start as SAELens's TopK does (docs/performance.md: "Where SAELens's CE-loss edge came from")
+    # TopK starts as SAELens's does (docs/performance.md: "Where SAELens's CE-loss edge came from"); for
+    # batchtopk and matryoshka that start left many latents dead (docs/architectures.md, section b)
     encoder_scale: float | None = inherit(TrainConfig, "encoder_scale", None, help=(
-        "initial W_enc = encoder_scale · W_decᵀ (auto: 0.1 for topk, batchtopk and matryoshka, 1 otherwise)"))
+        "initial W_enc = encoder_scale · W_decᵀ (auto: 0.1 for topk, 1 otherwise)"))
     unit_norm_decoder: bool | None = inherit(TrainConfig, "unit_norm_decoder", None, help=(
-        "keep decoder rows at unit norm (tangent gradient + renormalize; auto: on for topk, batchtopk and "
-        "matryoshka)"))
+        "keep decoder rows at unit norm (tangent gradient + renormalize; auto: on for topk)"))
     cache: str = opt("", "train from this activation cache (saeforge harvest) instead of running the model")
     buffer_mb: float = opt(128.0, "memory bound of the activation buffer in MiB (on the model's device)", gt=0)
     buffer_dtype: str = opt("float32", "buffer storage dtype", choices=("float32", "bfloat16"))

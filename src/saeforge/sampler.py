@@ -6,7 +6,7 @@ The dense way (synthetic.py on a GPU) draws a uniform or a normal for every (fea
 - A feature without a parent fires at positions drawn by geometric skipping: the gap to the
   next firing sample is ⌊log u / log(1 − p)⌋, one draw per firing entry. With correlation, its
   probability varies per sample, p_ib = Φ̄((t_i − L_i·ε_b)/√d_i): candidates are drawn at the
-  block's highest p (blocks of 64 samples) and kept with p_ib / that bound (thinning), exact.
+  block's highest p (blocks of THIN_BLOCK samples) and kept with p_ib / that bound (thinning), exact.
 - A child is drawn only where its parent fired (its parent's list, level by level), since it
   is switched off everywhere else; an exclusive group's siblings are drawn together there and
   one of those that fired is kept, uniformly (reservoir sampling).

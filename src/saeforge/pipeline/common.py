@@ -150,7 +150,8 @@ def finish(run: Run, trainer: Trainer) -> dict[str, Any]:
     return {"architecture": cfg.architecture, "dict_size": trainer.sae.d_sae, "init": cfg.init,
             "feature_shards": cfg.feature_shards, "rank_state_bytes": state_bytes,
             "rank_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale, "seed": cfg.seed,
+            "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale,
+            "unit_norm_decoder": cfg.unit_norm_decoder, "seed": cfg.seed,
             "l1_coefficient": cfg.l1_coefficient, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}
 

@@ -220,7 +220,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(docs / "benchmark-mcc.png", dpi=110)
     lines += ["![MCC against L0](benchmark-mcc.png)", "", DEFINITIONS, "",
-              f"Wall time of this script: {time.perf_counter() - t0:.0f} s (finished runs are reused; 2 CPU cores, shared).", ""]
+              f"Wall time of this script: {time.perf_counter() - t0:.0f} s at {torch.get_num_threads()} torch thread(s) "
+              "(finished runs are reused; 2 CPU cores, shared).", ""]
     (docs / "benchmark.md").write_text("\n".join(lines))
     print(f"wrote {docs / 'benchmark.md'}")
 

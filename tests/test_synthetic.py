@@ -10,7 +10,7 @@ import torch
 import saeforge
 from saeforge import metrics
 from saeforge.cli import main
-from saeforge.synthetic import SyntheticData, evaluate
+from saeforge.synthetic import SyntheticData
 
 SMALL = dict(d_model=32, n_features=200, roots=8, branching=3, depth=2, seed=1)
 

@@ -14,7 +14,6 @@ uninterrupted one, provided the batches resume at the same step (toy batches do)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil

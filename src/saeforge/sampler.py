@@ -104,7 +104,8 @@ class Sampler:
               self.L, eps, z, self.free_row, self.corr, self.mean, self.std, self.rescale, pos, val, cnt)
         numba.set_parallel_chunksize(chunk)
         crow = np.zeros(B + 1, np.int64)
-        cols, vals = np.empty(int(cnt.sum()), np.int64), np.empty(int(cnt.sum()), np.float32)
+        n = int(cnt.sum())
+        cols, vals = np.empty(n, np.int64), np.empty(n, np.float32)
         _to_csr(pos, val, cnt, crow, cols, vals)
         return crow, cols, vals
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from . import kernels, metrics
-from .architectures.topk import crow_of, csr, row_of
+from .architectures.topk import crow_of, csr
 from .errors import UserError
 from .runtime import read_json, read_tensors
 from .sampler import Sampler, stream_key
@@ -295,10 +295,7 @@ class SyntheticData(StepData):
         """(x_BD, a_BF) for training step `step`."""
         if self.sampler is not None:
             x_BD, codes = self._sparse(step, batch_size)
-            a_BF = torch.zeros(batch_size, self.n_features, dtype=self.dtype)
-            crow, cols = codes.crow_indices(), codes.col_indices()
-            a_BF[row_of(crow, len(cols)), cols] = codes.values()
-            return x_BD, a_BF.to(self.device)
+            return x_BD, codes.to_dense().to(self.device)
         # the dense draws (a GPU): feature-major, a_BF is a transposed view
         g = self._generator(step)
         kw = dict(generator=g, device=self.device, dtype=self.dtype)

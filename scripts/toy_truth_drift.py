@@ -29,9 +29,10 @@ def drift(d_model: int, n_features: int, l1: float, lr: float, steps: int, seed:
         sae.W_enc.copy_(data.features_FD.T)
         sae.b_enc.fill_(-0.1)
         sae.b_dec.zero_()
-    cfg = ToyConfig(l1_coefficient=l1, lr=lr, lr_decay_steps=steps // 2, progress=False, log_every=10**9,
-                    steps=steps, resample="none", d_model=d_model, n_features=n_features, seed=seed)
-    trainer = Trainer(sae, cfg)
+    cfg = ToyConfig.from_values(dict(l1_coefficient=l1, lr=lr, lr_decay_steps=steps // 2, progress=False,
+                                     log_every=10**9, steps=steps, resample="none", d_model=d_model,
+                                     n_features=n_features, seed=seed))
+    trainer = Trainer(sae, cfg.resolved(steps, d_model))
     eighth = max(1, n_features // 8)
     last = {}
 

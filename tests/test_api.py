@@ -79,9 +79,9 @@ def test_a_model_object_and_a_local_dataset(model, text_dir):
 
 
 def test_the_keywords_are_the_train_command_flags():
-    """Every field of saeforge train's config is a keyword (the API adds `defaults` only)."""
+    """Every option of saeforge train's config (its own fields and its architectures' settings) is a
+    keyword (the API adds `defaults` only)."""
     acts, _ = toy_acts(2048)
     with pytest.raises(saeforge.UserError, match="unknown keyword"):
         saeforge.train(acts, not_a_flag=1)
-    assert {"k", "l1_coefficient", "resample", "lr", "buffer_mb"} <= {
-        f for f in ActivationTrainConfig.__dataclass_fields__}
+    assert {"k", "l1_coefficient", "resample", "lr", "buffer_mb"} <= set(ActivationTrainConfig.options())

@@ -49,7 +49,7 @@ def test_sparse_step_matches_autograd(cls, kw, dead):
 def test_jumprelu_sparse_step_matches_autograd(sparsity):
     """Codes as sparse as a trained dictionary's: the sparse step (forced, and chosen by itself)
     gives autograd's loss and gradients, θ's estimator included (a wide kernel, many entries in it)."""
-    sae = randomized(JumpReLUSAE(D, F, dtype=torch.float64, bandwidth=0.5, sparsity=sparsity))
+    sae = randomized(JumpReLUSAE(D, F, dtype=torch.float64, jumprelu_bandwidth=0.5, jumprelu_sparsity=sparsity))
     with torch.no_grad():
         sae.threshold.copy_(torch.rand(F, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
         sae.b_enc.sub_(3.0)
@@ -85,7 +85,7 @@ def test_jumprelu_gradients_equal_saelens_jumprelu_training_loss():
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
-    ours = randomized(JumpReLUSAE(D, F, init_threshold=0.3, bandwidth=0.5))
+    ours = randomized(JumpReLUSAE(D, F, jumprelu_init_threshold=0.3, jumprelu_bandwidth=0.5))
     theirs = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D, d_sae=F, jumprelu_init_threshold=0.3,
                                                            jumprelu_bandwidth=0.5, l0_coefficient=0.7))
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_saelens_topk_with_decoder_norm_rescaling_loads_with_its_codes(tmp_path)
 
 @pytest.mark.parametrize("make, saved", [
     (lambda: TopKSAE(D, F, k=5), "topk"),
-    (lambda: JumpReLUSAE(D, F, init_threshold=0.2), "jumprelu"),
+    (lambda: JumpReLUSAE(D, F, jumprelu_init_threshold=0.2), "jumprelu"),
     (lambda: BatchTopKSAE(D, F, k=5), "jumprelu"),
     (lambda: MatryoshkaSAE(D, F, k=5, matryoshka_sizes="8"), "jumprelu"),
 ])

@@ -106,10 +106,10 @@ def test_every_command_has_help(command, capsys):
 
 def test_defaults_come_from_the_config_classes_and_auto_resolves_from_the_budget(tmp_path, capsys):
     """One place per default: the parser shows the class's value; `auto` and old key names work in files."""
-    from saeforge.config import ARCHITECTURES as CONFIG_ARCHITECTURES, ToyConfig
+    from saeforge.config import ToyConfig
     from saeforge.architectures import ARCHITECTURES
 
-    assert tuple(ARCHITECTURES) == CONFIG_ARCHITECTURES
+    assert ToyConfig.options()["architecture"].field.metadata["choices"] == tuple(ARCHITECTURES)
     with pytest.raises(SystemExit):
         main(["toy", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
@@ -128,9 +128,9 @@ def test_lr_auto_follows_the_architecture():
     """--lr auto: 1e-2 for L1 and JumpReLU, 3e-3 for the k-architectures (docs/architectures.md, section c)."""
     from saeforge.config import TrainConfig
 
-    lrs = {a: TrainConfig(out="o", architecture=a).resolved(10).lr for a in ("standard", "jumprelu", "topk", "matryoshka")}
+    lrs = {a: TrainConfig(out="o", architecture=a).resolved(10, 16).lr for a in ("standard", "jumprelu", "topk", "matryoshka")}
     assert lrs == {"standard": 1e-2, "jumprelu": 1e-2, "topk": 3e-3, "matryoshka": 3e-3}
-    assert TrainConfig(out="o", architecture="topk", lr=5e-4).resolved(10).lr == 5e-4
+    assert TrainConfig(out="o", architecture="topk", lr=5e-4).resolved(10, 16).lr == 5e-4
 
 
 def test_train_starts_topk_as_saelens_does():
@@ -140,13 +140,13 @@ def test_train_starts_topk_as_saelens_does():
     from saeforge.config import ActivationTrainConfig, ToyConfig
 
     got = {a: (lambda c: (c.unit_norm_decoder, c.encoder_scale))(ActivationTrainConfig(out="o", architecture=a)
-                                                                  .resolved(10))
+                                                                  .resolved(10, 16))
            for a in ("topk", "batchtopk", "matryoshka", "standard", "jumprelu")}
     assert got == {"topk": (True, 0.1), "batchtopk": (False, 1.0), "matryoshka": (False, 1.0),
                    "standard": (False, 1.0), "jumprelu": (False, 1.0)}
-    toy = ToyConfig(out="o", architecture="topk").resolved(10)
+    toy = ToyConfig(out="o", architecture="topk").resolved(10, 16)
     assert (toy.unit_norm_decoder, toy.encoder_scale) == (True, 1.0)
-    mine = ActivationTrainConfig(out="o", architecture="topk", unit_norm_decoder=False, encoder_scale=1.0).resolved(10)
+    mine = ActivationTrainConfig(out="o", architecture="topk", unit_norm_decoder=False, encoder_scale=1.0).resolved(10, 16)
     assert (mine.unit_norm_decoder, mine.encoder_scale) == (False, 1.0)
 
 

@@ -88,10 +88,14 @@ def test_encoder_scale(toy):
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
 
 
-def test_cli_choices_match_the_methods():
-    from saeforge.config import INITS
+def test_every_init_method_is_a_choice_of_the_cli():
+    from saeforge.cli import build_parser
+    from saeforge.config import ToyConfig
+    from saeforge.options import build_config
 
-    assert sorted(INITS) == sorted(METHODS)
+    for method in METHODS:
+        args = build_parser().parse_args(["toy", "--out", "o", "--init", method])
+        assert build_config(ToyConfig, args).init == method
 
 
 def test_toy_default_init_is_mod_and_starts_high(tmp_path):

@@ -11,12 +11,13 @@ import saeforge
 SRC = Path(saeforge.__file__).parent
 # Lowest first: a module may import only modules of a lower layer or of its own layer listed before it.
 LAYERS = [
-    ["errors", "distributed", "feature_shards", "runtime", "metrics", "config", "fast_attention", "kernels"],
+    ["errors", "distributed", "feature_shards", "runtime", "metrics", "options", "fast_attention", "kernels", "sparse"],
     ["sae"],
     ["architectures.topk", "architectures.standard", "architectures.batchtopk", "architectures.matryoshka",
      "architectures.jumprelu", "architectures"],
-    ["dictionary", "init", "models", "toy", "sampler", "synthetic", "data", "buffer", "cache", "scaling"],
-    ["wandb_log", "trainer", "resample", "evals", "analysis", "report"],
+    ["dictionary", "init", "resample", "config", "checkpoint", "models", "toy", "sampler", "synthetic", "data", "buffer",
+     "cache", "scaling"],
+    ["wandb_log", "trainer", "evals", "analysis", "report"],
     ["pipeline.common", "pipeline.many", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
     ["api", "cli", "__main__"],
 ]
@@ -53,8 +54,8 @@ def test_every_module_has_a_layer_and_imports_only_below_it():
 
 
 def test_the_toml_fallback_of_python_3_10_imports():
-    """Python 3.10 has no tomllib: config.py must take tomli (same API) instead."""
-    code = ("import sys; sys.modules['tomllib'] = None; import saeforge.config as c; "
+    """Python 3.10 has no tomllib: options.py must take tomli (same API) instead."""
+    code = ("import sys; sys.modules['tomllib'] = None; import saeforge.options as c; "
             "assert c.tomllib.__name__ == 'tomli'; print(c.tomllib.loads('a = 1'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "{'a': 1}" in out.stdout, out.stderr

@@ -9,10 +9,11 @@ from saeforge.cli import main
 from saeforge.config import ToyConfig, TrainConfig
 from saeforge.errors import UserError
 from saeforge.init import initialize
-from saeforge.resample import Resampler, anthropic_directions, check_settings, clustered_directions, unexplained
+from saeforge.resample import Resampler, anthropic_directions, clustered_directions, unexplained
 from saeforge import SparseAutoencoder
 from saeforge.toy import ToyData
-from saeforge.trainer import Trainer, read_checkpoint
+from saeforge.checkpoint import read_checkpoint
+from saeforge.trainer import Trainer
 
 SMALL = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
 
@@ -21,9 +22,10 @@ def _trained(method: str):
     data = ToyData(16, 32, n_active=3, seed=0)
     sae = SparseAutoencoder(16, 32)
     initialize(sae, "orthogonal", seed=0)
-    cfg = TrainConfig(out="unused", resample=method, resample_at="5", batch_size=64, l1_coefficient=0.1, lr=3e-3,
-                      unit_norm_decoder=True, resample_sample=2048, resample_worst=256, resample_clusters=8,
-                      lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0)
+    cfg = TrainConfig.from_values(dict(
+        out="unused", resample=method, resample_at="5", batch_size=64, l1_coefficient=0.1, lr=3e-3, dict_size=32,
+        unit_norm_decoder=True, resample_sample=2048, resample_worst=256, resample_clusters=8, lr_warmup_steps=0,
+        l1_warmup_steps=0, lr_decay_steps=0)).resolved(100, 16)
     sampler = lambda n, step, part=0: torch.cat([data.batch(-(1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
     tr = Trainer(sae, cfg)
     batches = data.batches(64)
@@ -49,19 +51,18 @@ def test_a_pool_scored_in_chunks_renews_as_one_pool_does(direction, monkeypatch)
         with torch.no_grad():
             tr.sae.b_enc[[1, 7]] = -1e3
         monkeypatch.setattr(resample, "POOL_CHUNK", chunk)
-        event = Resampler(cfg, sampler, 100)(tr)
+        event = Resampler(cfg, sampler)(tr)
         out[chunk] = event, tr.sae.W_dec.detach().clone()
     assert out[300][0]["dead"] == out[4096][0]["dead"] >= 2 and out[300][0]["pool"] == 2048
     torch.testing.assert_close(out[300][1], out[4096][1])
 
 
 def test_the_auto_pool_grows_with_the_dictionary():
-    from saeforge import resample
-
-    cfg = replace(ToyConfig(), resample="clustered")
-    sizes = [Resampler(cfg, None, 5000).pool_size(SparseAutoencoder(8, f)) for f in (64, 256, 512, 1024)]
+    cfg = replace(ToyConfig(), resample="clustered")  # --resample-sample auto, resolved by the run config
+    sizes = [Resampler(replace(cfg, dict_size=f).resolved(5000, 8), None).pool_size(SparseAutoencoder(8, f))
+             for f in (64, 256, 512, 1024)]
     assert sizes == [131072, 131072, 524288, 2097152]
-    assert Resampler(replace(cfg, resample_sample=100), None, 5000).pool_size(SparseAutoencoder(8, 64)) == 100
+    assert Resampler(replace(cfg, resample_sample=100).resolved(5000, 8), None).pool_size(SparseAutoencoder(8, 64)) == 100
 
 
 @pytest.mark.parametrize("method", ["anthropic", "clustered"])
@@ -75,7 +76,7 @@ def test_dead_features_get_new_rows_and_fresh_adam_state(method):
         tr.sae.b_enc[dead] = -1e3  # truly dead: they fire on no fresh input either
     before = {n: p.detach().clone() for n, p in tr.sae.named_parameters()}
     adam = {n: {k: v.clone() for k, v in tr.opt.state[p].items()} for n, p in tr.sae.named_parameters()}
-    event = Resampler(cfg, sampler, 100)(tr)
+    event = Resampler(cfg, sampler)(tr)
     assert event["dead"] == 3 and event["step"] == 5
     sae, alive = tr.sae, torch.ones(32, dtype=torch.bool)
     alive[dead] = False
@@ -114,7 +115,7 @@ def test_alive_encoder_makes_new_features_fire_like_their_peers():
     alive = torch.ones(32, dtype=torch.bool)
     alive[dead] = False
     norm, bias = tr.sae.W_enc[:, alive].norm(dim=0).median(), tr.sae.b_enc[alive].median()
-    assert Resampler(replace(cfg, resample_encoder="alive"), sampler, 100)(tr)["dead"] == 2
+    assert Resampler(replace(cfg, resample_encoder="alive"), sampler)(tr)["dead"] == 2
     torch.testing.assert_close(tr.sae.W_enc[:, dead], tr.sae.W_dec[dead].T * norm)
     torch.testing.assert_close(tr.sae.b_enc[dead], torch.full((2,), bias.item()))
 
@@ -127,7 +128,7 @@ def test_silent_in_the_window_but_firing_on_fresh_inputs_is_not_dead():
     with torch.no_grad():
         tr.sae.b_enc[3] = -1e3  # this one cannot fire at all
     W = tr.sae.W_dec.detach().clone()
-    event = Resampler(cfg, sampler, 100)(tr)
+    event = Resampler(cfg, sampler)(tr)
     assert (event["dead"], event["duplicates"], event["resampled"]) == (1, 0, 1)
     assert torch.equal(tr.sae.W_dec[2], W[2]) and not torch.equal(tr.sae.W_dec[3], W[3])
 
@@ -143,7 +144,7 @@ def test_stream_pool_draws_nothing_and_keeps_the_worst_training_inputs():
     cfg = replace(cfg, resample_pool="stream", resample_direction="residual", resample_worst=16, resample_at="8,12",
                   dead_window=128)
     tr.cfg = cfg
-    rs = Resampler(cfg, no_draw, 100)
+    rs = Resampler(cfg, no_draw)
     with torch.no_grad():
         tr.sae.b_enc[[3, 9]] = -1e3  # they fire in none of the interval's batches
     seen, events = [], []
@@ -185,8 +186,8 @@ def test_duplicates_free_the_rarer_twin():
     fires_F = (sae.encode(X) > 0).sum(0)
     assert fires_F[9] < fires_F[4]
     W = sae.W_dec.detach().clone()
-    assert Resampler(cfg, sampler, 100)(tr)["resampled"] == 0  # off by default
-    event = Resampler(replace(cfg, resample_duplicates=0.9), sampler, 100)(tr)
+    assert Resampler(cfg, sampler)(tr)["resampled"] == 0  # off by default
+    event = Resampler(replace(cfg, resample_duplicates=0.9), sampler)(tr)
     assert (event["dead"], event["duplicates"]) == (0, 1)
     assert torch.equal(sae.W_dec[4], W[4]) and not torch.equal(sae.W_dec[9], W[9])
     others = torch.ones(32, dtype=torch.bool)
@@ -198,9 +199,9 @@ def test_nothing_happens_off_schedule_or_with_none():
     tr, cfg, sampler, batches = _trained("clustered")
     tr.state.tokens_since_fired_F.fill_(10**9)
     W = tr.sae.W_dec.detach().clone()
-    assert Resampler(cfg, sampler, 100)(tr) is None  # step 4, scheduled at 5
+    assert Resampler(cfg, sampler)(tr) is None  # step 4, scheduled at 5
     tr.state.step = 5
-    assert Resampler(replace(cfg, resample="none"), sampler, 100)(tr) is None
+    assert Resampler(replace(cfg, resample="none"), sampler)(tr) is None
     assert torch.equal(tr.sae.W_dec, W)
 
 
@@ -272,15 +273,15 @@ def test_unexplained_ignores_shrinkage_and_keeps_what_is_missing():
 def test_bad_settings_are_clear_errors(tmp_path, capsys):
     cfg = TrainConfig(out="x", resample="clustered", resample_every=0, batch_size=64, lr_decay_steps=0)
     with pytest.raises(UserError, match="resample-every >= 1"):
-        check_settings(cfg, 100, 6400)
+        cfg.resolved(100, 16)  # the run config checks resampling's settings against the budget
     with pytest.raises(UserError, match="not shorter than training"):
-        check_settings(replace(cfg, resample_every=10, dead_window=10**6), 100, 6400)
+        replace(cfg, resample_every=10, dead_window=10**6).resolved(100, 16)
     with pytest.raises(UserError, match="no resampling step falls inside"):
-        check_settings(replace(cfg, resample_every=80), 100, 6400)
+        replace(cfg, resample_every=80).resolved(100, 16)
     # never in the last interval, nor once the learning rate decays
-    assert replace(cfg, resample_every=10).resample_steps(100) == list(range(10, 91, 10))
-    assert replace(cfg, resample_every=10, lr_decay_steps=35).resample_steps(100) == list(range(10, 61, 10))
-    assert replace(cfg, resample_at="5,99,100,300", lr_decay_steps=35).resample_steps(100) == [5, 99]
+    assert replace(cfg, resample_every=10).resolved(100, 16).resample_steps() == list(range(10, 91, 10))
+    assert replace(cfg, resample_every=10, lr_decay_steps=35).resolved(100, 16).resample_steps() == list(range(10, 61, 10))
+    assert replace(cfg, resample_at="5,99,100,300", lr_decay_steps=35).resolved(100, 16).resample_steps() == [5, 99]
     for flags, msg in ((["--resample", "clustered", "--resample-every", "0"], "resample-every >= 1"),
                        (["--resample", "anthropic", "--steps", "20", "--dead-window", "100000"], "not shorter than training"),
                        (["--resample", "magic"], "--resample 'magic' is unknown"),
@@ -317,18 +318,18 @@ def test_toy_run_with_resampling_is_reproducible(tmp_path):
 @pytest.mark.parametrize("method,pool", [("anthropic", "fresh"), ("clustered", "fresh"), ("clustered", "stream")])
 def test_interrupted_run_resumes_across_resampling_to_the_same_weights(tmp_path, method, pool):
     data = ToyData(16, 32, n_active=3, seed=0)
-    cfg = TrainConfig(out=str(tmp_path), resample=method, resample_every=10, dead_window=128, batch_size=64,
-                      resample_pool=pool, resample_direction="residual",
-                      lr=3e-2, l1_coefficient=1.0, unit_norm_decoder=True, progress=False, resample_sample=1024,
-                      lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0,
-                      resample_worst=128, resample_clusters=4)
+    cfg = TrainConfig.from_values(dict(
+        out=str(tmp_path), resample=method, resample_every=10, dead_window=128, batch_size=64, resample_pool=pool,
+        resample_direction="residual", lr=3e-2, l1_coefficient=1.0, unit_norm_decoder=True, progress=False,
+        resample_sample=1024, lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0, resample_worst=128,
+        resample_clusters=4, dict_size=32)).resolved(50, 16)
     sampler = lambda n, step, part=0: torch.cat([data.batch(-(10**6 + step * 1000 + j), 1024)[0] for j in range(-(-n // 1024))])[:n]
 
     def fresh(out):
         out.mkdir(exist_ok=True)
         sae = SparseAutoencoder(16, 32)
         initialize(sae, "orthogonal", seed=0)
-        return Trainer(sae, replace(cfg, out=str(out)), out, resampler=Resampler(cfg, sampler, 50))
+        return Trainer(sae, replace(cfg, out=str(out)), out, resampler=Resampler(cfg, sampler))
 
     ref = fresh(tmp_path / "ref")
     ref.fit(data.batches(64), 50)

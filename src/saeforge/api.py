@@ -13,7 +13,6 @@ naming the keyword. Without `out` nothing is written to disk that outlives the c
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 import shutil
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .architectures import CONFIGS
 from .config import ActivationTrainConfig, ToyConfig
 from .dictionary import load
 from .errors import UserError
@@ -129,7 +129,7 @@ def _rows(t: Any) -> torch.Tensor:
 
 def _keywords(message: str) -> str:
     """The CLI's flag names in a message, as this function's keywords: --batch-size → batch_size=."""
-    names = {f.name for f in dataclasses.fields(ActivationTrainConfig)}
+    names = set(ActivationTrainConfig.options())
     fix = lambda m: f"{m[1].replace('-', '_')}=" if m[1].replace("-", "_") in names else m[0]  # noqa: E731
     return re.sub(r"--([a-z0-9][a-z0-9-]*)", fix, message)
 
@@ -152,14 +152,15 @@ def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:
 
     if defaults not in PRESETS:
         raise UserError(f"defaults must be one of {', '.join(PRESETS)}, got {defaults!r}")
-    names = {f.name for f in dataclasses.fields(ActivationTrainConfig)}
+    names = set(ActivationTrainConfig.options())
     unknown = sorted(set(kwargs) - names)
     if unknown:
         near = [m for u in unknown for m in difflib.get_close_matches(u, names, 1)]
         raise UserError(f"saeforge.train got unknown keyword(s) {', '.join(unknown)}"
                         + (f" (did you mean {', '.join(near)}?)" if near else "")
                         + "; the keywords are the fields of saeforge.ActivationTrainConfig")
-    values = {f.name: f.default for f in dataclasses.fields(PRESETS[defaults]) if f.name in names}
+    preset = PRESETS[defaults]
+    values = {name: o.default for name, o in preset.options().items() if name in names and not o.owners}
     model = activations = None
     if isinstance(source, str):
         values["model"] = source
@@ -172,9 +173,11 @@ def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:
         activations = ActivationSource(source, seed=kwargs.get("seed", values["seed"]))
     tmp = None if kwargs.get("out") else tempfile.mkdtemp(prefix="saeforge-")
     values |= kwargs
+    arch = CONFIGS.get(values.get("architecture"))  # the preset's defaults for the architecture's own settings
+    values = {k: v for k, v in preset.SAE_DEFAULTS.items() if arch and k in arch.__dataclass_fields__} | values
     values["out"] = values.get("out") or tmp
     try:
-        cfg = ActivationTrainConfig(**values)
+        cfg = ActivationTrainConfig.from_values(values)
         cfg.validate()
         summary = run_train(cfg, model=model, activations=activations)
         sae = load(cfg.out, device=torch.device(summary["device"]))

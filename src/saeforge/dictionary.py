@@ -100,10 +100,10 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         raise UserError(f"dictionary directory {path} does not exist")
     cfg = _read_cfg(path)
     cls = SAVED[cfg.get("architecture") or "standard"]
-    params = cls.from_saved_config(cfg, str(path / CFG))
+    settings = cls.from_saved_config(cfg, str(path / CFG))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     tensors = read_tensors(path / WEIGHTS, "the dictionary weights")
-    expected = {k: tuple(v.shape) for k, v in cls(d_in, d_sae, device="meta", **params).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in cls(d_in, d_sae, settings, device="meta").state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise UserError(f"{path / WEIGHTS}: missing tensor(s) {', '.join(missing)}; expected {', '.join(expected)}")
@@ -125,7 +125,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         if cfg_dtype.removeprefix("torch.") not in DTYPES:
             raise UserError(f"{path / CFG}: dtype {cfg_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         dtype = DTYPES[cfg_dtype.removeprefix("torch.")]
-    sae = cls(d_in, d_sae, device=device, dtype=dtype, **params)
+    sae = cls(d_in, d_sae, settings, device=device, dtype=dtype)
     cls.fold_saved(cfg, tensors)
     if cfg.get("apply_b_dec_to_input", True) is False:
         # (x W + b) == ((x - b_dec) W + b + b_dec W): fold, so encode() stays one formula.

@@ -130,10 +130,10 @@ class FeatureShards:
 
 
 @torch.no_grad()
-def rebuilt(sae: Any, d_sae: int, how: Any, kwargs: dict[str, Any]) -> Any:
-    """A new instance of sae's architecture with d_sae features, its feature-indexed parameters
-    `how(p, axis)` of sae's (a shard's slice, or the whole gathered), the others copied."""
-    new = type(sae)(sae.d_in, d_sae, device=sae.W_enc.device, dtype=sae.W_enc.dtype, **kwargs)
+def rebuilt(sae: Any, d_sae: int, how: Any) -> Any:
+    """A new instance of sae's architecture and settings with d_sae features, its feature-indexed
+    parameters `how(p, axis)` of sae's (a shard's slice, or the whole gathered), the others copied."""
+    new = type(sae)(sae.d_in, d_sae, sae.cfg, device=sae.W_enc.device, dtype=sae.W_enc.dtype)
     for name, p in sae.named_parameters():
         axis = sae.feature_axes.get(name)
         getattr(new, name).copy_(p if axis is None else how(p.detach(), axis))

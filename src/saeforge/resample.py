@@ -22,7 +22,8 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +31,9 @@ import torch
 from . import distributed
 from .errors import UserError
 from .metrics import squared_error
+from .options import AUTO, Config, opt
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+Trainer = Any  # the trainer.Trainer that calls the resampler (it sits a layer above, so not imported)
 
 METHODS = ("none", "anthropic", "clustered")
 SAME_DIRECTION = 0.5  # residual directions: clusters this close share a missing feature (true ones: ~0.1)
@@ -41,19 +42,72 @@ ENCODER_SCALE = 0.2  # Towards Monosemanticity's factor on the alive features' m
 POOL_CHUNK = 131072  # resampling inputs scored at a time (a pool of one chunk is scored as it always was)
 
 
-def check_settings(cfg: Any, total_steps: int, total_tokens: int) -> None:
-    """Refuse settings that cannot do what was asked, before any training happens."""
+@dataclass(frozen=True)
+class ResampleConfig(Config):
+    """Resampling's settings (every training command has them)."""
+
+    resample: str = opt("none", f"dead-feature resampling, one of {', '.join(METHODS)} (auto: clustered when a "
+                        "resampling step fits in the budget and AuxK is off, else none)", choices=(*METHODS, AUTO))
+    resample_every: int = opt(500, "resample dead features every N steps (none in the budget's last N steps)", ge=0)
+    resample_at: str = opt("", "resample at these steps instead, e.g. 1000,2000,4000")
+    resample_sample: int | None = opt(16384, "inputs scored by reconstruction error at each resampling, streamed in "
+                                      "chunks (auto: max(131072, 2 × latents²))", ge=1)
+    resample_pool: str = opt("fresh", "where resampling looks for badly reconstructed inputs: fresh "
+                             "(--resample-sample new inputs drawn and scored at each resampling) or stream (the "
+                             "worst of every training batch since the last resampling, and the earlier candidates "
+                             "still unexplained: nothing drawn, only those scored)", choices=("fresh", "stream"))
+    resample_worst: int = opt(2048, "clustered: the worst-reconstructed inputs kept and clustered (residual: "
+                              "the N with the most unexplained error among the 8N worst)", ge=1)
+    resample_clusters: int = opt(32, "clustered: MiniBatchKMeans clusters over the worst inputs", ge=1)
+    resample_direction: str = opt("centroid", "clustered: new direction = centroid (x − its cluster centroid) or "
+                                  "residual (the summed residual x − x̂ of one of the most coherent clusters of residual "
+                                  "directions, over the worst inputs with the most error no firing feature explains)",
+                                  choices=("residual", "centroid"))
+    resample_encoder: str = opt("anthropic", "new encoder columns: anthropic (0.2 × the alive features' mean norm, "
+                                "bias 0) or alive (the alive features' median norm and median bias)",
+                                choices=("anthropic", "alive"))
+    resample_duplicates: float = opt(0.0, "also renew the rarer of two features whose decoder rows have cosine >= "
+                                     "this (0: off)", ge=0, le=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.resample_at:
+            parse_steps(self.resample_at)
+
+    def schedule(self, total_steps: int, quiet_tail: int) -> list[int]:
+        """The steps resampling acts on: --resample-at, or every --resample-every steps but never in
+        the budget's last `quiet_tail` steps (at least one interval: a renewed feature needs time)."""
+        if self.resample_at:
+            return sorted(s for s in parse_steps(self.resample_at) if 0 < s < total_steps)
+        every = self.resample_every
+        end = total_steps - max(every, quiet_tail)
+        return list(range(every, end + 1, every)) if every > 0 else []
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UserError(f"--resample-at must be comma-separated step numbers, got {text!r}") from None
+    if any(s < 1 for s in steps):
+        raise UserError(f"--resample-at steps must be >= 1, got {text!r}")
+    return steps
+
+
+def check_settings(cfg: Any) -> None:
+    """Refuse settings that cannot do what was asked, before any training happens (`cfg`: the
+    resolved run config)."""
     if cfg.resample == "none":
         return
     if cfg.resample_every < 1 and not cfg.resample_at:
         raise UserError(f"--resample {cfg.resample} needs --resample-every >= 1 (got {cfg.resample_every}) "
                         "or --resample-at STEP,STEP")
-    window = cfg.dead_window or 10 * cfg.batch_size
-    if window >= total_tokens:
-        raise UserError(f"the dead window ({window} tokens) is not shorter than training ({total_tokens} tokens): "
-                        "no feature could ever count as dead; lower --dead-window or train longer")
-    if not cfg.resample_steps(total_steps):
-        raise UserError(f"--resample {cfg.resample}: no resampling step falls inside the {total_steps} training "
+    total_tokens = cfg.steps * cfg.batch_size
+    if cfg.dead_window >= total_tokens:
+        raise UserError(f"the dead window ({cfg.dead_window} tokens) is not shorter than training ({total_tokens} "
+                        "tokens): no feature could ever count as dead; lower --dead-window or train longer")
+    if not cfg.resample_steps():
+        raise UserError(f"--resample {cfg.resample}: no resampling step falls inside the {cfg.steps} training "
                         "steps (resampling stops one interval before the end, or where the lr decay starts); "
                         "lower --resample-every")
 
@@ -65,9 +119,10 @@ class Resampler:
     toy generator, or the live buffer) without advancing the training stream; a pool larger
     than POOL_CHUNK is drawn in parts 0, 1, … that must differ."""
 
-    def __init__(self, cfg: Any, sample: Callable[[int, int, int], torch.Tensor], total_steps: int):
+    def __init__(self, cfg: Any, sample: Callable[[int, int, int], torch.Tensor]):
+        """`cfg`: the resolved run config (its budget, batch, dead window, seed and resampling settings)."""
         self.cfg, self.sample = cfg, sample
-        self.steps = sorted(set(cfg.resample_steps(total_steps))) if cfg.resample != "none" else []
+        self.steps = sorted(set(cfg.resample_steps())) if cfg.resample != "none" else []
         self.stream = cfg.resample_pool == "stream"
         self.scored = 0  # stream: rows scored at the last event
         self.rows: list[torch.Tensor] = []  # stream: the worst inputs of each batch since the last event
@@ -85,7 +140,7 @@ class Resampler:
         i = bisect.bisect_left(self.steps, step)
         return (self.steps[i - 1] if i else 0), (self.steps[i] if i < len(self.steps) else None)
 
-    def observe(self, tr: "Trainer", x_BD: torch.Tensor, out: Any) -> None:
+    def observe(self, tr: Trainer, x_BD: torch.Tensor, out: Any) -> None:
         """Stream pool: after each step, keep the batch's worst-reconstructed inputs (twice the
         candidates over an interval) and count the batches each feature fired in. No host sync.
         Only steps before a scheduled event keep rows, so a run resumed with a larger budget
@@ -108,7 +163,7 @@ class Resampler:
             self.fired_F = torch.zeros(len(out.feature_sums_F), dtype=torch.long, device=x_BD.device)
         self.fired_F += out.feature_sums_F > 0
 
-    def __call__(self, tr: "Trainer") -> dict[str, Any] | None:
+    def __call__(self, tr: Trainer) -> dict[str, Any] | None:
         if tr.step not in self.steps:
             return None
         t0 = time.perf_counter()
@@ -152,10 +207,8 @@ class Resampler:
         return event
 
     def pool_size(self, sae) -> int:
-        """--resample-sample, or auto: max(131072, 2 × latents²). The rarest features a pool can
-        show grow rarer faster than the dictionary grows (128/1024 toy: 2M inputs found the
-        features that 524,288 missed; docs/toy.md)."""
-        return self.cfg.resample_sample or max(131072, 2 * sae.d_sae ** 2)
+        """--resample-sample (resolved by the run config: TrainConfig.resolved)."""
+        return self.cfg.resample_sample
 
     @torch.no_grad()
     def pool(self, sae, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,7 +243,7 @@ class Resampler:
         fires_F = self.fired_F if self.fired_F is not None else torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
         return X_ND, loss_N, fires_F
 
-    def silence(self, tr: "Trainer", sae) -> int:
+    def silence(self, tr: Trainer, sae) -> int:
         """Stream pool: a feature is dead if it fired on none of the last min(pool size, inputs
         since the last event) training inputs — the rate a fresh pool of that size could see."""
         prev = self.interval(tr.step)[0]
@@ -219,7 +272,7 @@ class Resampler:
         self.rows = [t["rows"]] if "rows" in t else []
         self.carry, self.fired_F = t.get("carry"), t.get("fired")
 
-    def directions(self, tr: "Trainer", X_ND: torch.Tensor, loss_N: torch.Tensor, k: int) -> torch.Tensor:
+    def directions(self, tr: Trainer, X_ND: torch.Tensor, loss_N: torch.Tensor, k: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tr.step)
         if self.cfg.resample == "anthropic":
             return anthropic_directions(tr.sae, X_ND, k, g, loss_N=loss_N)

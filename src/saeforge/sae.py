@@ -8,11 +8,12 @@ D d_in, F d_sae) and the decoder x̂ = f @ W_dec + b_dec; it defines
     step(x_BD, coefficient, dead_F) -> StepOutput   loss + gradients in .grad (default: autograd
                                          on `loss`; an architecture overrides it with a fast step)
     architecture                         its name (`--architecture`)
-    coefficient                          the TrainConfig field that weighs its sparsity term, if any
+    Config                               its settings (an `ArchitectureConfig`: k, thresholds, its
+                                         sparsity coefficient, default lr and start, cfg.json fields)
     uses_dead_mask                       whether its loss needs the dead latents (AuxK)
-    from_train_config(cfg)               its constructor arguments from the run's config (k, …)
-    saved_config() / from_saved_config   its cfg.json architecture and fields (e.g. k) both ways
 
+An instance holds its resolved settings as `sae.cfg`; `saved_config` / `from_saved_config` write
+and read the fields its Config names in `saved`, so cfg.json and the flags share one declaration.
 The trainer, init, resampling, save/load, evals, sweep and inspect use this interface only;
 `architectures/` holds the implementations, one file each.
 """
@@ -21,10 +22,54 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, get_type_hints
 
 import torch
 from torch import nn
+
+from .errors import UserError
+from .options import Config, base_type
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig(Config):
+    """An architecture's own settings, declared next to its code. Its fields are flags of the
+    training commands (their help names the architectures that have them), keys of config files
+    and --dictionaries specs, and keywords of saeforge.train; the class variables are what `auto`
+    becomes for this architecture and which fields cfg.json records."""
+
+    default_lr: ClassVar[float] = 1e-2  # --lr auto
+    default_unit_norm_decoder: ClassVar[bool] = False  # --unit-norm-decoder auto
+    default_encoder_scale: ClassVar[float] = 1.0  # --encoder-scale auto
+    coefficient: ClassVar[str | None] = None  # the field weighing the sparsity term (ramped by --l1-warmup-steps)
+    saved: ClassVar[tuple[str, ...]] = ()  # fields written to cfg.json and read back
+
+    def resolved(self, d_in: int, d_sae: int) -> "ArchitectureConfig":
+        """These settings with their `auto` values fixed for this shape, checked against it."""
+        return self
+
+    def coefficient_value(self) -> float:
+        return float(getattr(self, self.coefficient)) if self.coefficient else 0.0
+
+    def saved_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.saved}
+
+    @classmethod
+    def from_saved(cls, cfg: dict[str, Any], where: str, architecture: str) -> "ArchitectureConfig":
+        """The settings a cfg.json records (the `saved` fields, each required and type-checked)."""
+        hints, values = get_type_hints(cls), {}
+        for name in cls.saved:
+            typ, _ = base_type(hints[name])
+            v = cfg.get(name)
+            if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
+                raise UserError(f"{where}: a {architecture} dictionary needs {name} as {typ.__name__}, got {v!r}")
+            values[name] = v
+        out = cls(**values)
+        try:
+            out.validate()
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        return out
 
 
 class Loss(NamedTuple):
@@ -50,14 +95,23 @@ class StepOutput:
 
 class SAE(nn.Module):
     architecture: ClassVar[str]
-    coefficient: ClassVar[str | None] = "l1_coefficient"
+    Config: ClassVar[type[ArchitectureConfig]] = ArchitectureConfig
+    saved_as: ClassVar[str] = ""  # cfg.json's `architecture` (SAELens's name); default: `architecture`
     uses_dead_mask: ClassVar[bool] = False
     # Parameters indexed by feature, and the axis of the feature index (resampling renews slices).
     feature_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
-    def __init__(self, d_in: int, d_sae: int, *, device: Any = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, d_in: int, d_sae: int, cfg: ArchitectureConfig | None = None, *, device: Any = None,
+                 dtype: torch.dtype = torch.float32, **settings: Any):
+        """`cfg`: the architecture's settings (or given as keywords, `settings`), resolved for this shape."""
         super().__init__()
         self.d_in, self.d_sae = d_in, d_sae
+        if cfg is None:
+            cfg = self.Config(**settings)
+            cfg.validate()
+        elif settings:
+            raise TypeError("give the settings as cfg or as keywords, not both")
+        self.cfg = cfg.resolved(d_in, d_sae)
         kw = dict(device=device, dtype=dtype)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
@@ -78,20 +132,20 @@ class SAE(nn.Module):
         resampling (e.g. JumpReLU's initial threshold); the trainer writes them with the rest."""
         return {}
 
-    @classmethod
-    def from_train_config(cls, cfg: Any) -> dict[str, Any]:
-        """Constructor keyword arguments from a TrainConfig (k, thresholds…)."""
-        return {}
+    @property
+    def coefficient(self) -> str | None:
+        """The name of the setting that weighs the sparsity term (None: sparsity comes from k)."""
+        return self.cfg.coefficient
 
     def saved_config(self) -> dict[str, Any]:
         """cfg.json's `architecture` (SAELens's name for what is saved) and the architecture's own
         fields (besides d_in, d_sae, dtype)."""
-        return {"architecture": self.architecture}
+        return {"architecture": self.saved_as or self.architecture, **self.cfg.saved_fields()}
 
     @classmethod
-    def from_saved_config(cls, cfg: dict[str, Any], where: str) -> dict[str, Any]:
-        """Constructor keyword arguments from a cfg.json; raise UserError naming `where` if it cannot be loaded."""
-        return {}
+    def from_saved_config(cls, cfg: dict[str, Any], where: str) -> ArchitectureConfig:
+        """The settings of a cfg.json; raise UserError naming `where` if it cannot be loaded."""
+        return cls.Config.from_saved(cfg, where, cls.saved_as or cls.architecture)
 
     # ---------------------------------------------------------------- shared
     shards: Any = None  # feature_shards.FeatureShards when this instance holds one shard of the features

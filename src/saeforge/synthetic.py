@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from . import kernels, metrics
-from .architectures.topk import crow_of, csr
+from .sparse import crow_of, csr
 from .errors import UserError
 from .runtime import read_json, read_tensors
 from .sampler import Sampler, stream_key

@@ -7,20 +7,17 @@ every value it needs later stays on the device, so the host syncs only on loggin
 checkpoint steps.
 
 Everything a run has beyond its config and weights is one typed `TrainState`; a checkpoint
-(`<out>/checkpoint/`: state.safetensors + state.json, docs/design.md) is its serialization
-plus the weights and Adam's moments. A resumed run ends with exactly the weights of an
+(checkpoint.py) is its serialization plus the weights and Adam's moments. A resumed run ends with exactly the weights of an
 uninterrupted one, provided the batches resume at the same step (toy batches do).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,103 +28,13 @@ from . import distributed, feature_shards, metrics
 from .config import TrainConfig
 from .dictionary import log_sparsity, save
 from .errors import UserError
-from .runtime import (CHECKPOINT, DeviceClock, atomic_save_tensors, atomic_write_bytes, atomic_write_json, check_json,
-                      read_json, read_tensors)
+from .checkpoint import Checkpoint, TrainState, write_checkpoint
+from .runtime import CHECKPOINT, DeviceClock, atomic_write_bytes
 from .sae import SAE, StepOutput
 
-STATE_FORMAT = 2  # state.json's layout; 1 (saeforge 0.1) kept the non-tensor state under "extra"
+class ResamplerHook(Protocol):
+    """What the trainer calls after each step (resample.Resampler is the one implementation)."""
 
-
-@dataclass
-class TrainState:
-    """A run's progress: what a checkpoint restores besides the weights and Adam's moments."""
-
-    step: int = 0
-    tokens: int = 0  # training inputs seen, all ranks together
-    input_scale: float = 1.0  # s with E‖s·x‖² = d_in; the trainer sees s·x
-    data_position: dict[str, Any] = field(default_factory=dict)  # the source's resumable position
-    train_seconds: float = 0.0
-    firing_tokens: int = 0  # inputs behind firing_counts_F (logging steps only)
-    resample_events: list[dict[str, Any]] = field(default_factory=list)
-    mmcs_trace: list[float] = field(default_factory=list)  # runs with known features: MMCS after each step
-    tokens_since_fired_F: torch.Tensor | None = None
-    firing_counts_F: torch.Tensor | None = None
-    data_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # the source's resumable tensors
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()
-                if not isinstance(v, torch.Tensor) and v is not None and k != "data_tensors"}
-
-
-IDENTITY = ("seed", "cache", "text_column", "d_model", "n_features", "n_active", "decay", "correlated")
-
-
-@dataclass
-class Checkpoint:
-    path: Path
-    state: TrainState
-    tensors: dict[str, torch.Tensor]  # sae.*, adam.*, rng.*
-    adam_steps: dict[str, float]
-    metadata: dict[str, Any]
-    config: dict[str, Any]
-    architecture: str
-
-    def identity(self) -> dict[str, Any]:
-        """What makes the checkpoint's run that run: its data, model, hook, architecture, seed."""
-        ident = {k: self.config[k] for k in IDENTITY if k in self.config} | {"architecture": self.architecture}
-        for key, meta in (("model", "model_name"), ("hook", "hook_name"), ("dataset", "dataset_path")):
-            if meta in self.metadata:
-                ident[key] = self.metadata[meta]
-        return ident
-
-
-STATE_FIELDS = {"format": (int, False), "step": (int, True), "tokens": (int, True), "input_scale": (float, False),
-                "data_position": (dict, False), "train_seconds": (float, False), "firing_tokens": (int, False),
-                "resample_events": (list, False), "mmcs_trace": (list, False), "adam_steps": (dict, False),
-                "metadata": (dict, False), "config": (dict, False), "extra": (dict, False),
-                "architecture": (str, False)}
-EVENT_FIELDS = {"step": (int, True), "dead": (int, True), "seconds": (float, True), "resampled": (int, False)}
-
-
-def read_checkpoint(out: Path) -> Checkpoint | None:
-    """The checkpoint in `out` (or the previous one, if a swap was interrupted); None if there is none."""
-    for cand in (out / CHECKPOINT, out / f".{CHECKPOINT}.old"):
-        if (cand / "state.json").is_file() and (cand / "state.safetensors").is_file():
-            break
-    else:
-        return None
-    fix = f"the checkpoint is corrupt; delete {cand} to start over"
-    where = str(cand / "state.json")
-    raw = check_json(read_json(cand / "state.json", fix), where, STATE_FIELDS)
-    if raw.get("format", 1) == 1:  # saeforge 0.1: the callers' state under "extra"
-        extra = raw.get("extra") or {}
-        raw |= {"input_scale": extra.get("input_scale", 1.0), "data_position": extra.get("data", {}),
-                "resample_events": extra.get("resample_events", []), "mmcs_trace": extra.get("mmcs_trace", [])}
-        check_json(raw, f"{where} (extra)", STATE_FIELDS)
-    for event in raw.get("resample_events") or []:
-        check_json(event, f"{where} (resample_events)", EVENT_FIELDS)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw.get("mmcs_trace") or []):
-        raise UserError(f"{where}: the field 'mmcs_trace' must be a list of numbers")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (raw.get("adam_steps") or {}).values()):
-        raise UserError(f"{where}: the field 'adam_steps' must map parameter names to numbers")
-    check_json(raw.get("data_position") or {}, f"{where} (data_position)",
-               {k: (int, False) for k in ("contexts_read", "epoch", "cursor", "offset", "world", "rows_read")})
-    scale = raw.get("input_scale")
-    if raw["step"] < 0 or raw["tokens"] < 0 or (scale is not None and not (scale > 0 and math.isfinite(scale))):
-        raise UserError(f"{where}: step and tokens must be >= 0 and input_scale > 0; {fix}")
-    tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
-    missing = sorted({"tokens_since_fired", "firing_counts", "rng.cpu"} - set(tensors))
-    if missing:
-        raise UserError(f"{cand / 'state.safetensors'} lacks {', '.join(missing)}; {fix}")
-    names = {f for f in TrainState.__dataclass_fields__ if not f.endswith("_F") and f != "data_tensors"}
-    state = TrainState(**{k: raw[k] for k in names if raw.get(k) is not None},
-                       tokens_since_fired_F=tensors["tokens_since_fired"], firing_counts_F=tensors["firing_counts"],
-                       data_tensors={k[5:]: v for k, v in tensors.items() if k.startswith("data.")})
-    return Checkpoint(cand, state, tensors, raw.get("adam_steps") or {}, raw.get("metadata") or {},
-                      raw.get("config") or {}, raw.get("architecture") or "standard")
-
-
-class Resampler(Protocol):
     def observe(self, trainer: "Trainer", x_BD: torch.Tensor, out: StepOutput) -> None: ...
     def __call__(self, trainer: "Trainer") -> dict[str, Any] | None: ...
     def state_tensors(self) -> dict[str, torch.Tensor]: ...
@@ -136,8 +43,9 @@ class Resampler(Protocol):
 
 class Trainer:
     def __init__(self, sae: SAE, cfg: TrainConfig, out_dir: str | Path | None = None, *,
-                 state: TrainState | None = None, resampler: Resampler | None = None):
-        cfg = cfg.for_architecture()  # --lr, --unit-norm-decoder auto
+                 state: TrainState | None = None, resampler: ResamplerHook | None = None):
+        if not cfg.is_resolved():
+            raise ValueError("the trainer takes a run config: cfg.resolved(steps, d_in)")
         self.sae, self.cfg, self.resampler = sae, cfg, resampler
         self.out = Path(out_dir) if out_dir else None
         dev = sae.W_enc.device
@@ -169,12 +77,11 @@ class Trainer:
 
     @property
     def dead_window(self) -> int:
-        return self.cfg.dead_window or 10 * self.cfg.batch_size
+        return self.cfg.dead_window
 
     def coefficient_now(self) -> float:
         """The architecture's sparsity coefficient (λ for ReLU + L1), ramped over --l1-warmup-steps."""
-        name = self.sae.coefficient
-        value = getattr(self.cfg, name) if name else 0.0
+        value = self.cfg.sae.coefficient_value()
         w = self.cfg.l1_warmup_steps
         return value * min(1.0, (self.step + 1) / w) if w else value
 
@@ -265,7 +172,6 @@ class Trainer:
 
     def begin(self, steps: int) -> None:
         """Start (or continue) training toward a budget of `steps` steps; `advance` does each one."""
-        self.cfg = self.cfg.resolved(steps)
         self.total_steps = steps
         self._t0 = time.perf_counter()
 
@@ -356,9 +262,7 @@ class Trainer:
         if not distributed.is_main():
             return target
         sae.metadata.update(tokens_seen=st.tokens, steps=st.step, architecture=self.sae.architecture,
-                            resample=self.cfg.resample, input_scale=st.input_scale)
-        if sae.coefficient:
-            sae.metadata[sae.coefficient] = getattr(self.cfg, sae.coefficient)
+                            resample=self.cfg.resample, input_scale=st.input_scale, **sae.cfg.values())
         sparsity = log_sparsity(counts_F, st.firing_tokens) if st.firing_tokens else None
         return save(sae, target, sparsity_F=sparsity, input_scale=st.input_scale)
 
@@ -377,7 +281,7 @@ class Trainer:
         shards = self.sae.shards
         if shards is None:
             return self.sae
-        return feature_shards.rebuilt(self.sae, shards.total, shards.whole, type(self.sae).from_train_config(self.cfg))
+        return feature_shards.rebuilt(self.sae, shards.total, shards.whole)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, extra_seconds: float = 0.0) -> Path:
@@ -400,26 +304,16 @@ class Trainer:
         if not distributed.is_main():
             distributed.barrier()
             return self.out / CHECKPOINT
-        final, tmp, old = self.out / CHECKPOINT, self.out / f".{CHECKPOINT}.tmp", self.out / f".{CHECKPOINT}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         tensors |= {f"data.{k}": v for k, v in st.data_tensors.items()}
         if self.resampler is not None:
             tensors |= {f"resample.{k}": v for k, v in self.resampler.state_tensors().items()}
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        atomic_save_tensors(tmp / "state.safetensors", tensors)
-        atomic_write_json(tmp / "state.json", {
-            "format": STATE_FORMAT, **st.to_json(), "train_seconds": st.train_seconds + extra_seconds,
-            "adam_steps": adam_steps, "architecture": self.sae.architecture, "config": asdict(self.cfg),
-            "metadata": self.sae.metadata,
+        final = write_checkpoint(self.out, tensors, {
+            **st.to_json(), "train_seconds": st.train_seconds + extra_seconds, "adam_steps": adam_steps,
+            "architecture": self.sae.architecture, "config": asdict(self.cfg), "metadata": self.sae.metadata,
         })
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
         distributed.barrier()
         return final
 

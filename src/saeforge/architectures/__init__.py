@@ -1,8 +1,11 @@
-"""The architectures, one file each. `ARCHITECTURES` maps `--architecture` to its class, `SAVED`
-a cfg.json `architecture` (SAELens's names) to the class that loads it.
+"""The architectures, one file each: the SAE subclass (its model on one screen and its fast step)
+and its `Config` (its settings, their defaults, help and bounds, its default lr and start, the
+fields cfg.json records). `ARCHITECTURES` maps `--architecture` to its class, `SAVED` a cfg.json
+`architecture` (SAELens's names) to the class that loads it.
 
-Adding one: a new file with an `SAE` subclass (see sae.py), a line here, its name in
-config.ARCHITECTURES.
+Adding one: a new file with an `SAE` subclass and its `ArchitectureConfig` (see sae.py), and its
+class in the tuple below. Its settings then show in `--help`, config files, --dictionaries specs
+and saeforge.train; the run config, trainer, summary and cfg.json read them from its Config.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..sae import SAE
+from ..sae import SAE, ArchitectureConfig
 from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
 from .matryoshka import MatryoshkaSAE
@@ -21,16 +24,17 @@ from .topk import TopKSAE
 
 ARCHITECTURES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (
     StandardSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE)}
+CONFIGS: dict[str, type[ArchitectureConfig]] = {name: cls.Config for name, cls in ARCHITECTURES.items()}
 # BatchTopK and Matryoshka dictionaries are saved as `jumprelu` (their inference is a threshold).
-SAVED: dict[str, type[SAE]] = {"standard": StandardSAE, "topk": TopKSAE, "jumprelu": JumpReLUSAE}
+SAVED: dict[str, type[SAE]] = {name: cls for name, cls in ARCHITECTURES.items() if not cls.saved_as}
 
 
-def create(architecture: str, d_in: int, d_sae: int, *, device: Any = None, dtype: torch.dtype = torch.float32,
-           **params: Any) -> SAE:
+def create(architecture: str, d_in: int, d_sae: int, cfg: ArchitectureConfig | None = None, *, device: Any = None,
+           dtype: torch.dtype = torch.float32, **settings: Any) -> SAE:
     if architecture not in ARCHITECTURES:
         raise UserError(f"architecture {architecture!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[architecture](d_in, d_sae, device=device, dtype=dtype, **params)
+    return ARCHITECTURES[architecture](d_in, d_sae, cfg, device=device, dtype=dtype, **settings)
 
 
-__all__ = ["ARCHITECTURES", "SAVED", "create", "SAE", "StandardSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
-           "MatryoshkaSAE"]
+__all__ = ["ARCHITECTURES", "CONFIGS", "SAVED", "create", "SAE", "StandardSAE", "TopKSAE", "BatchTopKSAE",
+           "JumpReLUSAE", "MatryoshkaSAE"]

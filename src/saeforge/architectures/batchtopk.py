@@ -14,21 +14,33 @@ for every latent; AuxK and the sparse step are TopK's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import distributed
-from .topk import TopKSAE, crow_of
+from ..sparse import crow_of
+from .topk import TopKConfig, TopKSAE
 
 THRESHOLD_RATE = 0.01
 
 
+@dataclass(frozen=True)
+class BatchTopKConfig(TopKConfig):
+    # TopK's small start left many latents dead here (docs/architectures.md, section b)
+    default_unit_norm_decoder = False
+    default_encoder_scale = 1.0
+    saved = ()  # saved as SAELens's jumprelu: the threshold is a tensor
+
+
 class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
+    Config = BatchTopKConfig
+    saved_as = "jumprelu"
 
-    def __init__(self, d_in: int, d_sae: int, **kw: Any):
-        super().__init__(d_in, d_sae, **kw)
+    def __init__(self, d_in: int, d_sae: int, cfg: BatchTopKConfig | None = None, **kw: Any):
+        super().__init__(d_in, d_sae, cfg, **kw)
         self.register_buffer("topk_threshold", torch.zeros((), dtype=self.W_enc.dtype, device=self.W_enc.device))
 
     def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,7 +63,7 @@ class BatchTopKSAE(TopKSAE):
         self.topk_threshold.copy_(torch.where(found, mixed, self.topk_threshold))
 
     def saved_config(self) -> dict[str, Any]:
-        return {"architecture": "jumprelu"}
+        return {"architecture": self.saved_as}
 
     def folded(self, input_scale: float) -> dict[str, torch.Tensor]:
         w = super().folded(input_scale)

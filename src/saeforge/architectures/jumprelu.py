@@ -15,14 +15,16 @@ on) and, once fewer than SPARSE_BELOW fire, sparse past the encoder product (`sp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import kernels
-from ..sae import SAE, Loss, StepOutput, exact, set_grads
+from ..options import opt
+from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from ..sparse import Transposed, csr_of, sampled
 from .standard import sparse_enough
-from .topk import Transposed, csr_of, sampled
 
 TANH_SCALE = 4.0
 
@@ -59,25 +61,29 @@ class _JumpReLU(torch.autograd.Function):
         return (pre > threshold) * grad, -(threshold * kernel * grad).sum(0), None
 
 
+@dataclass(frozen=True)
+class JumpReLUConfig(ArchitectureConfig):
+    l0_coefficient: float = opt(1.0, "coefficient λ₀ of its sparsity loss", ge=0)
+    jumprelu_init_threshold: float = opt(0.01, "initial threshold of every latent", ge=0)
+    jumprelu_bandwidth: float = opt(0.05, "width of the straight-through estimator's kernel", gt=0)
+    jumprelu_sparsity: str = opt("step", "sparsity loss, step (L0 through the estimator, DeepMind's) or tanh "
+                                 "(Anthropic's)", choices=("step", "tanh"))
+    coefficient = "l0_coefficient"
+
+
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
-    coefficient = "l0_coefficient"
+    Config = JumpReLUConfig
     feature_axes = {**SAE.feature_axes, "threshold": 0}
 
-    def __init__(self, d_in: int, d_sae: int, *, init_threshold: float = 0.01, bandwidth: float = 0.05,
-                 sparsity: str = "step", **kw: Any):
-        super().__init__(d_in, d_sae, **kw)
-        self.threshold = torch.nn.Parameter(torch.full((d_sae,), float(init_threshold), dtype=self.W_enc.dtype,
-                                                       device=self.W_enc.device))
-        self.init_threshold, self.bandwidth, self.sparsity_loss = init_threshold, bandwidth, sparsity
-
-    @classmethod
-    def from_train_config(cls, cfg: Any) -> dict[str, Any]:
-        return {"init_threshold": cfg.jumprelu_init_threshold, "bandwidth": cfg.jumprelu_bandwidth,
-                "sparsity": cfg.jumprelu_sparsity}
+    def __init__(self, d_in: int, d_sae: int, cfg: JumpReLUConfig | None = None, **kw: Any):
+        super().__init__(d_in, d_sae, cfg, **kw)
+        self.threshold = torch.nn.Parameter(torch.full((d_sae,), float(self.cfg.jumprelu_init_threshold),
+                                                       dtype=self.W_enc.dtype, device=self.W_enc.device))
+        self.bandwidth, self.sparsity_loss = self.cfg.jumprelu_bandwidth, self.cfg.jumprelu_sparsity
 
     def renewed(self, idx_K: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"threshold": torch.full((len(idx_K),), float(self.init_threshold), device=idx_K.device)}
+        return {"threshold": torch.full((len(idx_K),), float(self.cfg.jumprelu_init_threshold), device=idx_K.device)}
 
     def pre(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.centered(x_BD) @ self.W_enc + self.b_enc

@@ -10,10 +10,12 @@ level in one pass over the active entries.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import UserError
-from .batchtopk import BatchTopKSAE
+from ..options import opt
+from .batchtopk import BatchTopKConfig, BatchTopKSAE
 
 
 def parse_sizes(text: str, d_sae: int) -> list[int]:
@@ -32,16 +34,23 @@ def parse_sizes(text: str, d_sae: int) -> list[int]:
     return sizes if sizes and sizes[-1] == d_sae else [*sizes, d_sae]
 
 
+@dataclass(frozen=True)
+class MatryoshkaConfig(BatchTopKConfig):
+    matryoshka_sizes: str = opt("", "nested prefix sizes, e.g. 128,512,2048 (the dictionary size closes the "
+                                "list; empty: d_sae/16, d_sae/4, d_sae)")
+
+    def resolved(self, d_in: int, d_sae: int) -> "MatryoshkaConfig":
+        sizes = ",".join(map(str, parse_sizes(self.matryoshka_sizes, d_sae)))
+        return replace(super().resolved(d_in, d_sae), matryoshka_sizes=sizes)
+
+
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
+    Config = MatryoshkaConfig
 
-    def __init__(self, d_in: int, d_sae: int, *, matryoshka_sizes: str = "", **kw: Any):
-        super().__init__(d_in, d_sae, **kw)
-        self.sizes = parse_sizes(matryoshka_sizes, d_sae)
-
-    @classmethod
-    def from_train_config(cls, cfg: Any) -> dict[str, Any]:
-        return {**super().from_train_config(cfg), "matryoshka_sizes": cfg.matryoshka_sizes}
+    def __init__(self, d_in: int, d_sae: int, cfg: MatryoshkaConfig | None = None, **kw: Any):
+        super().__init__(d_in, d_sae, cfg, **kw)
+        self.sizes = parse_sizes(self.cfg.matryoshka_sizes, d_sae)
 
     def levels(self) -> list[int]:
         return self.sizes

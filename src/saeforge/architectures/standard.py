@@ -11,12 +11,15 @@ past the encoder product sparse once fewer than SPARSE_BELOW of the codes fire (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import kernels
 from ..errors import UserError
-from ..sae import SAE, Loss, StepOutput, exact, set_grads
-from .topk import Transposed, csr_of, sampled
+from ..options import opt
+from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from ..sparse import Transposed, csr_of, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
 # (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
@@ -30,8 +33,16 @@ def sparse_enough(pre_BF: torch.Tensor, threshold) -> bool:
     return int(torch.count_nonzero(head > threshold)) < SPARSE_BELOW * head.numel()
 
 
+@dataclass(frozen=True)
+class StandardConfig(ArchitectureConfig):
+    l1_coefficient: float = opt(0.55, "sparsity coefficient λ in MSE + λ·Σ f_i‖W_dec,i‖ (inputs scaled to "
+                                "E‖x‖² = d_in)", ge=0, aliases=("--l1",))
+    coefficient = "l1_coefficient"
+
+
 class StandardSAE(SAE):
     architecture = "standard"
+    Config = StandardConfig
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.centered(x_BD) @ self.W_enc + self.b_enc)
@@ -44,11 +55,11 @@ class StandardSAE(SAE):
         return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
 
     @classmethod
-    def from_saved_config(cls, cfg: dict, where: str) -> dict:
+    def from_saved_config(cls, cfg: dict, where: str) -> StandardConfig:
         act = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
         if act != "relu":
             raise UserError(f"{where}: activation_fn {act!r} is not supported; saeforge loads ReLU dictionaries")
-        return {}
+        return super().from_saved_config(cfg, where)
 
     @torch.no_grad()
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:

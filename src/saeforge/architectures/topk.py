@@ -19,41 +19,47 @@ Matryoshka reuse it.
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from .. import kernels
 from ..errors import UserError
-from ..sae import SAE, Loss, StepOutput, exact, set_grads
+from ..options import opt
+from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from ..sparse import Transposed, crow_of, csr, row_of, sampled
+
+
+@dataclass(frozen=True)
+class TopKConfig(ArchitectureConfig):
+    k: int = opt(32, "active latents per input (batchtopk: on average over the batch)", ge=1)
+    aux_k: int | None = opt(None, "AuxK: dead latents that reconstruct the residual error (auto: d_in / 2)", ge=1)
+    aux_k_coefficient: float = opt(1 / 32, "AuxK loss coefficient (0: AuxK off)", ge=0)
+    # the k-architectures diverge at L1's 1e-2 on long or wide runs (docs/architectures.md, "Learning rate");
+    # TopK starts as SAELens's does (docs/performance.md: "Where SAELens's CE-loss edge came from")
+    default_lr = 3e-3
+    default_unit_norm_decoder = True
+    default_encoder_scale = 0.1
+    saved = ("k",)
+
+    def resolved(self, d_in: int, d_sae: int) -> "TopKConfig":
+        if not 1 <= self.k <= d_sae:
+            raise UserError(f"--k must be in [1, {d_sae}] (the dictionary size), got {self.k}")
+        return self if self.aux_k else replace(self, aux_k=max(1, d_in // 2))
 
 
 class TopKSAE(SAE):
     architecture = "topk"
-    coefficient = None
+    Config = TopKConfig
     uses_dead_mask = True
 
-    def __init__(self, d_in: int, d_sae: int, *, k: int = 32, aux_k: int | None = None,
-                 aux_k_coefficient: float = 1 / 32, **kw: Any):
-        super().__init__(d_in, d_sae, **kw)
-        if not 1 <= k <= d_sae:
-            raise UserError(f"--k must be in [1, {d_sae}] (the dictionary size), got {k}")
-        self.k, self.aux_k, self.aux_k_coefficient = k, aux_k or d_in // 2, aux_k_coefficient
-
-    @classmethod
-    def from_train_config(cls, cfg: Any) -> dict[str, Any]:
-        return {"k": cfg.k, "aux_k": cfg.aux_k, "aux_k_coefficient": cfg.aux_k_coefficient}
+    def __init__(self, d_in: int, d_sae: int, cfg: TopKConfig | None = None, **kw: Any):
+        super().__init__(d_in, d_sae, cfg, **kw)
+        self.k, self.aux_k, self.aux_k_coefficient = self.cfg.k, self.cfg.aux_k, self.cfg.aux_k_coefficient
 
     def saved_config(self) -> dict[str, Any]:
-        return {"architecture": "topk", "k": self.k, "rescale_acts_by_decoder_norm": False}
-
-    @classmethod
-    def from_saved_config(cls, cfg: dict, where: str) -> dict:
-        k = cfg.get("k")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise UserError(f"{where}: a topk dictionary needs an integer k >= 1, got {k!r}")
-        return {"k": k}
+        return {**super().saved_config(), "rescale_acts_by_decoder_norm": False}
 
     @classmethod
     def fold_saved(cls, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -121,47 +127,6 @@ class TopKSAE(SAE):
     @torch.no_grad()
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
         return sparse_step(self, x_BD, dead_F)
-
-
-def csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
-    with warnings.catch_warnings():  # torch's one-time "CSR support is in beta" notice: not the user's concern
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
-
-
-def csr_of(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
-    """A CSR matrix from entries in row-major order."""
-    return csr(crow_of(torch.bincount(rows, minlength=shape[0])), cols, vals, shape)
-
-
-class Transposed:
-    """The latent-major (CSR of the transpose, [F, B]) order of a batch's entries, sorted once and
-    shared by every product with the transpose (g_W_dec = Aᵀ @ g_x̂, g_W_encᵀ = Gᵀ @ x_c): torch's
-    own `A.t() @ X` converts (and sorts) the pattern again for each product."""
-
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_latents: int):
-        self.order = torch.argsort(cols, stable=True)
-        self.crow = crow_of(torch.bincount(cols, minlength=n_latents))
-        self.rows = rows[self.order]
-
-    def matmul(self, vals: torch.Tensor, X_BD: torch.Tensor) -> torch.Tensor:
-        """(pattern with values `vals`, in row-major order)ᵀ @ X: [F, D]."""
-        return csr(self.crow, self.rows, vals[self.order], (len(self.crow) - 1, len(X_BD))) @ X_BD
-
-
-def crow_of(counts_B: torch.Tensor) -> torch.Tensor:
-    """CSR row pointers from the number of entries in each row."""
-    return torch.cat([counts_B.new_zeros(1), counts_B.cumsum(0)])
-
-
-def row_of(crow: torch.Tensor, n: int) -> torch.Tensor:
-    """The row of each of the n entries of a CSR matrix."""
-    return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff(), output_size=n)
-
-
-def sampled(pattern: torch.Tensor, a_BD: torch.Tensor, W_FD: torch.Tensor) -> torch.Tensor:
-    """(a @ Wᵀ) at the entries of a CSR pattern, in its order: the gradient reaching each active code."""
-    return torch.sparse.sampled_addmm(pattern, a_BD, W_FD.t(), beta=0.0).values()
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """The construction path every training pipeline (train, toy, sweep) shares, in the order it runs:
 
-    start(cfg)        device, torchrun group, --out, rank split, the budget, `auto` values
-                      resolved, resampling settings checked, the checkpoint to resume
+    start(cfg)        device, torchrun group, --out, rank split, the budget, the checkpoint to resume
+    resolve(run, d_in) the run config: every `auto` value fixed once (TrainConfig.resolved), the
+                      architecture's and resampling's settings checked, before any data is read
     build_sae(...)    the architecture, initialized from a sample (rank 0, then broadcast)
     make_trainer(...) the trainer with its resampler, restored from the checkpoint
     finish(...)       checkpoint + dictionary saved, the summary fields every run reports
@@ -22,22 +23,23 @@ from typing import Any
 import torch
 
 from .. import data, distributed, feature_shards
-from ..architectures import ARCHITECTURES, create
+from ..architectures import create
 from ..config import TrainConfig
 from ..dictionary import load
 from ..errors import UserError
 from ..evals import evaluate
 from ..init import initialize, sample_size
-from ..resample import Resampler, check_settings
+from ..resample import Resampler
 from ..runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
 from ..sae import SAE
-from ..trainer import Checkpoint, Trainer, TrainState, read_checkpoint
+from ..checkpoint import Checkpoint, TrainState, read_checkpoint
+from ..trainer import Trainer
 from ..wandb_log import WandbLogger, check_available
 
 
 @dataclass
 class Run:
-    cfg: Any  # the command's config (a TrainConfig), `auto` values resolved for the budget
+    cfg: Any  # the command's config (a TrainConfig); from `resolve` on, the run config (every `auto` fixed)
     device: torch.device
     out: Path | None  # None: nothing is written (sweep runs)
     steps: int
@@ -63,9 +65,6 @@ def start(cfg: TrainConfig) -> Run:
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly over {world} ranks")
     steps = cfg.total_steps()
-    cfg = cfg.resolved(steps)
-    if cfg.resample != "none":
-        check_settings(cfg, steps, steps * cfg.batch_size)
     if cfg.wandb:
         if not out:
             raise UserError("--wandb needs --out (the W&B run lives in the run directory)")
@@ -89,21 +88,19 @@ def check_same_run(run: Run, identity: dict[str, Any]) -> None:
                         "resume it with its own settings, or choose another --out")
 
 
-def check_architecture(run: Run, d_in: int, d_sae: int) -> None:
-    """The architecture's own settings (k against the dictionary size, Matryoshka sizes…) checked
-    on a weightless instance, before any data is read."""
-    cfg = run.cfg
-    create(cfg.architecture, d_in, d_sae, device="meta", **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
-    if d_sae % cfg.feature_shards:
-        raise UserError(f"--feature-shards {cfg.feature_shards} must divide the dictionary size ({d_sae})")
+def resolve(run: Run, d_in: int) -> None:
+    """The run config for inputs of width d_in: every `auto` value fixed once (TrainConfig.resolved),
+    the architecture's settings (k against the dictionary size, Matryoshka sizes…) and resampling's
+    checked, before any data is read."""
+    run.cfg = run.cfg.resolved(run.steps, d_in)
 
 
-def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
+def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
     """The dictionary, initialized by --init from `sample(n)` (fresh inputs of the training
     distribution); with `center`, b_dec = the mean of a sample. A resumed run skips the init."""
     cfg = run.cfg
-    sae = create(cfg.architecture, d_in, d_sae, device=run.device,
-                 **ARCHITECTURES[cfg.architecture].from_train_config(cfg))
+    d_sae = cfg.dict_size
+    sae = create(cfg.architecture, d_in, d_sae, cfg.sae, device=run.device)
     t0 = time.perf_counter()
     if run.checkpoint is None:
         if distributed.is_main():
@@ -117,7 +114,7 @@ def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Ten
             distributed.broadcast_(p.data)
     if cfg.feature_shards > 1:  # this rank's slice of the initialized dictionary (b_dec replicated)
         shards = feature_shards.FeatureShards(cfg.feature_shards, d_sae)
-        sae = feature_shards.rebuilt(sae, shards.size, shards.own, ARCHITECTURES[cfg.architecture].from_train_config(cfg))
+        sae = feature_shards.rebuilt(sae, shards.size, shards.own)
         sae.shards = shards
     run.init_s = time.perf_counter() - t0
     return sae
@@ -125,7 +122,7 @@ def build_sae(run: Run, d_in: int, d_sae: int, sample: Callable[[int], torch.Ten
 
 def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:
     """The trainer, with a resampler drawing `sampler(n, step, part)` when --resample is on."""
-    resampler = Resampler(run.cfg, sampler, run.steps) if run.cfg.resample != "none" else None
+    resampler = Resampler(run.cfg, sampler) if run.cfg.resample != "none" else None
     trainer = Trainer(sae, run.cfg, run.out, state=TrainState(input_scale=input_scale), resampler=resampler)
     if run.checkpoint is not None:
         trainer.restore(run.checkpoint)
@@ -151,9 +148,9 @@ def finish(run: Run, trainer: Trainer) -> dict[str, Any]:
             "feature_shards": cfg.feature_shards, "rank_state_bytes": state_bytes,
             "rank_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale,
-            "unit_norm_decoder": cfg.unit_norm_decoder, "seed": cfg.seed,
-            "l1_coefficient": cfg.l1_coefficient, "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}
+            "unit_norm_decoder": cfg.unit_norm_decoder, "seed": cfg.seed, **cfg.sae.values(),
+            "lr": cfg.lr, "lr_decay_steps": cfg.lr_decay_steps, "batch_size": cfg.batch_size,
+            "dead_window": cfg.dead_window, "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}
 
 
 def context_stream(model, cfg: Any, rank: int, world: int) -> Callable[[int], Any]:

@@ -16,19 +16,18 @@ from the shared data position.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import time
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from tqdm import tqdm
 
 from .. import distributed
 from ..buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
 from ..cache import CacheSource, read_manifest
-from ..config import ActivationTrainConfig, _base_type
+from ..config import ActivationTrainConfig
 from ..errors import UserError
 from ..models import default_hook, hook_width, load_model, resolve_hook
 from ..runtime import atomic_write_json, make_out_dir
@@ -58,23 +57,33 @@ def specs(cfg: ActivationTrainConfig, default_hook_name: str) -> list[tuple[str,
     return out
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def parse_spec(text: str) -> dict[str, Any]:
-    hints = get_type_hints(ActivationTrainConfig)
+    opts = ActivationTrainConfig.options()
     spec: dict[str, Any] = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):
         key, eq, value = (x.strip() for x in item.partition("="))
         key = key.replace("-", "_").removeprefix("__")
         if not eq or not value:
             raise UserError(f"--dictionaries: {item!r} is not key=value")
-        if key != "hook" and (key not in hints or key in SHARED):
+        if key == "hook":
+            spec[key] = value
+            continue
+        if key not in opts or key in SHARED:
             why = "shared by all dictionaries of a pass" if key in SHARED else "not a setting of saeforge train"
             raise UserError(f"--dictionaries: {key!r} is {why}")
-        typ, nullable = _base_type(hints.get(key, str))
+        o = opts[key]
         try:
-            spec[key] = (None if nullable and value == "auto" else
-                         value.lower() in ("1", "true", "yes") if typ is bool else typ(value))
-        except ValueError:
-            raise UserError(f"--dictionaries: {key} expects {typ.__name__}, got {value!r}") from None
+            if o.nullable and value == "auto":
+                spec[key] = None
+            elif o.type is bool:
+                spec[key] = BOOLEANS[value.lower()]
+            else:
+                spec[key] = o.type(value)
+        except (ValueError, KeyError):
+            raise UserError(f"--dictionaries: {key} expects {o.type.__name__}, got {value!r}") from None
     return spec
 
 
@@ -99,7 +108,7 @@ def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
         raise UserError(f"--cache {cfg.cache} holds {first_hook} only; --hooks / hook= name {', '.join(hooks)}")
     runs = []
     for name, hook, spec in dicts:
-        sub = dataclasses.replace(cfg, out=str(Path(cfg.out) / name), hooks="", dictionaries="", hook=hook, **spec)
+        sub = cfg.with_values(out=str(Path(cfg.out) / name), hooks="", dictionaries="", hook=hook, **spec)
         sub.validate()
         runs.append(common.start(sub))
     run0 = runs[0]
@@ -111,7 +120,7 @@ def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
         common.check_same_run(run, {"model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache,
                                     "text_column": cfg.text_column, "seed": run.cfg.seed,
                                     "architecture": run.cfg.architecture})
-        common.check_architecture(run, widths[hooks.index(hook)], run.cfg.dict_size or 8 * widths[hooks.index(hook)])
+        common.resolve(run, widths[hooks.index(hook)])
     resumed = [r.checkpoint.state for r in runs if r.checkpoint]
     if resumed and (len(resumed) < len(runs) or len({st.step for st in resumed}) > 1):
         raise UserError(f"--resume: the dictionaries under {cfg.out} are not all at the same step "
@@ -146,7 +155,7 @@ def run_many(cfg: ActivationTrainConfig, *, model=None) -> dict[str, Any]:
         sl, i = cols[hook], hooks.index(hook)
         gen = sample_generator(cfg.seed * world + rank)  # what its single run's buffer would draw with
         sample = (lambda sl, gen: lambda n: buffer.sample(n, gen)[:, sl].contiguous())(sl, gen)
-        sae = common.build_sae(run, widths[i], run.cfg.dict_size or 8 * widths[i], sample, center=True)
+        sae = common.build_sae(run, widths[i], sample, center=True)
         sae.metadata.update(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True,
                             dataset_path=dataset, seed=run.cfg.seed, dict_size=sae.d_sae,
                             source="cache" if cfg.cache else "model")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..buffer import ActivationBuffer, sample_generator
 from ..cache import CacheSource, read_manifest
-from ..config import DEFAULT_LR, SweepConfig
+from ..config import SweepConfig
 from ..errors import UserError
 from ..init import sample_size
 from ..metrics import Reconstruction
@@ -92,10 +92,11 @@ def train_group(cfg: SweepConfig, group: list[tuple[int, float]], S: int, device
     buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
     runs, trainers = [], []
     for F, lam in group:
-        run = common.start(cfg.run_config(S, lam, str(device)))
+        run = common.start(cfg.run_config(S, F, lam, str(device)))
+        common.resolve(run, d)
         gen = sample_generator(cfg.seed)  # what this run's own buffer would sample with
         sample = (lambda gen: lambda n: buffer.sample(n, gen))(gen)
-        sae = common.build_sae(run, d, F, sample, center=True)
+        sae = common.build_sae(run, d, sample, center=True)
         trainer = common.make_trainer(run, sae, (lambda s: lambda n, step, part: s(n))(sample), input_scale=buffer.scale)
         trainer.begin(S)
         runs.append(run)
@@ -134,7 +135,7 @@ def measure(cfg: SweepConfig, trainer, F: int, S: int, lam: float, d: int, scale
     coefficient = 0.0 if axis == "k" else lam  # a k-run's loss is its MSE
     return {"d_sae": F, "steps": S, "sparsity_axis": axis, axis: lam, "architecture": cfg.architecture, "d_in": d,
             "batch_size": cfg.batch_size, "tokens": tokens,
-            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": cfg.lr or DEFAULT_LR[cfg.architecture],
+            "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": trainer.cfg.lr,
             "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + coefficient * (m["l0"] if axis == "l0_coefficient" else m["sparsity"]),
             "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"], "eval_rows": rec.n,
             "seed": cfg.seed}

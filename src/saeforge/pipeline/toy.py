@@ -9,6 +9,7 @@ single process ends, for any number of ranks; a resumed run ends with the same w
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,16 +25,17 @@ THRESHOLDS = ("0.95", "0.98", "0.99")
 
 def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     run = common.start(cfg)
-    cfg, steps, device = run.cfg, run.steps, run.device
+    steps, device = run.steps, run.device
     data = make_data(cfg, device)
-    cfg.d_model, cfg.n_features = data.d_model, data.n_features
+    run.cfg = cfg = replace(cfg, d_model=data.d_model, n_features=data.n_features)
     common.check_same_run(run, {k: getattr(cfg, k) for k in ("d_model", "n_features", "n_active", "decay",
                                                              "correlated", "seed", "architecture", "data",
                                                              "synthetic_model")})
-    common.check_architecture(run, cfg.d_model, cfg.dict_size or cfg.n_features)
+    common.resolve(run, cfg.d_model)
+    cfg = run.cfg
     # fresh draws from the same distribution, never trained on: steps −1, −2, … for the init;
     # −(10⁶ + 1000·step), … for resampling at `step`
-    sae = common.build_sae(run, cfg.d_model, cfg.dict_size or cfg.n_features, lambda n: data.fresh(n, 1), center=False)
+    sae = common.build_sae(run, cfg.d_model, lambda n: data.fresh(n, 1), center=False)
     sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed,
                         data=cfg.synthetic_model or cfg.data)
     trainer = common.make_trainer(run, sae, lambda n, step, part: data.fresh(n, 10**6 + step * 1000 + part * 10**9))

@@ -54,7 +54,8 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
 
     common.check_same_run(run, {"model": model_spec, "hook": hook, "dataset": dataset, "cache": cfg.cache,
                                 "text_column": cfg.text_column, "seed": cfg.seed, "architecture": cfg.architecture})
-    common.check_architecture(run, d_in, cfg.dict_size or 8 * d_in)
+    common.resolve(run, d_in)
+    cfg = run.cfg
     resumed = run.checkpoint.state if run.checkpoint else None
     position = resumed.data_position if resumed else {}
     if resumed and position.get("world", 1) != world:  # another number of ranks: same global position, re-split
@@ -95,7 +96,7 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
     if not resumed:
         buffer.scale = distributed.all_reduce_mean([buffer.scale], device)[0]
 
-    sae = common.build_sae(run, d_in, cfg.dict_size or 8 * d_in, buffer.sample, center=True)
+    sae = common.build_sae(run, d_in, buffer.sample, center=True)
     meta = dict(model_name=model_spec, hook_name=hook, context_size=n_ctx, prepend_bos=True, dataset_path=dataset)
     sae.metadata.update({k: v for k, v in meta.items() if activations is None},
                         seed=cfg.seed, dict_size=sae.d_sae,

@@ -253,14 +253,19 @@ def test_hooks_that_are_not_one_vector_per_token_are_refused_and_not_listed(mode
 
 
 # ------------------------------------------------------------------ exact resume of a live-model run
-def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(model_dir, text_dir, tmp_path):
+@pytest.mark.parametrize("several", [[], ["--dictionaries", "dict_size=64; dict_size=96,architecture=standard",
+                                          "--resample", "clustered", "--resample-every", "300",
+                                          "--resample-sample", "4096"]], ids=["one", "several"])
+def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(several, model_dir, text_dir, tmp_path):
     """SIGKILL after a checkpoint; the resumed run rebuilds the buffer (row origins, permutation, RNG,
-    the oldest rows stored, the rest recomputed by the model) and ends bit-identical."""
+    the oldest rows stored, the rest recomputed by the model) and ends bit-identical: one dictionary,
+    or several from one pass (each with its own sample generator, here drawing for resampling)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = live(model_dir, text_dir, "OUT", "--tokens", "64000", "--checkpoint-every", "50")
+    args = live(model_dir, text_dir, "OUT", "--tokens", "64000", "--checkpoint-every", "50", *several)
+    names = ["dict_size64", "dict_size96-architecturestandard"] if several else [""]
     cmd = lambda out, *extra: [sys.executable, "-m", "saeforge", *[str(out) if a == "OUT" else a for a in args], *extra]
     proc = subprocess.Popen(cmd(tmp_path / "k"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "k" / "checkpoint" / "state.json"
+    state = tmp_path / "k" / names[-1] / "checkpoint" / "state.json"
     deadline = time.time() + 300
     while not (state.exists() and json.loads(state.read_text())["step"] >= 400) and time.time() < deadline:
         time.sleep(0.05)
@@ -270,8 +275,9 @@ def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(model_
     assert 400 <= killed_at < 1000, killed_at
     assert subprocess.run(cmd(tmp_path / "k", "--resume"), env=env, capture_output=True).returncode == 0
     assert subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True).returncode == 0
-    a, b = saeforge.load(tmp_path / "ref"), saeforge.load(tmp_path / "k")
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(p, q), n
+    for name in names:
+        a, b = saeforge.load(tmp_path / "ref" / name), saeforge.load(tmp_path / "k" / name)
+        for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+            assert torch.equal(p, q), (name, n)
     resumed = json.loads(state.read_text())
     assert resumed["step"] == 1000 and resumed["data_position"]["buffer"]["replay_from"] > 0

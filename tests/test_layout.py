@@ -18,7 +18,7 @@ LAYERS = [
     ["dictionary", "init", "resample", "config", "checkpoint", "models", "toy", "sampler", "synthetic", "data", "buffer",
      "cache", "scaling"],
     ["wandb_log", "trainer", "evals", "analysis", "report"],
-    ["pipeline.common", "pipeline.many", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
+    ["pipeline.common", "pipeline.dictionaries", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest", "pipeline"],
     ["api", "cli", "__main__"],
 ]
 ORDER = {m: (i, j) for i, layer in enumerate(LAYERS) for j, m in enumerate(layer)}

@@ -129,3 +129,41 @@ def test_a_live_run_of_release_0_1_loads_and_resumes_where_its_data_stopped(tmp_
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 60 and summary["l1_coefficient"] == 0.55
     assert saeforge.load(tmp_path / "run").metadata["steps"] == 60
+
+
+# run directories written by the release before settings had owners (commit 69f2133: checkpoint format 2,
+# TopK with k in cfg.json, the run config flat in state.json), made on another machine: compared within
+# float rounding, never bit for bit
+PRIOR = Path(__file__).parent / "data" / "69f2133"
+PRIOR_TOY = [*SMALL, "--architecture", "topk", "--k", "4", "--target-mmcs", "0", "--checkpoint-every", "20",
+             "--dead-window", "256", "--lr-decay-steps", "0"]
+PRIOR_TRAIN = ["--batch-size", "64", "--dict-size", "32", "--buffer-mb", "1", "--contexts-per-pass", "2",
+               "--eval-tokens", "0", "--lr-warmup-steps", "5", "--lr-decay-steps", "0", "--checkpoint-every", "20",
+               "--no-progress", "--log-every", "10"]
+
+
+def _close(a: dict, b: dict) -> None:
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_a_topk_toy_run_of_the_prior_release_loads_and_resumes_to_an_uninterrupted_run(tmp_path):
+    assert saeforge.load(PRIOR / "toy-topk").cfg.k == 4
+    shutil.copytree(PRIOR / "toy-topk", tmp_path / "old")
+    assert main(["toy", *PRIOR_TOY, "--steps", "60", "--out", str(tmp_path / "old"), "--resume"]) == 0
+    assert main(["toy", *PRIOR_TOY, "--steps", "60", "--out", str(tmp_path / "new")]) == 0
+    _close(_weights(tmp_path / "old"), _weights(tmp_path / "new"))
+    s = json.loads((tmp_path / "old" / "summary.json").read_text())
+    assert (s["steps"], s["k"], s["aux_k"]) == (60, 4, 8) and "l1_coefficient" not in s
+
+
+def test_a_live_topk_run_of_the_prior_release_resumes_its_buffer_to_an_uninterrupted_run(tmp_path):
+    """Its checkpoint holds the buffer's snapshot with the buffer's sample generator: the resumed
+    run rebuilds both and ends where an uninterrupted 60-step run ends."""
+    shutil.copytree(PRIOR / "train-topk", tmp_path / "old")
+    assert main(["train", *PRIOR_TRAIN, "--tokens", "3840", "--out", str(tmp_path / "old"), "--resume"]) == 0
+    assert main(["train", *PRIOR_TRAIN, "--tokens", "3840", "--out", str(tmp_path / "new")]) == 0
+    _close(_weights(tmp_path / "old"), _weights(tmp_path / "new"))
+    state = json.loads((tmp_path / "old" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 60 and state["config"]["sae"]["k"] == 32
+

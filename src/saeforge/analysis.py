@@ -148,13 +148,42 @@ def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_toke
     the range of firing frequencies (from the rarest to the most frequent)."""
     from .models import resolve_hook
 
-    device = next(model.parameters()).device
     stop = resolve_hook(model, hook)
+    bar = tqdm(total=2 * n_tokens, disable=not progress, file=sys.stderr, desc="inspect", unit="tok", dynamic_ncols=True)
+    batches, seen, counts_F, max_F = _first_pass(model, sae, hook, stop, contexts, n_tokens, bar)
+    freq_F = counts_F.double().cpu() / seen
+    feats = _pick(features, freq_F, sae.d_sae)
+    idx = torch.tensor(feats, dtype=torch.long, device=max_F.device)
+    hi_K = max_F[idx].clamp_min(1e-6)
+    top_val, top_pos, hist = _second_pass(model, sae, hook, stop, batches, idx, hi_K, top_k, bins, bar)
+    bar.close()
+    sizes = [t.shape[0] * (t.shape[1] - 1) for t in batches]
+    starts = torch.tensor([0] + sizes).cumsum(0).tolist()
+    effects_KV = (sae.W_dec[idx].float() @ model.W_U.detach().float())  # [K, vocab]
+    reports = {}
+    for k, fi in enumerate(feats):
+        rep = FeatureReport(fi, float(freq_F[fi]), float(max_F[fi]), histogram=hist[k].tolist(),
+                            bin_edges=torch.linspace(0, float(hi_K[k]), bins + 1).tolist())
+        for j in range(top_k):
+            val = float(top_val[j, k])
+            if val <= 0:
+                break
+            rep.contexts.append(_context(model, batches, starts, int(top_pos[j, k]), val, window))
+        n_eff = min(n_effects, effects_KV.shape[1])
+        for sign, target in ((1, rep.promoted), (-1, rep.suppressed)):
+            v, i = (sign * effects_KV[k]).topk(n_eff)
+            target.extend((model.to_single_str_token(int(t)), float(sign * x)) for t, x in zip(i.tolist(), v.tolist()))
+        reports[fi] = rep
+    return DictionaryReport(seen, freq_F, reports)
+
+
+def _first_pass(model, sae, hook, stop, contexts, n_tokens, bar):
+    """The contexts read, the positions seen, and each feature's firing count and largest activation."""
+    device = next(model.parameters()).device
     batches: list[torch.Tensor] = []
     counts_F = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
     max_F = torch.zeros(sae.d_sae, device=device)
     seen = 0
-    bar = tqdm(total=2 * n_tokens, disable=not progress, file=sys.stderr, desc="inspect", unit="tok", dynamic_ncols=True)
     while seen < n_tokens:
         try:
             tokens = next(contexts).to(device)
@@ -168,26 +197,31 @@ def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_toke
         bar.update(f.shape[0] * f.shape[1])
     if seen == 0:
         raise UserError("no held-out context to inspect the dictionary on")
-    freq_F = counts_F.double().cpu() / seen
+    return batches, seen, counts_F, max_F
+
+
+def _pick(features: list[int] | int, freq_F: torch.Tensor, d_sae: int) -> list[int]:
+    """The features to study: the given indices, or a count spread over the alive features' frequencies."""
     if isinstance(features, int):
         alive = torch.nonzero(freq_F > 0).flatten()
         order = alive[torch.argsort(freq_F[alive])]
         n = min(features, len(order))
         pick = torch.linspace(0, len(order) - 1, n).round().long() if n else torch.zeros(0, dtype=torch.long)
-        feats = sorted(set(order[pick].tolist()))
-    else:
-        feats = list(features)
-        bad = [i for i in feats if not 0 <= i < sae.d_sae]
-        if bad:
-            raise UserError(f"feature indices {bad} are out of range (the dictionary has {sae.d_sae})")
-    idx = torch.tensor(feats, dtype=torch.long, device=device)
-    K = len(feats)
+        return sorted(set(order[pick].tolist()))
+    bad = [i for i in features if not 0 <= i < d_sae]
+    if bad:
+        raise UserError(f"feature indices {bad} are out of range (the dictionary has {d_sae})")
+    return list(features)
+
+
+def _second_pass(model, sae, hook, stop, batches, idx, hi_K, top_k: int, bins: int, bar):
+    """The studied features' top activations (values, flat positions: [top_k, K]) and histograms [K, bins]."""
+    device, K = idx.device, len(idx)
     top_val = torch.full((top_k, K), -1.0, device=device)
     top_pos = torch.zeros((top_k, K), dtype=torch.long, device=device)  # flat position: (batch, row, pos)
     hist = torch.zeros((K, bins), dtype=torch.long, device=device)
-    hi_K = max_F[idx].clamp_min(1e-6)
     base = 0
-    for b, tokens in enumerate(batches):
+    for tokens in batches:
         f = _acts(model, sae, hook, tokens, stop)[..., idx]  # [batch, pos, K]
         Bn, P, _ = f.shape
         flat = f.reshape(-1, K)
@@ -202,32 +236,13 @@ def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_toke
             hist[k] += torch.bincount(binned[nz[:, k], k], minlength=bins)
         base += Bn * P
         bar.update(Bn * P)
-    bar.close()
-    # decode the top contexts
-    sizes = [t.shape[0] * (t.shape[1] - 1) for t in batches]
-    starts = torch.tensor([0] + sizes).cumsum(0).tolist()
-    W_U = model.W_U.detach().float()
-    effects_KV = (sae.W_dec[idx].float() @ W_U)  # [K, vocab]
-    reports = {}
-    for k, fi in enumerate(feats):
-        rep = FeatureReport(fi, float(freq_F[fi]), float(max_F[fi]), histogram=hist[k].tolist(),
-                            bin_edges=torch.linspace(0, float(hi_K[k]), bins + 1).tolist())
-        for j in range(top_k):
-            val = float(top_val[j, k])
-            if val <= 0:
-                break
-            flat_pos = int(top_pos[j, k])
-            b = max(i for i, s in enumerate(starts[:-1]) if s <= flat_pos)
-            rem = flat_pos - starts[b]
-            P = batches[b].shape[1] - 1
-            row, pos = divmod(rem, P)
-            pos += 1  # activation positions start after BOS
-            lo, hi = max(0, pos - window[0]), min(batches[b].shape[1], pos + window[1] + 1)
-            strs = model.to_str_tokens(batches[b][row, lo:hi].cpu())
-            rep.contexts.append(Context(list(strs), pos - lo, val))
-        n_eff = min(n_effects, effects_KV.shape[1])
-        for sign, target in ((1, rep.promoted), (-1, rep.suppressed)):
-            v, i = (sign * effects_KV[k]).topk(n_eff)
-            target.extend((model.to_single_str_token(int(t)), float(sign * x)) for t, x in zip(i.tolist(), v.tolist()))
-        reports[fi] = rep
-    return DictionaryReport(seen, freq_F, reports)
+    return top_val, top_pos, hist
+
+
+def _context(model, batches, starts: list[int], flat_pos: int, val: float, window: tuple[int, int]) -> Context:
+    """The tokens around a flat activation position (activation positions start after BOS)."""
+    b = max(i for i, s in enumerate(starts[:-1]) if s <= flat_pos)
+    row, pos = divmod(flat_pos - starts[b], batches[b].shape[1] - 1)
+    pos += 1
+    lo, hi = max(0, pos - window[0]), min(batches[b].shape[1], pos + window[1] + 1)
+    return Context(list(model.to_str_tokens(batches[b][row, lo:hi].cpu())), pos - lo, val)

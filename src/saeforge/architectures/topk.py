@@ -182,24 +182,7 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
         enc.append((T_l, j_l, sampled(A_l, S_l, W_dec) * (v_l > 0)))
         g_W_dec += T_l.matmul(v_l, S_l)
 
-    aux = x_BD.new_zeros(())
-    n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
-    if n_dead and sae.aux_k_coefficient:
-        k_aux = min(sae.aux_k, n_dead)
-        dead_idx = torch.nonzero(dead_F).flatten()  # ascending: the columns' order survives the gather
-        a_vals, a_j = kernels.top_k(pre_BF[:, dead_idx], k_aux)  # [B, n_dead], not a masked [B, F]
-        a_idx = dead_idx[a_j]
-        crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
-        vals_aux = a_vals.reshape(-1).to(x_BD.dtype)
-        A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))
-        aux_err_BD = (A_aux @ W_dec).add_(err_BD)
-        c = sae.aux_k_coefficient * min(n_dead / sae.aux_k, 1.0)
-        aux = c * aux_err_BD.pow(2).sum() / B
-        g_aux_BD = aux_err_BD * (2.0 * c / B)
-        T_aux = Transposed(row_of(crow_aux, len(cols_aux)), cols_aux, F)
-        enc.append((T_aux, cols_aux, sampled(A_aux, g_aux_BD, W_dec)))
-        g_W_dec += T_aux.matmul(vals_aux, g_aux_BD)
-
+    aux = auxk(sae, x_BD, pre_BF, err_BD, dead_F, enc, g_W_dec)
     # encoder gradients: [W_enc]ᵀ from the sparse code gradients, b_enc by latent
     g_enc_FD = torch.zeros(F, D, dtype=x_BD.dtype, device=x_BD.device)
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device)
@@ -213,3 +196,27 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
     sae.after_step(vals)
     return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)).to_dense(), err_BD,
                       feature_sums_F)
+
+
+def auxk(sae: TopKSAE, x_BD: torch.Tensor, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None,
+         enc: list, g_W_dec: torch.Tensor) -> torch.Tensor:
+    """AuxK's loss: the aux_k largest pre-activations among dead latents reconstruct the residual.
+    Adds its decoder gradient to g_W_dec and its (pattern, latents, code gradients) to `enc`."""
+    B, F = x_BD.shape[0], sae.d_sae
+    n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
+    if not (n_dead and sae.aux_k_coefficient):
+        return x_BD.new_zeros(())
+    k_aux = min(sae.aux_k, n_dead)
+    dead_idx = torch.nonzero(dead_F).flatten()  # ascending: the columns' order survives the gather
+    a_vals, a_j = kernels.top_k(pre_BF[:, dead_idx], k_aux)  # [B, n_dead], not a masked [B, F]
+    a_idx = dead_idx[a_j]
+    crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
+    vals_aux = a_vals.reshape(-1).to(x_BD.dtype)
+    A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))
+    aux_err_BD = (A_aux @ sae.W_dec).add_(err_BD)
+    c = sae.aux_k_coefficient * min(n_dead / sae.aux_k, 1.0)
+    g_aux_BD = aux_err_BD * (2.0 * c / B)
+    T_aux = Transposed(row_of(crow_aux, len(cols_aux)), cols_aux, F)
+    enc.append((T_aux, cols_aux, sampled(A_aux, g_aux_BD, sae.W_dec)))
+    g_W_dec += T_aux.matmul(vals_aux, g_aux_BD)
+    return c * aux_err_BD.pow(2).sum() / B

@@ -5,7 +5,7 @@
 - `"embedded"` (the default): saeforge's own 4-layer byte-level model, shipped inside the
   package as `assets/tiny-stdlib-lm.safetensors` + `.json`. Its vocabulary is the 256 byte
   values, so it needs no tokenizer download; `ByteTokenizer` makes `to_tokens` / `to_string`
-  work. It was trained by `scripts/train_tiny_lm.py` on the source files of Python's standard
+  work. It was trained by `scripts/tools/train_tiny_lm.py` on the source files of Python's standard
   library (see the README for its bits per byte and a sample).
 - a local directory holding `config.json` (HookedTransformerConfig fields) and
   `model.safetensors` (a HookedTransformer state dict), e.g. written by `save_model`. An
@@ -100,7 +100,7 @@ def _asset(name: str) -> Path:
 
 
 def tiny_lm_config(**overrides: Any) -> dict[str, Any]:
-    """Architecture of the embedded model (what scripts/train_tiny_lm.py trains)."""
+    """Architecture of the embedded model (what scripts/tools/train_tiny_lm.py trains)."""
     cfg = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=256, d_vocab=256,
                act_fn="gelu", normalization_type="LN", positional_embedding_type="standard",
                model_name="saeforge-tiny-stdlib-lm", default_prepend_bos=True, seed=0)

@@ -22,7 +22,7 @@ from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
 from ..sparse import Transposed, csr_of, sampled
 
 # Above this share of firing codes the dense products are faster than the sparse ones
-# (measured by scripts/bench_train_step.py --sparse-l0: docs/performance.md).
+# (measured by scripts/benchmarks/bench_train_step.py --sparse-l0: docs/performance.md).
 SPARSE_BELOW = 0.04
 DECIDE_ROWS = 256  # the share is counted on the batch's first rows: a fraction of a pass, one host sync
 

@@ -1,6 +1,6 @@
 """Does a synthetic batch cost less than a training step on it? Both timed interleaved, in one process.
 
-    python scripts/bench_synthetic.py [--data synthetic|toy] [--features 1024] [--d-model 128]
+    python scripts/benchmarks/bench_synthetic.py [--data synthetic|toy] [--features 1024] [--d-model 128]
         [--batch 1024] [--architecture standard]
 
 The data: `--data synthetic`, `SyntheticData.generate` with the benchmark's shape (hierarchy of

@@ -1,7 +1,7 @@
 """Two 1-thread runs side by side on the cores: numba's pool as wide as torch's (saeforge's
 default) against as wide as the machine (numba's own default, whose idle worker spins).
 
-    python scripts/bench_parallel_runs.py [--steps 300] [--features 256]
+    python scripts/benchmarks/bench_parallel_runs.py [--steps 300] [--features 256]
 
 Each configuration starts two `saeforge toy` processes at once with OMP_NUM_THREADS=1 (as
 torchrun sets for every rank) and times until both end; prints both wall times and their ratio.

@@ -1,6 +1,6 @@
 """Train saeforge's embedded model: a 4-layer byte-level transformer on Python's standard library.
 
-    python scripts/train_tiny_lm.py --steps 1200 --seed 0   # writes src/saeforge/assets/tiny-stdlib-lm.*
+    python scripts/tools/train_tiny_lm.py --steps 1200 --seed 0   # writes src/saeforge/assets/tiny-stdlib-lm.*
 
 Corpus: the `.py` files of the running Python's standard library (tests excluded), the same
 files `saeforge.data` calls the embedded corpus, split by file into train and held-out
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from saeforge import data  # noqa: E402

@@ -1,6 +1,6 @@
 """Training-step throughput of saeforge against baselines measured in the same process.
 
-    python scripts/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
+    python scripts/benchmarks/bench_train_step.py [--d-in 128 --features 4096 --batch 4096 --repeats 5]
         [--architecture standard|topk|jumprelu --k 32] [--sparse-l0 K] [--default-allocator] [--autocast]
         [--dead N]
 

@@ -1,7 +1,7 @@
 """Screenshots of a `saeforge inspect` report in headless Chromium (Debian's chromium +
 chromium-driver, driven by selenium), for docs/.
 
-    python scripts/screenshot_report.py REPORT_DIR --out docs/inspect --features 12 40 [--search TEXT]
+    python scripts/tools/screenshot_report.py REPORT_DIR --out docs/inspect --features 12 40 [--search TEXT]
 
 Writes OUT-list.png (the page as it opens) and OUT-feature-N.png per feature (its details
 selected), and OUT-search.png if --search is given.

@@ -1,6 +1,6 @@
 """The README's main job, this checkout against an earlier revision, interleaved in one run.
 
-    python scripts/bench_main_job.py --rev bdba985 [--tokens 1000000] [--repeats 2]
+    python scripts/benchmarks/bench_main_job.py --rev bdba985 [--tokens 1000000] [--repeats 2]
 
 Each repeat runs `saeforge train` (the main job's defaults, --tokens as given, evals on 16,384
 held-out tokens) once with the earlier revision's source (a temporary git worktree) and once
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(src: Path, out: Path, tokens: int) -> dict:

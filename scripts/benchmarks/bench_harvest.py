@@ -1,6 +1,6 @@
 """Activation tokens/s of the ActivationBuffer fill against a bare run_with_cache loop (and SAELens).
 
-    python scripts/bench_harvest.py [--model embedded] [--batches 24] [--contexts-per-pass 32] [--repeats 3]
+    python scripts/benchmarks/bench_harvest.py [--model embedded] [--batches 24] [--contexts-per-pass 32] [--repeats 3]
 
 All three consume the same pre-tokenized context batches (tokenization excluded), in the same
 process, interleaved over --repeats rounds; the best round of each is reported (the machines
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from saeforge import data  # noqa: E402
 from saeforge.buffer import ActivationBuffer, ModelSource  # noqa: E402

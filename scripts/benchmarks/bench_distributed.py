@@ -1,6 +1,6 @@
 """Data-parallel throughput on CPU: 1 process against 2 processes under torchrun (gloo).
 
-    python scripts/bench_distributed.py [--cache runs/cache-embedded] [--dict-size 4096]
+    python scripts/benchmarks/bench_distributed.py [--cache runs/cache-embedded] [--dict-size 4096]
         [--batch-size 4096] [--steps 60] [--repeats 2]
 
 Every configuration is `saeforge train --cache ...` (the real code path: cache shards split

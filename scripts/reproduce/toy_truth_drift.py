@@ -1,7 +1,7 @@
 """Is the ground truth a resting point of the training objective? Start an SAE at the true features
 and train on toy data: where it drifts to is the best MMCS that λ allows, whatever the optimizer.
 
-    python scripts/toy_truth_drift.py --n-features 1024 --l1s 0.1 0.3 1.0 --lr 1e-3 --steps 2000
+    python scripts/reproduce/toy_truth_drift.py --n-features 1024 --l1s 0.1 0.3 1.0 --lr 1e-3 --steps 2000
 
 Decoder rows = the true features, encoder columns = the same (a matched filter) with bias
 -0.1; no resampling; lr constant, then linear decay over the last half. Prints MMCS and the

@@ -1,6 +1,6 @@
 """The README's main job end to end, saeforge against SAELens's LanguageModelSAETrainingRunner, in one run.
 
-    python scripts/bench_end_to_end.py [--tokens 1000000] [--architecture topk|standard] [--repeats 1]
+    python scripts/benchmarks/bench_end_to_end.py [--tokens 1000000] [--architecture topk|standard] [--repeats 1]
         [--out docs/end-to-end.json]
 
 Both train on the same HookedTransformer weights (the embedded model, handed to SAELens's runner as

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from saeforge.models import build_model, load_model, save_model, tiny_lm_config
+from saeforge.sources.language_model import build_model, load_model, save_model, tiny_lm_config
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -7,7 +7,7 @@ import torch
 
 import saeforge
 from saeforge.config import ActivationTrainConfig
-from saeforge.toy import ToyData
+from saeforge.sources.toy import ToyData
 
 
 def toy_acts(n=16384, scale=7.0):

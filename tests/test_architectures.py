@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import saeforge
-from saeforge.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
 from saeforge.cli import main
+from saeforge.dictionary.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
 from saeforge.errors import UserError
 
 D, F, B = 12, 40, 48
@@ -198,7 +198,7 @@ def test_k_larger_than_the_dictionary_in_python():
 def test_steps_under_bf16_autocast_keep_float32_and_agree(name, kw, sparse):
     """--autocast (the GPU path, here on CPU): the [B, F] products in bfloat16, the gradients float32
     and as the float32 step's up to bfloat16's rounding (dense and sparse steps alike)."""
-    from saeforge.architectures import create
+    from saeforge.dictionary.architectures import create
     sae = randomized(create(name, 16, 64, **kw))
     with torch.no_grad():
         sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
@@ -223,7 +223,7 @@ def test_steps_under_bf16_autocast_keep_float32_and_agree(name, kw, sparse):
 @pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
 def test_autocast_training_holds_accuracy(architecture):
     """A run with --autocast ends within 0.02 explained variance of the same run in float32."""
-    from saeforge.toy import ToyData
+    from saeforge.sources.toy import ToyData
     acts = ToyData(16, 48, n_active=3, decay=0.99, correlated=False, seed=3).fresh(8192, 1)
     kw = dict(architecture=architecture, k=3, dict_size=48, steps=300, batch_size=256, progress=False)
     _, exact = saeforge.train(acts, **kw)

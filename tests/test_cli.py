@@ -107,7 +107,7 @@ def test_every_command_has_help(command, capsys):
 def test_defaults_come_from_the_config_classes_and_auto_resolves_from_the_budget(tmp_path, capsys):
     """One place per default: the parser shows the class's value; `auto` and old key names work in files."""
     from saeforge.config import ToyConfig
-    from saeforge.architectures import ARCHITECTURES
+    from saeforge.dictionary.architectures import ARCHITECTURES
 
     assert ToyConfig.options()["architecture"].field.metadata["choices"] == tuple(ARCHITECTURES)
     with pytest.raises(SystemExit):

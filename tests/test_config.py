@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import saeforge
-from saeforge.architectures import ARCHITECTURES, CONFIGS
 from saeforge.cli import build_parser, main
-from saeforge.config import ActivationTrainConfig, ToyConfig, TrainConfig
+from saeforge.config import ActivationTrainConfig, ToyConfig
+from saeforge.dictionary.architectures import ARCHITECTURES, CONFIGS
 from saeforge.errors import UserError
 from saeforge.options import build_config
-from saeforge.trainer import Trainer
+from saeforge.training.trainer import Trainer
 
 TOY = ["toy", "--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress",
        "--steps", "20", "--target-mmcs", "0", "--log-every", "10"]

@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 import saeforge
-from saeforge.dictionary import load_sparsity
-from saeforge.errors import UserError
 from saeforge import SparseAutoencoder
+from saeforge.dictionary.io import load_sparsity
+from saeforge.errors import UserError
 
 
 def _trained_like(d_in=24, d_sae=80, seed=0):

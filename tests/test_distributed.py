@@ -128,7 +128,7 @@ def test_two_ranks_train_from_a_cache_and_from_the_live_model(model_dir, text_di
 RANKS_THRESHOLD = """
 import torch
 from saeforge import distributed
-from saeforge.architectures import create
+from saeforge.dictionary.architectures import create
 distributed.setup("cpu")
 r = distributed.rank()
 sae = create("batchtopk", 8, 16, k=2)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from saeforge import fast_attention
-from saeforge.models import load_model
+from saeforge.sources import fast_attention
+from saeforge.sources.language_model import load_model
 
 
 def configs():

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import saeforge
-from saeforge.cache import CacheSource
 from saeforge.cli import main
 from saeforge.errors import UserError
+from saeforge.sources.cache import CacheSource
 
 TOY = ["toy", "--init", "orthogonal", "--d-model", "8", "--n-features", "16", "--batch-size", "32", "--no-progress",
        "--target-mmcs", "0", "--lr-decay-steps", "0", "--log-every", "5"]
@@ -241,7 +241,7 @@ def test_malformed_dataset_files_give_exactly_one_line(tmp_path, name, content):
 
 # ------------------------------------------------------------------ hooks: only those a dictionary can take
 def test_hooks_that_are_not_one_vector_per_token_are_refused_and_not_listed(model, capsys):
-    from saeforge.models import hook_width, resolve_hook
+    from saeforge.sources.language_model import hook_width, resolve_hook
 
     for hook in ("blocks.0.ln1.hook_scale", "blocks.0.attn.hook_z", "blocks.0.attn.hook_pattern"):
         with pytest.raises(UserError, match="not one vector per token"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saeforge.cli import main
-from saeforge.models import load_model
+from saeforge.sources.language_model import load_model
 
 
 @pytest.fixture(scope="module")

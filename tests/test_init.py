@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from saeforge.errors import UserError
-from saeforge.init import METHODS, RARE_METHODS, initialize, rare_vectors, sample_size
-from saeforge.metrics import mmcs
 from saeforge import SparseAutoencoder
-from saeforge.toy import ToyData
+from saeforge.dictionary.init import METHODS, RARE_METHODS, initialize, rare_vectors, sample_size
+from saeforge.errors import UserError
+from saeforge.evaluation.metrics import mmcs
+from saeforge.sources.toy import ToyData
 
 
 @pytest.fixture(scope="module")

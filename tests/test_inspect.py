@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from saeforge import data
-from saeforge.analysis import collect, load_with_model, splice
 from saeforge.cli import main
 from saeforge.errors import UserError
-from saeforge.models import build_model, save_model, tiny_lm_config
+from saeforge.evaluation.analysis import collect, load_with_model, splice
+from saeforge.sources import data
+from saeforge.sources.language_model import build_model, save_model, tiny_lm_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

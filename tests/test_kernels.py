@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from saeforge import kernels
+from saeforge.dictionary import kernels
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -81,7 +81,7 @@ def test_bfloat16_rows_are_widened_exactly(rng):
 def test_numba_pool_is_as_wide_as_torch_so_no_idle_worker_spins():
     # a 1-thread process (OMP_NUM_THREADS=1, as under torchrun) starts no second numba worker;
     # a width the user chose is kept
-    code = ("import saeforge.kernels as k, numba, torch; k.firing(torch.ones(4, 16), torch.zeros(16)); "
+    code = ("import saeforge.dictionary.kernels as k, numba, torch; k.firing(torch.ones(4, 16), torch.zeros(16)); "
             "print(numba.config.NUMBA_NUM_THREADS, numba.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
     one = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_NUM_THREADS": "1"},

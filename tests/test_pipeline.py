@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from saeforge import data
-from saeforge.buffer import ActivationBuffer, ModelSource
-from saeforge.cache import CacheSource, harvest, read_manifest, sha256
 from saeforge.cli import main
 from saeforge.errors import UserError
-from saeforge.models import ByteTokenizer, load_model, resolve_hook
+from saeforge.sources import data
+from saeforge.sources.buffer import ActivationBuffer, ModelSource
+from saeforge.sources.cache import CacheSource, harvest, read_manifest, sha256
+from saeforge.sources.language_model import ByteTokenizer, load_model, resolve_hook
+
 
 def run_cli(args, capsys):
     code = main(args)

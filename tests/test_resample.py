@@ -5,15 +5,15 @@ import pytest
 import torch
 
 import saeforge
+from saeforge import SparseAutoencoder
 from saeforge.cli import main
 from saeforge.config import ToyConfig, TrainConfig
+from saeforge.dictionary.init import initialize
 from saeforge.errors import UserError
-from saeforge.init import initialize
-from saeforge.resample import Resampler, anthropic_directions, clustered_directions, unexplained
-from saeforge import SparseAutoencoder
-from saeforge.toy import ToyData
-from saeforge.checkpoint import read_checkpoint
-from saeforge.trainer import Trainer
+from saeforge.sources.toy import ToyData
+from saeforge.training.checkpoint import read_checkpoint
+from saeforge.training.resample import Resampler, anthropic_directions, clustered_directions, unexplained
+from saeforge.training.trainer import Trainer
 
 SMALL = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
 
@@ -38,7 +38,7 @@ def _trained(method: str):
 def test_a_pool_scored_in_chunks_renews_as_one_pool_does(direction, monkeypatch):
     """A large pool is streamed (only the top candidates kept): the same renewals, directions and
     firing counts as the pool scored at once."""
-    from saeforge import resample
+    from saeforge.training import resample
 
     pool_ND = ToyData(16, 32, n_active=3, seed=5).fresh(2048, 7)
     sampler = lambda n, step, part: pool_ND[part * resample.POOL_CHUNK:][:n]

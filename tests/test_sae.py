@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from saeforge.init import initialize
 from saeforge import SparseAutoencoder
-from saeforge.architectures.standard import SPARSE_BELOW, fast_step as loss_and_grads
+from saeforge.dictionary.architectures.standard import SPARSE_BELOW
+from saeforge.dictionary.architectures.standard import fast_step as loss_and_grads
+from saeforge.dictionary.init import initialize
 
 
 def _random_sae(d_in, d_sae, g, dtype=torch.float64):

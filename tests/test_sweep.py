@@ -6,7 +6,7 @@ import pytest
 
 from saeforge.cli import main
 from saeforge.errors import UserError
-from saeforge.scaling import analyze, bootstrap_power_law, fit_power_law, parse_grid, suggest, train_flops
+from saeforge.evaluation.scaling import analyze, bootstrap_power_law, fit_power_law, parse_grid, suggest, train_flops
 
 D, B = 128, 512
 

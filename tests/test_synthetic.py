@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import saeforge
-from saeforge import metrics
 from saeforge.cli import main
-from saeforge.synthetic import SyntheticData
+from saeforge.evaluation import metrics
+from saeforge.sources.synthetic import SyntheticData
 
 SMALL = dict(d_model=32, n_features=200, roots=8, branching=3, depth=2, seed=1)
 
@@ -50,7 +50,7 @@ def test_the_sparse_sampler_draws_what_the_dense_one_draws():
     """sampler.py (only the firing entries, geometric skipping, thinning) against the dense draws
     (a number per feature and sample) on every kind of unit: free features with correlated firing,
     a rescaling exclusive parent, a grandchild, a parentless exclusive group, zero magnitudes."""
-    from saeforge.synthetic import Hierarchy
+    from saeforge.sources.synthetic import Hierarchy
 
     F, n = 40, 200_000
     nodes = [{"feature_index": 0, "scale_children_by_parent": True, "mutually_exclusive_children": True,
@@ -108,8 +108,8 @@ def test_mcc_is_one_on_the_truth_and_at_chance_for_random_directions():
     chance = [metrics.mcc(cos(torch.randn(200, 32, generator=g)))[0] for _ in range(3)]
     assert max(chance) - min(chance) < 0.02 and 0.2 < chance[0] < 0.5  # well below 1, stable for the size
     # the data's features do not come from the stream that the same --seed gives the SAE's random init
-    from saeforge.architectures import create
-    from saeforge.init import initialize
+    from saeforge.dictionary.architectures import create
+    from saeforge.dictionary.init import initialize
     sae = create("standard", 32, 200)
     initialize(sae, "orthogonal", seed=SMALL["seed"])
     assert metrics.mcc(cos(sae.W_dec.detach()))[0] < max(chance) + 0.03

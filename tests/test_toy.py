@@ -1,7 +1,7 @@
 import torch
 
-from saeforge.metrics import explained_variance, l0, mmcs
-from saeforge.toy import ToyData
+from saeforge.evaluation.metrics import explained_variance, l0, mmcs
+from saeforge.sources.toy import ToyData
 
 
 def test_features_are_unit_and_seeded():

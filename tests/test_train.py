@@ -11,7 +11,7 @@ import torch
 
 import saeforge
 from saeforge.cli import main
-from saeforge.checkpoint import read_checkpoint
+from saeforge.training.checkpoint import read_checkpoint
 
 SMALL = ["--init", "orthogonal", "--d-model", "16", "--n-features", "32", "--batch-size", "64", "--no-progress", "--log-every", "10"]
 

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from saeforge import data
-from saeforge.dictionary import load
-from saeforge.evals import evaluate
-from saeforge.models import default_hook, load_model
+from saeforge.dictionary.io import load
+from saeforge.evaluation.evals import evaluate
+from saeforge.sources import data
+from saeforge.sources.language_model import default_hook, load_model
 
 LR = {"topk": 3e-3, "standard": 1e-2}
 

@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from saeforge import data  # noqa: E402
-from saeforge.buffer import ActivationBuffer, ModelSource  # noqa: E402
-from saeforge.models import default_hook, load_model, resolve_hook  # noqa: E402
+from saeforge.sources import data  # noqa: E402
+from saeforge.sources.buffer import ActivationBuffer, ModelSource  # noqa: E402
+from saeforge.sources.language_model import default_hook, load_model, resolve_hook  # noqa: E402
 
 
 def bare(model, hook, stop, batches) -> float:

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from saeforge.architectures import create
-from saeforge.synthetic import SyntheticData
-from saeforge.toy import ToyData
+from saeforge.dictionary.architectures import create
+from saeforge.sources.synthetic import SyntheticData
+from saeforge.sources.toy import ToyData
 
 
 def main() -> None:

@@ -29,11 +29,11 @@ import time
 
 import torch
 
-from saeforge.architectures import JumpReLUSAE, StandardSAE, TopKSAE
-from saeforge.architectures.standard import fast_step
-from saeforge.init import initialize
+from saeforge.dictionary.architectures import JumpReLUSAE, StandardSAE, TopKSAE
+from saeforge.dictionary.architectures.standard import fast_step
+from saeforge.dictionary.init import initialize
 from saeforge.runtime import keep_freed_memory
-from saeforge.toy import ToyData
+from saeforge.sources.toy import ToyData
 
 
 def timed(fn, warmup: int, repeats: int) -> float:

@@ -10,7 +10,7 @@ L0 ≈ 16.6. saeforge trains on it with `saeforge toy --synthetic-model DIR` (it
 of the same model), SAELens with `train_toy_sae` on the model's own generator; both with the
 same batch (1,024) and sample budget (--steps × 1,024), at matched L0: k = 17 for the
 k-architectures, λ / λ₀ set per trainer to land near 17. Every dictionary is scored by
-`saeforge.synthetic.evaluate` on the same 100,000 fresh samples (MCC, F1, absorption, EV…;
+`saeforge.sources.synthetic.recovery` on the same 100,000 fresh samples (MCC, F1, absorption, EV…;
 agrees with SAELens's eval_sae_on_synthetic_data, tests/test_synthetic.py).
 saeforge variants: {orthogonal, mod} init × {no resampling (AuxK on for the k-architectures),
 clustered resampling (AuxK off)}. Finished runs are reused. Figure: docs/benchmark-mcc.png.
@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from saeforge.cli import main as saeforge_main  # noqa: E402
-from saeforge.synthetic import SyntheticData, evaluate  # noqa: E402
+from saeforge.sources.synthetic import SyntheticData, recovery  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCHS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")
@@ -140,8 +140,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(out / "model")
     data = SyntheticData.read_saelens(out / "model")
-    import saeforge
     from sae_lens import SAE
+
+    import saeforge
 
     rows = []
     for arch in a.archs:
@@ -153,7 +154,7 @@ def main() -> None:
                 if r is None:
                     continue
                 sae = saeforge.load(r["run"]) if who.startswith("saeforge") else SAE.load_from_disk(str(r["run"]))
-                m = evaluate(sae, data, a.eval_samples)
+                m = recovery(sae, data, a.eval_samples)
                 rows.append({"arch": arch, "who": who, "seed": seed, "wall_s": r["wall_s"], **m})
                 print(f"{arch} {who} seed {seed}: MCC {m['mcc']:.3f} F1 {m['f1']:.3f} L0 {m['l0']:.1f} "
                       f"absorption {m['absorption']:.3f} EV {m['explained_variance']:.3f} dead {m['dead_latents']}",
@@ -226,7 +227,7 @@ def main() -> None:
     print(f"wrote {docs / 'benchmark.md'}")
 
 
-DEFINITIONS = """## Definitions (saeforge.synthetic.evaluate, saeforge.metrics)
+DEFINITIONS = """## Definitions (saeforge.sources.synthetic.recovery, saeforge.evaluation.metrics)
 
 - **MCC**: cosine similarity |cos| between every decoder row and every true feature; the
   one-to-one matching that maximizes its sum (Hungarian algorithm,

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from saeforge.cli import main as saeforge_main  # noqa: E402
 from saeforge.config import ToyConfig, changed_defaults  # noqa: E402
-from saeforge.init import RARE_METHODS  # noqa: E402
+from saeforge.dictionary.init import RARE_METHODS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

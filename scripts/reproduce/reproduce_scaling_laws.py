@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from saeforge.cli import main as saeforge_main
-from saeforge.scaling import analyze, l0_choice, read_results
+from saeforge.evaluation.scaling import analyze, l0_choice, read_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def main() -> None:
              f"with batch {batch}, Adam lr {r0['lr']} (λ warmed up over the first 10% of steps, lr decayed to 0 over "
              f"the last 20%), {r0['init']} init, seed {r0['seed']}; every run measured on the same {r0['eval_rows']:,} "
              "held-out activations (the cache's last shard, never trained on), in the trainer's units (E‖x‖² = d_in).",
-             f"FLOPs = 12·d_in·F·tokens (see `saeforge.scaling`). Wall time of the runs: "
+             f"FLOPs = 12·d_in·F·tokens (see `saeforge.evaluation.scaling`). Wall time of the runs: "
              f"{sum(r['seconds'] for r in rows):.0f} s on 2 CPU cores.", ""]
     for lam in lams:
         cell = {(r["d_sae"], r["steps"]): r for r in rows if r["l1_coefficient"] == lam}

@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from saeforge.config import ToyConfig
-from saeforge.metrics import max_cosines
 from saeforge import SparseAutoencoder
-from saeforge.toy import ToyData
-from saeforge.trainer import Trainer
+from saeforge.config import ToyConfig
+from saeforge.evaluation.metrics import max_cosines
+from saeforge.sources.toy import ToyData
+from saeforge.training.trainer import Trainer
 
 
 def drift(d_model: int, n_features: int, l1: float, lr: float, steps: int, seed: int):

@@ -3,7 +3,7 @@
     python scripts/tools/train_tiny_lm.py --steps 1200 --seed 0   # writes src/saeforge/assets/tiny-stdlib-lm.*
 
 Corpus: the `.py` files of the running Python's standard library (tests excluded), the same
-files `saeforge.data` calls the embedded corpus, split by file into train and held-out
+files `saeforge.sources.data` calls the embedded corpus, split by file into train and held-out
 (`data.embedded_corpus(split=...)`). Each training context is BOS (byte 0) followed by 255
 bytes taken at a random offset of the train stream (documents joined with BOS), exactly the
 contexts saeforge later harvests activations from. AdamW (lr 3e-3, betas 0.9/0.95, weight
@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from saeforge import data  # noqa: E402
-from saeforge.models import BOS, build_model, save_model, tiny_lm_config  # noqa: E402
+from saeforge.sources import data  # noqa: E402
+from saeforge.sources.language_model import BOS, build_model, save_model, tiny_lm_config  # noqa: E402
 
 
 def byte_stream(split: str) -> torch.Tensor:

@@ -8,13 +8,13 @@
 
 __version__ = "0.1.0"
 
-from . import init  # noqa: E402  (saeforge.init.initialize: the informed initializations)
-from .api import Trained, train  # noqa: E402
-from .architectures import ARCHITECTURES, StandardSAE  # noqa: E402
-from .config import ActivationTrainConfig, ToyConfig, TrainConfig  # noqa: E402
-from .dictionary import load, save  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .sae import SAE  # noqa: E402
+from saeforge.api import Trained, train  # noqa: E402
+from saeforge.config import ActivationTrainConfig, ToyConfig, TrainConfig  # noqa: E402
+from saeforge.dictionary import init  # noqa: E402  (saeforge.init.initialize: the informed initializations)
+from saeforge.dictionary.architectures import ARCHITECTURES, StandardSAE  # noqa: E402
+from saeforge.dictionary.io import load, save  # noqa: E402
+from saeforge.dictionary.sae import SAE  # noqa: E402
+from saeforge.errors import UserError  # noqa: E402
 
 SparseAutoencoder = StandardSAE  # the name of ReLU + L1 before there were several architectures
 

@@ -1,3 +1,3 @@
-from .cli import run
+from saeforge.cli import run
 
 run()

@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .architectures import CONFIGS
-from .config import ActivationTrainConfig, ToyConfig
-from .dictionary import load
-from .errors import UserError
-from .sae import SAE
+from saeforge.config import ActivationTrainConfig, ToyConfig
+from saeforge.dictionary.architectures import CONFIGS
+from saeforge.dictionary.io import load
+from saeforge.dictionary.sae import SAE
+from saeforge.errors import UserError
 
 PRESETS = {"train": ActivationTrainConfig, "toy": ToyConfig}
 ITERABLE_BATCHES = 16  # the buffer over an iterable source: this many batches, shuffled
@@ -138,7 +138,7 @@ def train(source: Any = "embedded", *, defaults: str = "train", **kwargs: Any) -
     """Train a dictionary on `source`: a tensor [..., d_in] or an iterable of them (activations),
     or a model (a name or directory as `--model` takes, or a HookedTransformer) read on
     `dataset` at `hook`. Returns (the dictionary on raw activations, the run's summary)."""
-    from .runtime import keep_freed_memory
+    from saeforge.runtime import keep_freed_memory
 
     keep_freed_memory()
     try:
@@ -148,7 +148,7 @@ def train(source: Any = "embedded", *, defaults: str = "train", **kwargs: Any) -
 
 
 def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:
-    from .pipeline.train import run_train
+    from saeforge.pipeline.train import run_train
 
     if defaults not in PRESETS:
         raise UserError(f"defaults must be one of {', '.join(PRESETS)}, got {defaults!r}")

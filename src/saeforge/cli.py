@@ -10,10 +10,10 @@ import json
 import os
 import sys
 
-from . import __version__
-from .config import (ActivationTrainConfig, EvalConfig, HarvestConfig, InspectConfig, SweepConfig, ToyConfig,
-                     add_config_flags, build_config)
-from .errors import UserError
+from saeforge import __version__
+from saeforge.config import (ActivationTrainConfig, EvalConfig, HarvestConfig, InspectConfig, SweepConfig, ToyConfig,
+                             add_config_flags, build_config)
+from saeforge.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,11 +23,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
-    from .pipeline.toy import run_toy
+    from saeforge.pipeline.toy import run_toy
 
     cfg = build_config(ToyConfig, args)
     summary = run_toy(cfg)
-    from . import distributed
+    from saeforge import distributed
 
     if distributed.is_main():
         print(json.dumps({k: summary[k] for k in ("mmcs_initial", "mmcs_final", "steps_to_mmcs", "steps", "wall_s")}))
@@ -35,11 +35,11 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline.train import run_train
+    from saeforge.pipeline.train import run_train
 
     cfg = build_config(ActivationTrainConfig, args)
     summary = run_train(cfg)
-    from . import distributed
+    from saeforge import distributed
 
     keys = ("tokens", "dict_size", "l0", "explained_variance", "ce_loss_recovered", "dead_fraction", "wall_s")
     if distributed.is_main():
@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
-    from .pipeline.harvest import run_harvest
+    from saeforge.pipeline.harvest import run_harvest
 
     cfg = build_config(HarvestConfig, args)
     m = run_harvest(cfg)
@@ -63,7 +63,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .pipeline.sweep import run_sweep
+    from saeforge.pipeline.sweep import run_sweep
 
     cfg = build_config(SweepConfig, args)
     rows = run_sweep(cfg)
@@ -73,10 +73,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from . import data
-    from .analysis import load_with_model
-    from .evals import evaluate
-    from .runtime import pick_device
+    from saeforge.evaluation.analysis import load_with_model
+    from saeforge.evaluation.evals import evaluate
+    from saeforge.runtime import pick_device
+    from saeforge.sources import data
 
     cfg = build_config(EvalConfig, args)
     device = pick_device(cfg.device)
@@ -92,9 +92,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from . import data, report
-    from .analysis import collect, load_with_model
-    from .runtime import check_out_dir, pick_device
+    from saeforge.evaluation import report
+    from saeforge.evaluation.analysis import collect, load_with_model
+    from saeforge.runtime import check_out_dir, pick_device
+    from saeforge.sources import data
 
     cfg = build_config(InspectConfig, args)
     check_out_dir(cfg.out, outputs=("index.html", "density.png", "features.png"))
@@ -113,7 +114,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .dictionary import load, load_sparsity
+    from saeforge.dictionary.io import load, load_sparsity
 
     sae = load(args.path)
     sp = load_sparsity(args.path)
@@ -165,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from . import distributed
-    from .runtime import keep_freed_memory
+    from saeforge import distributed
+    from saeforge.runtime import keep_freed_memory
 
     keep_freed_memory()  # no page-fault churn on the per-step tensors (docs/performance.md, section 3)
 

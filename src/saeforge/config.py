@@ -14,13 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from .architectures import ARCHITECTURES, CONFIGS
-from .errors import UserError
-from .init import METHODS as INITS
-from .options import (AUTO, Config, Option, add_config_flags, build_config, checked, field_options, flag, inherit,
-                      opt, show)
-from .resample import ResampleConfig, check_settings
-from .sae import ArchitectureConfig
+from saeforge.dictionary.architectures import ARCHITECTURES, CONFIGS
+from saeforge.dictionary.init import METHODS as INITS
+from saeforge.dictionary.sae import ArchitectureConfig
+from saeforge.errors import UserError
+from saeforge.options import AUTO, Config, Option, add_config_flags, build_config, field_options, inherit, opt, show
+from saeforge.training.resample import ResampleConfig, check_settings
 
 __all__ = ["AUTO", "add_config_flags", "build_config", "changed_defaults", "RunConfig", "TrainConfig", "ToyConfig",
            "ActivationTrainConfig", "HarvestConfig", "SweepConfig", "EvalConfig", "InspectConfig"]
@@ -47,7 +46,7 @@ class RunConfig(Config):
 class TrainConfig(ResampleConfig, RunConfig):
     """What the trainer and every training command share. The defaults are `saeforge train`'s,
     tuned so the main job (embedded model, 1,024 features, 4M tokens) finishes in minutes on
-    2 CPU cores (README: how they were found). `sae` holds the architecture's own settings
+    2 CPU cores (docs/main-job.md: how they were found). `sae` holds the architecture's own settings
     (architectures/: its Config); `SAE_DEFAULTS` lets a command give those other defaults."""
 
     SAE_DEFAULTS: ClassVar[dict[str, Any]] = {}
@@ -109,11 +108,7 @@ class TrainConfig(ResampleConfig, RunConfig):
 
     @classmethod
     def from_values(cls, values: dict[str, Any]):
-        opts = cls.options()
-        unknown = sorted(set(values) - set(opts))
-        if unknown:
-            raise UserError(f"unknown setting(s) {', '.join(unknown)}")
-        values = {k: checked(k, v, opts[k]) for k, v in values.items()}
+        opts, values = cls.options(), cls.typed(values)
         own = {k: v for k, v in values.items() if not opts[k].owners}
         arch_name = own.get("architecture", cls.__dataclass_fields__["architecture"].default)
         arch = CONFIGS.get(arch_name)
@@ -264,7 +259,7 @@ class ModelDataConfig(Config):
 @dataclass(frozen=True)
 class ActivationTrainConfig(TrainConfig, ModelDataConfig):
     """`saeforge train`: train on a model's activations (live buffer, or --cache). Its default is
-    TopK (k 32): on the main job's budget it beats ReLU + L1 (README, docs/architectures.md)."""
+    TopK (k 32): on the main job's budget it beats ReLU + L1 (docs/main-job.md, docs/architectures.md)."""
 
     architecture: str = inherit(TrainConfig, "architecture", "topk")
     # the architecture's start (its Config: TopK's is SAELens's, unit-norm decoder and encoder scale 0.1)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Union, get_args, get_origin, get_type_hints
 
-from .errors import UserError
+from saeforge.errors import UserError
 
 try:
     import tomllib
@@ -150,13 +150,18 @@ class Config:
         return field_options(cls)
 
     @classmethod
-    def from_values(cls, values: dict[str, Any]):
-        """The config from flat settings (each checked by type); unknown names refused."""
+    def typed(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Flat settings, each checked against its option's type; unknown names refused."""
         opts = cls.options()
         unknown = sorted(set(values) - set(opts))
         if unknown:
             raise UserError(f"unknown setting(s) {', '.join(unknown)}")
-        return cls(**{k: checked(k, v, opts[k]) for k, v in values.items()})
+        return {k: checked(k, v, opts[k]) for k, v in values.items()}
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]):
+        """The config from flat settings (each checked by type)."""
+        return cls(**cls.typed(values))
 
     def values(self) -> dict[str, Any]:
         """The flat settings (the inverse of `from_values`)."""

@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import distributed
-from .errors import UserError
+from saeforge import distributed
+from saeforge.errors import UserError
 
 CHECKPOINT = "checkpoint"  # the run directory's resumable state (trainer.py writes it)
 

@@ -22,19 +22,21 @@ from typing import Any
 
 import torch
 
-from .. import data, distributed, feature_shards
-from ..architectures import create
-from ..config import TrainConfig
-from ..dictionary import load
-from ..errors import UserError
-from ..evals import evaluate
-from ..init import initialize, sample_size
-from ..resample import Resampler
-from ..runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
-from ..sae import SAE
-from ..checkpoint import Checkpoint, TrainState, read_checkpoint
-from ..trainer import Trainer
-from ..wandb_log import WandbLogger, check_available
+from saeforge import distributed
+from saeforge.config import TrainConfig
+from saeforge.dictionary.architectures import create
+from saeforge.dictionary.init import initialize, sample_size
+from saeforge.dictionary.io import load
+from saeforge.dictionary.sae import SAE
+from saeforge.errors import UserError
+from saeforge.evaluation.evals import evaluate
+from saeforge.runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
+from saeforge.sources import data
+from saeforge.training import feature_shards
+from saeforge.training.checkpoint import Checkpoint, TrainState, read_checkpoint
+from saeforge.training.resample import Resampler
+from saeforge.training.trainer import Trainer
+from saeforge.training.wandb_log import WandbLogger, check_available
 
 
 @dataclass

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import ActivationTrainConfig
-from ..errors import UserError
+from saeforge.config import ActivationTrainConfig
+from saeforge.errors import UserError
 
 # what every dictionary of a pass shares (the data, the budget, the buffer, the output root)
 SHARED = {"out", "steps", "tokens", "batch_size", "device", "progress", "resume", "model", "dataset", "text_column",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import data
-from ..cache import harvest
-from ..config import HarvestConfig
-from ..models import default_hook, load_model, resolve_hook
-from ..runtime import check_out_dir, pick_device
+from saeforge.config import HarvestConfig
+from saeforge.runtime import check_out_dir, pick_device
+from saeforge.sources import data
+from saeforge.sources.cache import harvest
+from saeforge.sources.language_model import default_hook, load_model, resolve_hook
 
 
 def run_harvest(cfg: HarvestConfig) -> dict[str, Any]:

@@ -15,16 +15,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..buffer import ActivationBuffer, sample_generator
-from ..cache import CacheSource, read_manifest
-from ..config import SweepConfig
-from ..errors import UserError
-from ..init import sample_size
-from ..metrics import Reconstruction
-from ..runtime import atomic_write_bytes, check_out_dir, make_out_dir, pick_device
-from ..scaling import (analyze, init_flops, jsonable, parse_grid, plot, read_results, sparsity_value, suggest,
-                       train_flops)
-from . import common
+from saeforge.config import SweepConfig
+from saeforge.dictionary.init import sample_size
+from saeforge.errors import UserError
+from saeforge.evaluation.metrics import Reconstruction
+from saeforge.evaluation.scaling import (analyze, init_flops, jsonable, parse_grid, plot, read_results, sparsity_value,
+                                         suggest, train_flops)
+from saeforge.pipeline import common
+from saeforge.runtime import atomic_write_bytes, check_out_dir, make_out_dir, pick_device
+from saeforge.sources.buffer import ActivationBuffer, sample_generator
+from saeforge.sources.cache import CacheSource, read_manifest
 
 
 def run_sweep(cfg: SweepConfig) -> list[dict]:

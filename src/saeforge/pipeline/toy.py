@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..config import ToyConfig
-from ..metrics import max_cosines, mmcs
-from ..synthetic import SyntheticData, evaluate
-from ..toy import ToyData
-from . import common
+from saeforge.config import ToyConfig
+from saeforge.evaluation.metrics import max_cosines, mmcs
+from saeforge.pipeline import common
+from saeforge.sources.synthetic import SyntheticData, recovery
+from saeforge.sources.toy import ToyData
 
 THRESHOLDS = ("0.95", "0.98", "0.99")
 
@@ -83,7 +83,7 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
         "data": cfg.synthetic_model or cfg.data,
     }
     if cfg.eval_samples and run.rank == 0:  # the benchmark's metrics on fresh samples (docs/benchmark.md)
-        summary["ground_truth"] = evaluate(trainer.sae, data, cfg.eval_samples)
+        summary["ground_truth"] = recovery(trainer.sae, data, cfg.eval_samples)
         if isinstance(data, SyntheticData):
             summary["synthetic"] = data.describe()
     return common.write_summary(run, trainer, summary)

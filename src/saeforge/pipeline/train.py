@@ -32,16 +32,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import distributed
-from ..buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
-from ..cache import CacheSource, read_manifest
-from ..config import ActivationTrainConfig
-from ..errors import UserError
-from ..models import default_hook, hook_width, load_model, resolve_hook
-from ..runtime import atomic_write_json, make_out_dir, pick_device
-from ..trainer import Trainer
-from . import common
-from .dictionaries import configs, several, specs
+from saeforge import distributed
+from saeforge.config import ActivationTrainConfig
+from saeforge.errors import UserError
+from saeforge.pipeline import common
+from saeforge.pipeline.dictionaries import configs, several, specs
+from saeforge.runtime import atomic_write_json, make_out_dir, pick_device
+from saeforge.sources.buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
+from saeforge.sources.cache import CacheSource, read_manifest
+from saeforge.sources.language_model import default_hook, hook_width, load_model, resolve_hook
+from saeforge.training.trainer import Trainer
 
 
 @dataclass

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from .. import kernels
-from ..errors import UserError
-from ..options import opt
-from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
-from ..sparse import Transposed, crow_of, csr, row_of, sampled
+from saeforge.dictionary import kernels
+from saeforge.dictionary.sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from saeforge.dictionary.sparse import Transposed, crow_of, csr, row_of, sampled
+from saeforge.errors import UserError
+from saeforge.options import opt
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .runtime import check_json
+from saeforge.errors import UserError
+from saeforge.runtime import check_json
 
 
 def train_flops(d_in: int, d_sae: int, tokens: int) -> float:

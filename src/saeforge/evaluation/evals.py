@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
-from .metrics import Reconstruction
-from .sae import SAE
+from saeforge.dictionary.sae import SAE
+from saeforge.errors import UserError
+from saeforge.evaluation.metrics import Reconstruction
 
 
 @torch.no_grad()

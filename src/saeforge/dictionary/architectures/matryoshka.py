@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import UserError
-from ..options import opt
-from .batchtopk import BatchTopKConfig, BatchTopKSAE
+from saeforge.dictionary.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
+from saeforge.errors import UserError
+from saeforge.options import opt
 
 
 def parse_sizes(text: str, d_sae: int) -> list[int]:

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from .. import kernels
-from ..options import opt
-from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
-from ..sparse import Transposed, csr_of, sampled
-from .standard import sparse_enough
+from saeforge.dictionary import kernels
+from saeforge.dictionary.architectures.standard import sparse_enough
+from saeforge.dictionary.sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from saeforge.dictionary.sparse import Transposed, csr_of, sampled
+from saeforge.options import opt
 
 TANH_SCALE = 4.0
 

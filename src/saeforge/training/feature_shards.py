@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from saeforge.errors import UserError
 
 SHARDABLE = ("standard", "jumprelu", "topk")  # BatchTopK's batch threshold and Matryoshka's prefixes: not yet
 

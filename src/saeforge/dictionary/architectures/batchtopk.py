@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .. import distributed
-from ..sparse import crow_of
-from .topk import TopKConfig, TopKSAE
+from saeforge import distributed
+from saeforge.dictionary.architectures.topk import TopKConfig, TopKSAE
+from saeforge.dictionary.sparse import crow_of
 
 THRESHOLD_RATE = 0.01
 

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
-from .errors import UserError
-from .metrics import squared_error
-from .options import AUTO, Config, opt
+from saeforge import distributed
+from saeforge.errors import UserError
+from saeforge.evaluation.metrics import squared_error
+from saeforge.options import AUTO, Config, opt
 
 Trainer = Any  # the trainer.Trainer that calls the resampler (it sits a layer above, so not imported)
 

@@ -24,13 +24,16 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from . import distributed, feature_shards, metrics
-from .config import TrainConfig
-from .dictionary import log_sparsity, save
-from .errors import UserError
-from .checkpoint import Checkpoint, TrainState, write_checkpoint
-from .runtime import CHECKPOINT, DeviceClock, atomic_write_bytes
-from .sae import SAE, StepOutput
+from saeforge import distributed
+from saeforge.config import TrainConfig
+from saeforge.dictionary.io import log_sparsity, save
+from saeforge.dictionary.sae import SAE, StepOutput
+from saeforge.errors import UserError
+from saeforge.evaluation import metrics
+from saeforge.runtime import CHECKPOINT, DeviceClock, atomic_write_bytes
+from saeforge.training import feature_shards
+from saeforge.training.checkpoint import Checkpoint, TrainState, write_checkpoint
+
 
 class ResamplerHook(Protocol):
     """What the trainer calls after each step (resample.Resampler is the one implementation)."""

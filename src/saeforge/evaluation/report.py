@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .analysis import DictionaryReport
+from saeforge.evaluation.analysis import DictionaryReport
 
 VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍", "\x00": "␀"}
 
@@ -70,7 +70,7 @@ def payload(rep: DictionaryReport, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def write(rep: DictionaryReport, out: str | Path, meta: dict[str, Any]) -> Path:
-    from .runtime import atomic_write_bytes
+    from saeforge.runtime import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import torch
 
-from .errors import UserError
-from .models import hook_width
-from .runtime import check_json
+from saeforge.errors import UserError
+from saeforge.runtime import check_json
+from saeforge.sources.language_model import hook_width
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

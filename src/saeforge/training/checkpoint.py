@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .runtime import CHECKPOINT, atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
+from saeforge.errors import UserError
+from saeforge.runtime import CHECKPOINT, atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
 
 STATE_FORMAT = 2  # state.json's layout; 1 (saeforge 0.1) kept the non-tensor state under "extra"
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError, quiet_hub_logs, quiet_logs
+from saeforge.errors import UserError, quiet_hub_logs, quiet_logs
 
 EMBEDDED = "embedded"
 HELDOUT_EVERY = 20
@@ -164,7 +164,7 @@ def _first_line(e: BaseException) -> str:
 
 def _encoder(tokenizer):
     """Text -> list of token ids, without special tokens."""
-    from .models import ByteTokenizer
+    from saeforge.sources.language_model import ByteTokenizer
 
     if isinstance(tokenizer, ByteTokenizer):
         return lambda text: list(text.encode("utf-8"))

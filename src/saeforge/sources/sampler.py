@@ -23,7 +23,8 @@ import math
 import numpy as np
 import torch
 
-from .kernels import _threads as threads, numba
+from saeforge.dictionary.kernels import _threads as threads
+from saeforge.dictionary.kernels import numba
 
 THIN_BLOCK = 128  # samples per block of the thinning bound (correlated firing without a parent)
 # Φ̄ tabulated on [−8, 8] for u < Φ̄(c) without an erfc per draw: linear interpolation errs by at

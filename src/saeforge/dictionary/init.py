@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import UserError
-from .sae import SAE
+from saeforge.dictionary.sae import SAE
+from saeforge.errors import UserError
 
 BASELINES = ("orthogonal", "xavier")
 DATA_METHODS = ("data", "svd", "kmeans", "mod")

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
-from .sae import SAE
+from saeforge.dictionary.sae import SAE
+from saeforge.errors import UserError
 
 DENSE = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 
@@ -38,8 +38,8 @@ DENSE = 0.1  # a feature firing on more than this fraction of tokens counts as d
 def load_with_model(path: str | Path, model: Any = None, hook: str | None = None, device: str = "cpu"):
     """(sae, model, hook): the dictionary and the model it was trained on, checked against
     each other: the recorded model name (if `model` is a name), the hook, and d_in."""
-    from .dictionary import load
-    from .models import hook_width, load_model, resolve_hook
+    from saeforge.dictionary.io import load
+    from saeforge.sources.language_model import hook_width, load_model, resolve_hook
 
     sae = load(path, device=device)
     meta = sae.metadata
@@ -146,7 +146,7 @@ def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_toke
     """Study the dictionary on `n_tokens` activation positions of `contexts` (see module doc).
     `features`: the indices to study, or a count: that many alive features spread evenly over
     the range of firing frequencies (from the rarest to the most frequent)."""
-    from .models import resolve_hook
+    from saeforge.sources.language_model import resolve_hook
 
     stop = resolve_hook(model, hook)
     bar = tqdm(total=2 * n_tokens, disable=not progress, file=sys.stderr, desc="inspect", unit="tok", dynamic_ncols=True)

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
-from ..sae import SAE, ArchitectureConfig
-from .batchtopk import BatchTopKSAE
-from .jumprelu import JumpReLUSAE
-from .matryoshka import MatryoshkaSAE
-from .standard import StandardSAE
-from .topk import TopKSAE
+from saeforge.dictionary.architectures.batchtopk import BatchTopKSAE
+from saeforge.dictionary.architectures.jumprelu import JumpReLUSAE
+from saeforge.dictionary.architectures.matryoshka import MatryoshkaSAE
+from saeforge.dictionary.architectures.standard import StandardSAE
+from saeforge.dictionary.architectures.topk import TopKSAE
+from saeforge.dictionary.sae import SAE, ArchitectureConfig
+from saeforge.errors import UserError
 
 ARCHITECTURES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (
     StandardSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE)}

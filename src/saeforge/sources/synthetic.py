@@ -38,12 +38,13 @@ from typing import Any
 
 import torch
 
-from . import kernels, metrics
-from .sparse import crow_of, csr
-from .errors import UserError
-from .runtime import read_json, read_tensors
-from .sampler import Sampler, stream_key
-from .toy import StepData
+from saeforge.dictionary import kernels
+from saeforge.dictionary.sparse import crow_of, csr
+from saeforge.errors import UserError
+from saeforge.evaluation import metrics
+from saeforge.runtime import read_json, read_tensors
+from saeforge.sources.sampler import Sampler, stream_key
+from saeforge.sources.toy import StepData
 
 CONFIG_FILE, WEIGHTS_FILE, HIERARCHY_FILE = "synthetic_model_config.json", "synthetic_model.safetensors", "hierarchy.json"
 
@@ -330,7 +331,7 @@ ABSORPTION_COS = 0.3  # a child's latent "carries" its parent when its decoder r
 
 
 @torch.no_grad()
-def evaluate(sae: Any, data: SyntheticData, n_samples: int = 100_000, batch_size: int = 10_000,
+def recovery(sae: Any, data: SyntheticData, n_samples: int = 100_000, batch_size: int = 10_000,
              first: int = 2 * 10**9) -> dict[str, Any]:
     """The benchmark's metrics of a dictionary on fresh samples (steps −first, …); docs/benchmark.md
     defines each. MCC, uniqueness, precision / recall / F1, shrinkage, L0 and dead latents as

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .architectures import SAVED
-from .errors import UserError
-from .runtime import atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
-from .sae import SAE
+from saeforge.dictionary.architectures import SAVED
+from saeforge.dictionary.sae import SAE
+from saeforge.errors import UserError
+from saeforge.runtime import atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 # The SAELens config layout we write (its 6.x format); not a claim about the installed version.

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from saeforge.errors import UserError
 
 
 def check_available(project: str) -> None:

@@ -20,15 +20,15 @@ The trainer, init, resampling, save/load, evals, sweep and inspect use this inte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, get_type_hints
 
 import torch
 from torch import nn
 
-from .errors import UserError
-from .options import Config, base_type
+from saeforge.errors import UserError
+from saeforge.options import Config, base_type
 
 
 @dataclass(frozen=True)

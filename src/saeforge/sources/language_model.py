@@ -6,7 +6,7 @@
   package as `assets/tiny-stdlib-lm.safetensors` + `.json`. Its vocabulary is the 256 byte
   values, so it needs no tokenizer download; `ByteTokenizer` makes `to_tokens` / `to_string`
   work. It was trained by `scripts/tools/train_tiny_lm.py` on the source files of Python's standard
-  library (see the README for its bits per byte and a sample).
+  library (docs/embedded-model.md: its bits per byte and a sample).
 - a local directory holding `config.json` (HookedTransformerConfig fields) and
   `model.safetensors` (a HookedTransformer state dict), e.g. written by `save_model`. An
   optional `"tokenizer"` key in the JSON names the tokenizer: `"bytes"` or a HF tokenizer
@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizer
 
-from .errors import UserError
+from saeforge.errors import UserError
 
 EMBEDDED = "embedded"
 BOS = 0  # byte 0 (NUL) never occurs in source text: it is the BOS/EOS/padding token
@@ -136,7 +136,7 @@ def save_model(model, path: str | Path, tokenizer: str | None = "bytes", extra: 
     """Write `config.json` + `model.safetensors`, loadable by `load_model(path)`."""
     from dataclasses import fields
 
-    from .runtime import atomic_write_json
+    from saeforge.runtime import atomic_write_json
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu", fused_a
     else:
         model = _load_hub(spec, device)
     if fused_attention:
-        from . import fast_attention
+        from saeforge.sources import fast_attention
 
         fast_attention.enable(model)
     return model
@@ -193,7 +193,7 @@ def _load_dir(cfg_file: Path, weights: Path, device, name: str):
         model = build_model(config, tokenizer=meta.get("tokenizer", "bytes"), device=device)
     except (TypeError, ValueError, AssertionError) as e:
         raise UserError(f"model {name}: bad config in {cfg_file.name}: {e}") from None
-    from .runtime import read_tensors
+    from saeforge.runtime import read_tensors
 
     sd = read_tensors(weights, f"model {name} weights")
     missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())
@@ -275,7 +275,7 @@ def _load_hf_dir(path: Path, device):
 def _load_hub(name: str, device):
     from transformer_lens import HookedTransformer
 
-    from .errors import quiet_hub_logs
+    from saeforge.errors import quiet_hub_logs
 
     try:
         with quiet_hub_logs():

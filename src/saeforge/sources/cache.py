@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from .buffer import DTYPES
-from .runtime import atomic_save_tensors, atomic_write_json, check_json, read_json
-from .errors import UserError
+from saeforge.errors import UserError
+from saeforge.runtime import atomic_save_tensors, atomic_write_json, check_json, read_json
+from saeforge.sources.buffer import DTYPES
 
 MANIFEST = "manifest.json"
 FORMAT = "saeforge-activation-cache"

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import kernels
-from ..errors import UserError
-from ..options import opt
-from ..sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
-from ..sparse import Transposed, csr_of, sampled
+from saeforge.dictionary import kernels
+from saeforge.dictionary.sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from saeforge.dictionary.sparse import Transposed, csr_of, sampled
+from saeforge.errors import UserError
+from saeforge.options import opt
 
 # Above this share of firing codes the dense products are faster than the sparse ones
 # (measured by scripts/benchmarks/bench_train_step.py --sparse-l0: docs/performance.md).

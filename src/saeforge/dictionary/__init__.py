@@ -1,0 +1,9 @@
+"""The dictionary: what is trained, saved and read back.
+
+    sae.py              the SAE interface every architecture implements, and ArchitectureConfig
+    architectures/      one file per architecture: its model on one screen, its fast step, its Config
+    kernels.py          numba CPU kernels of the fast steps (entries above a threshold, each row's top k)
+    sparse.py           the fast steps' CSR helpers (a batch's active entries, their transpose, sampled products)
+    init.py             initializers: orthogonal, xavier, data, svd, kmeans, mod, average, centroid, outlier
+    io.py               the dictionary directory: save / load / check (SAELens's layout)
+"""

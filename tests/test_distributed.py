@@ -186,7 +186,7 @@ def test_a_feature_sharded_checkpoint_resumes_on_another_layout(tmp_path):
 
 @pytest.mark.parametrize("flags, says", [
     (["--feature-shards", "2"], "must divide the number of ranks (1)"),
-    (["--feature-shards", "2", "--architecture", "matryoshka"], "--feature-shards supports"),
+    (["--feature-shards", "2", "--architecture", "matryoshka"], "cannot split its features over ranks"),
     (["--feature-shards", "2", "--resample", "clustered"], "give --resample none"),
 ])
 def test_feature_sharding_refuses_what_it_cannot_run(flags, says, tmp_path, capsys):

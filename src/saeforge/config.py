@@ -170,6 +170,10 @@ class TrainConfig(ResampleConfig, RunConfig):
         check_settings(cfg)
         return cfg
 
+    @staticmethod
+    def shardable_architectures() -> list[str]:
+        return [name for name, arch in CONFIGS.items() if arch.shardable]
+
     def is_resolved(self) -> bool:
         return (self.steps > 0 and self.dict_size > 0 and self.dead_window > 0 and self.resample != AUTO
                 and None not in (self.lr, self.lr_decay_steps, self.unit_norm_decoder, self.encoder_scale,

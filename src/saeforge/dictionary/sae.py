@@ -43,6 +43,7 @@ class ArchitectureConfig(Config):
     default_encoder_scale: ClassVar[float] = 1.0  # --encoder-scale auto
     coefficient: ClassVar[str | None] = None  # the field weighing the sparsity term (ramped by --l1-warmup-steps)
     saved: ClassVar[tuple[str, ...]] = ()  # fields written to cfg.json and read back
+    shardable: ClassVar[bool] = True  # whether --feature-shards can split its latents over ranks
 
     def resolved(self, d_in: int, d_sae: int) -> "ArchitectureConfig":
         """These settings with their `auto` values fixed for this shape, checked against it."""

@@ -100,12 +100,12 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
     restored = open_data(p)
     for d in p.dicts:
         build(p, d, restored)
-    train(cfg, p.dicts, p.buffer, p.dicts[0].run.steps, lambda d: save_position(p, d))
+    run_steps(cfg, p.dicts, p.buffer, p.dicts[0].run.steps, lambda d: save_position(p, d))
     summaries = {}
     for d in p.dicts:
         d.trainer.check_finite()  # a diverged dictionary keeps its last checkpoint; those before it are saved
         save_position(p, d)
-        summaries[d.name] = finish(p, d)
+        summaries[d.name] = finish_dictionary(p, d)
     if not several(cfg):
         return summaries[""]
     total = {"dictionaries": summaries, "hooks": p.hooks, "steps": p.dicts[0].run.steps,
@@ -260,7 +260,7 @@ def make_buffer(cfg, run0: common.Run, source, carry: int, widths: list[int], sc
     return buffer, first_fill, restore is not None
 
 
-def train(cfg, dicts: list[Dictionary], buffer: ActivationBuffer, steps: int, save_position) -> None:
+def run_steps(cfg, dicts: list[Dictionary], buffer: ActivationBuffer, steps: int, save_position) -> None:
     """Every step: one batch from the buffer, each dictionary trained on its columns."""
     def on_step(d: Dictionary):
         def callback(tr, _out) -> bool:
@@ -293,7 +293,7 @@ def train(cfg, dicts: list[Dictionary], buffer: ActivationBuffer, steps: int, sa
             d.trainer.end(check=False)
 
 
-def finish(p: Pass, d: Dictionary) -> dict[str, Any]:
+def finish_dictionary(p: Pass, d: Dictionary) -> dict[str, Any]:
     """A dictionary's end: checkpoint and dictionary saved, held-out evals, its summary.json."""
     cfg, tr, run = p.cfg, d.trainer, d.run
     last = tr.last_log

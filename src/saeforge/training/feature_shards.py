@@ -25,7 +25,6 @@ import torch.distributed as dist
 
 from saeforge.errors import UserError
 
-SHARDABLE = ("standard", "jumprelu", "topk")  # BatchTopK's batch threshold and Matryoshka's prefixes: not yet
 
 
 class _SumOverGroup(torch.autograd.Function):
@@ -145,7 +144,8 @@ def check(cfg: Any) -> None:
     """Settings that feature sharding cannot run, refused before anything is read."""
     if cfg.feature_shards <= 1:
         return
-    if cfg.architecture not in SHARDABLE:
-        raise UserError(f"--feature-shards supports {', '.join(SHARDABLE)}; not --architecture {cfg.architecture}")
+    if not cfg.sae.shardable:
+        raise UserError(f"--feature-shards: --architecture {cfg.architecture} cannot split its features over ranks "
+                        f"(its selection needs every latent); use one of {', '.join(cfg.shardable_architectures())}")
     if cfg.resample not in ("none", "auto"):
         raise UserError("--feature-shards trains without dead-feature resampling; give --resample none")

@@ -32,6 +32,7 @@ class BatchTopKConfig(TopKConfig):
     default_unit_norm_decoder = False
     default_encoder_scale = 1.0
     saved = ()  # saved as SAELens's jumprelu: the threshold is a tensor
+    shardable = False  # the batch selection and its threshold: not yet over feature shards
 
 
 class BatchTopKSAE(TopKSAE):

@@ -281,3 +281,77 @@ def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(severa
             assert torch.equal(p, q), (name, n)
     resumed = json.loads(state.read_text())
     assert resumed["step"] == 1000 and resumed["data_position"]["buffer"]["replay_from"] > 0
+
+
+# ------------------------------------------------------------------ non-finite activations, named where they enter
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations_are_named_as_such(bad):
+    x = torch.randn(512, 8)
+    x[37, 2] = bad
+    with pytest.raises(UserError, match=f"non-finite values \\({'NaN' if bad != bad else 'Inf'} in row 37"):
+        saeforge.train(x, steps=5, batch_size=64)
+    late = [torch.randn(256, 8) for _ in range(8)]
+    late[5][3, 0] = bad  # a batch the buffer reads later: refused when it is read, not trained on
+    with pytest.raises(UserError, match="non-finite values"):
+        saeforge.train(late, steps=20, batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize("corrupt, says", [
+    (lambda a: a.round().to(torch.int32), "holds int32 activations, but the manifest says float32"),
+    (lambda a: a.index_fill(0, torch.tensor([40]), float("nan")), "non-finite values (NaN or Inf) where they enter"),
+], ids=["integers", "nan"])
+def test_a_cache_shard_of_bad_activations_is_refused(corrupt, says, model, text_dir, tmp_path, capsys):
+    import safetensors.torch
+
+    from saeforge.sources.cache import harvest, sha256
+    from saeforge.sources import data
+
+    settings = {"model": "tiny", "hook": "blocks.1.hook_resid_post", "dataset": str(text_dir), "split": "train",
+                "seed": 0, "n_ctx": 32}
+    harvest(model, "blocks.1.hook_resid_post", 2, data.contexts(model, str(text_dir), "train", seed=0, batch=4),
+            tmp_path / "c", settings, 16, contexts_per_shard=8, progress=False)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    shard = manifest["shards"][0]
+    f = tmp_path / "c" / shard["file"]
+    t = safetensors.torch.load_file(f)
+    t["activations"] = corrupt(t["activations"])
+    safetensors.torch.save_file(t, f)
+    shard.update(bytes=f.stat().st_size, sha256=sha256(f))  # a consistent manifest: only the dtype is wrong
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(manifest))
+    code = main(["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--steps", "4",
+                 "--batch-size", "32", "--buffer-mb", "1", "--eval-tokens", "0", "--no-progress"])
+    one_line_error(capsys, code, says)
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ one run per directory; results never overwritten
+def test_a_run_directory_another_run_is_writing_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / ".saeforge.lock", "w") as held:  # as the other process holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        one_line_error(capsys, main([*TOY, "--steps", "10", "--out", str(out)]), "being written by another saeforge run")
+        assert not (out / "summary.json").exists() and not (out / "metrics.jsonl").exists()
+    assert main([*TOY, "--steps", "10", "--out", str(out)]) == 0  # the lock went with its holder
+    assert main([*TOY, "--steps", "20", "--out", str(out), "--resume"]) == 0  # and this process let go of it too
+
+
+def test_several_dictionaries_never_overwrite_a_single_run(model_dir, text_dir, tmp_path, capsys):
+    args = live(model_dir, text_dir, tmp_path / "run", "--tokens", "640")
+    assert main(args) == 0
+    before = (tmp_path / "run" / "summary.json").read_bytes()
+    code = main([*args, "--dictionaries", "dict_size=32; dict_size=48"])
+    one_line_error(capsys, code, "holds a single run", "would overwrite it")
+    code = main([*args, "--dictionaries", "dict_size=32; dict_size=48", "--resume"])
+    one_line_error(capsys, code, "holds a single run")
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before
+    many = live(model_dir, text_dir, tmp_path / "many", "--tokens", "640", "--dictionaries", "dict_size=32; dict_size=48")
+    assert main(many) == 0
+    one_line_error(capsys, main(many), "already holds a run of several dictionaries")
+
+
+def test_a_spec_boolean_must_be_a_boolean(model_dir, text_dir, tmp_path, capsys):
+    code = main(live(model_dir, text_dir, tmp_path / "o", "--dictionaries", "unit_norm_decoder=ture"))
+    one_line_error(capsys, code, "unit_norm_decoder expects bool, got 'ture'")

@@ -103,9 +103,7 @@ def test_a_toy_run_of_release_0_1_resumes_to_the_weights_of_an_uninterrupted_run
     shutil.copytree(V01 / "toy", tmp_path / "old")
     assert main(["toy", *V01_TOY, "--steps", "60", "--out", str(tmp_path / "old"), "--resume"]) == 0
     assert main(["toy", *V01_TOY, "--steps", "60", "--out", str(tmp_path / "new")]) == 0
-    a, b = _weights(tmp_path / "old"), _weights(tmp_path / "new")
-    for n in a:
-        assert torch.equal(a[n], b[n]), n
+    _close(_weights(tmp_path / "old"), _weights(tmp_path / "new"))  # its checkpoint was made on another machine
     state = json.loads((tmp_path / "old" / "checkpoint" / "state.json").read_text())
     assert state["format"] == 2 and [e["step"] for e in state["resample_events"]] == [10, 30]
     assert len(state["mmcs_trace"]) == 61

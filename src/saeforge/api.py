@@ -124,7 +124,14 @@ def _rows(t: Any) -> torch.Tensor:
         what = f"a tensor of shape {tuple(t.shape)} and dtype {t.dtype}" if isinstance(t, torch.Tensor) \
             else type(t).__name__
         raise UserError(f"source: activations must be floating-point tensors [..., d_in]; got {what}")
-    return t.detach().reshape(-1, t.shape[-1])
+    rows = t.detach().reshape(-1, t.shape[-1])
+    bad = ~torch.isfinite(rows).all(-1)
+    if bad.any():
+        i = int(torch.nonzero(bad)[0, 0])
+        kind = "NaN" if torch.isnan(rows[i]).any() else "Inf"
+        raise UserError(f"source: the activations hold non-finite values ({kind} in row {i} of a batch, "
+                        f"{int(bad.sum())} rows in all); drop or fix those rows before training")
+    return rows
 
 
 def _keywords(message: str) -> str:
@@ -138,13 +145,15 @@ def train(source: Any = "embedded", *, defaults: str = "train", **kwargs: Any) -
     """Train a dictionary on `source`: a tensor [..., d_in] or an iterable of them (activations),
     or a model (a name or directory as `--model` takes, or a HookedTransformer) read on
     `dataset` at `hook`. Returns (the dictionary on raw activations, the run's summary)."""
-    from saeforge.runtime import keep_freed_memory
+    from saeforge.runtime import keep_freed_memory, release_run_dirs
 
     keep_freed_memory()
     try:
         return _train(source, defaults, kwargs)
     except UserError as e:
         raise UserError(_keywords(str(e))) from None
+    finally:
+        release_run_dirs()
 
 
 def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from saeforge import distributed
-    from saeforge.runtime import keep_freed_memory
+    from saeforge.runtime import keep_freed_memory, release_run_dirs
 
     keep_freed_memory()  # no page-fault churn on the per-step tensors (docs/performance.md, section 3)
 
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("saeforge: interrupted; the last checkpoint in --out is intact (rerun with --resume)\n")
         return 130
     finally:
+        release_run_dirs()
         distributed.shutdown()
 
 

@@ -6,6 +6,7 @@ place, so an interrupted run never leaves a half-written file where a good one w
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -133,6 +134,37 @@ def make_out_dir(out: Path, what: str = "--out") -> Path:
             raise UserError(f"cannot write into {what} {out}: {e.strerror}") from None
     distributed.barrier()
     return out
+
+
+LOCK = ".saeforge.lock"
+_held: dict[Path, int] = {}  # run directories this process writes: the open lock file of each
+
+
+def lock_run_dir(out: Path) -> None:
+    """Hold an exclusive lock on `out` (flock on out/.saeforge.lock, rank 0) while this process
+    writes the run: a second saeforge run into the same directory is refused in one line. The
+    lock goes with the process however it ends (a kill included), or with `release_run_dirs`."""
+    out = out.resolve()
+    if not distributed.is_main() or out in _held:
+        return
+    try:
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise UserError(f"cannot write into --out {out}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"--out {out} is being written by another saeforge run right now; wait for it to end "
+                        "(then --resume it), or choose another --out") from None
+    _held[out] = fd
+
+
+def release_run_dirs() -> None:
+    """Let go of every run directory this process locked (the end of a command or API call)."""
+    while _held:
+        _, fd = _held.popitem()
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -30,7 +30,7 @@ from saeforge.dictionary.io import load
 from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
 from saeforge.evaluation.evals import evaluate
-from saeforge.runtime import atomic_write_json, check_run_dir, make_out_dir, pick_device
+from saeforge.runtime import atomic_write_json, check_run_dir, lock_run_dir, make_out_dir, pick_device
 from saeforge.sources import data
 from saeforge.training import feature_shards
 from saeforge.training.checkpoint import Checkpoint, TrainState, read_checkpoint
@@ -130,6 +130,7 @@ def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Te
         trainer.restore(run.checkpoint)
     if run.out:
         make_out_dir(run.out)
+        lock_run_dir(run.out)  # a second run into this --out is refused from here on
         if run.checkpoint is None and (run.out / "metrics.jsonl").exists() and distributed.is_main():
             (run.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         if run.cfg.wandb and distributed.is_main():

@@ -9,12 +9,14 @@ Without --hooks / --dictionaries a pass has one dictionary, written into --out i
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from saeforge.config import ActivationTrainConfig
 from saeforge.errors import UserError
+from saeforge.runtime import CHECKPOINT, RUN_FILES
 
 # what every dictionary of a pass shares (the data, the budget, the buffer, the output root)
 SHARED = {"out", "steps", "tokens", "batch_size", "device", "progress", "resume", "model", "dataset", "text_column",
@@ -68,6 +70,28 @@ def parse_spec(text: str) -> dict[str, Any]:
         except (ValueError, KeyError):
             raise UserError(f"--dictionaries: {key} expects {o.type.__name__}, got {value!r}") from None
     return spec
+
+
+def check_root(cfg: ActivationTrainConfig) -> None:
+    """The --out of several dictionaries: never a directory holding a single run's results (they would
+    be overwritten), and one holding a pass only with --resume."""
+    out = Path(cfg.out)
+    if not out.is_dir():
+        return
+    held = [n for n in (*RUN_FILES, CHECKPOINT) if n != "summary.json" and (out / n).exists()]
+    if (out / "summary.json").is_file():
+        try:
+            a_pass = "dictionaries" in json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError, TypeError):
+            a_pass = False
+        if not a_pass:
+            held.append("summary.json")
+        elif not cfg.resume:
+            raise UserError(f"--out {out} already holds a run of several dictionaries; pass --resume to continue it, "
+                            "or choose another --out")
+    if held:
+        raise UserError(f"--out {out} holds a single run ({', '.join(held)}); several dictionaries would overwrite it: "
+                        "choose another --out")
 
 
 def several(cfg: ActivationTrainConfig) -> bool:

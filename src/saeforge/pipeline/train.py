@@ -36,7 +36,7 @@ from saeforge import distributed
 from saeforge.config import ActivationTrainConfig
 from saeforge.errors import UserError
 from saeforge.pipeline import common
-from saeforge.pipeline.dictionaries import configs, several, specs
+from saeforge.pipeline.dictionaries import check_root, configs, several, specs
 from saeforge.runtime import atomic_write_json, make_out_dir, pick_device
 from saeforge.sources.buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
 from saeforge.sources.cache import CacheSource, read_manifest
@@ -125,6 +125,7 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
         if cfg.feature_shards > 1:
             raise UserError("--feature-shards trains one dictionary; run --hooks / --dictionaries without it")
         specs(cfg, cfg.hook or "default")  # a bad spec is refused before any model or cache is read
+        check_root(cfg)
         distributed.setup(cfg.device)
         first, device = None, pick_device(cfg.device)
     else:

@@ -179,6 +179,7 @@ class ActivationBuffer:
             return
         all_rows = torch.arange(n_rows, device=device)
         self.source.fill(self.storage, all_rows, self.origin_N)
+        self._check_finite(all_rows)
         if widths is None:
             self.scale = scale if scale is not None else self.estimate_scale()
         else:
@@ -247,6 +248,13 @@ class ActivationBuffer:
             raise UserError("the activations are all zero; is the hook point right?")
         return (rows.shape[1] / mean_sq) ** 0.5
 
+    def _check_finite(self, idx: torch.Tensor) -> None:
+        """Refuse rows holding NaN or Inf where they enter (one host sync per fill): training on them
+        would diverge, or, for a row no batch happens to draw, pass silently."""
+        if not bool(torch.isfinite(self.storage[idx]).all()):
+            raise UserError("the activations hold non-finite values (NaN or Inf) where they enter the buffer: "
+                            "check the model's weights at this hook, the cache, or the activations given")
+
     def _new_cycle(self) -> None:
         self.perm = torch.randperm(len(self.storage), generator=self.gen).to(self.device)
         self.served = 0
@@ -257,6 +265,7 @@ class ActivationBuffer:
     def __next__(self) -> torch.Tensor:
         if self.served >= self.half:
             self.source.fill(self.storage, self.perm[: self.served], self.origin_N)
+            self._check_finite(self.perm[: self.served])
             self._new_cycle()
         rows = self.perm[self.served: self.served + self.batch_size]
         self.served += self.batch_size

@@ -208,6 +208,10 @@ class CacheSource:
             raise UserError(f"--cache {self.dir}: shard {s['file']} is not a readable safetensors file ({e})") from None
         if "activations" not in t or t["activations"].shape != (s["rows"], self.d_in):
             raise UserError(f"--cache {self.dir}: shard {s['file']} does not hold [{s['rows']}, {self.d_in}] activations")
+        want = self.manifest.get("dtype") or "float32"
+        if str(t["activations"].dtype).removeprefix("torch.") != want:
+            raise UserError(f"--cache {self.dir}: shard {s['file']} holds {str(t['activations'].dtype).removeprefix('torch.')} "
+                            f"activations, but the manifest says {want}; harvest it again")
         return t
 
     def fill(self, storage: torch.Tensor, idx: torch.Tensor, origin_N: torch.Tensor | None = None) -> None:

@@ -355,3 +355,71 @@ def test_several_dictionaries_never_overwrite_a_single_run(model_dir, text_dir, 
 def test_a_spec_boolean_must_be_a_boolean(model_dir, text_dir, tmp_path, capsys):
     code = main(live(model_dir, text_dir, tmp_path / "o", "--dictionaries", "unit_norm_decoder=ture"))
     one_line_error(capsys, code, "unit_norm_decoder expects bool, got 'ture'")
+
+
+# ------------------------------------------------------------------ a dictionary is one whole save
+def test_a_save_killed_after_any_of_its_renames_never_reads_as_a_mix(tmp_path, monkeypatch):
+    """The process killed right after each rename of a save: load() then gives the earlier save or
+    the new one whole, or refuses in one line; never one's weights under the other's cfg.json."""
+    from saeforge import runtime
+    from saeforge.dictionary.io import load_sparsity
+
+    def sae(seed):
+        torch.manual_seed(seed)
+        s = saeforge.StandardSAE(8, 16)
+        with torch.no_grad():
+            for p in s.parameters():
+                p.normal_()
+        return s
+
+    a, b = sae(0), sae(1)
+    real = os.replace
+    for kill_after in range(3):  # a save renames its weights, its sparsity, then its cfg.json
+        d = tmp_path / f"d{kill_after}"
+        saeforge.save(a, d, sparsity_F=torch.zeros(16))
+        done = []
+
+        def replace(src, dst):
+            if len(done) == kill_after:
+                raise KeyboardInterrupt  # killed right after the previous rename
+            real(src, dst)
+            done.append(dst)
+
+        monkeypatch.setattr(runtime.os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            saeforge.save(b, d, sparsity_F=torch.ones(16))
+        monkeypatch.setattr(runtime.os, "replace", real)
+        if kill_after == 0:  # nothing renamed yet: the earlier save, whole
+            assert torch.equal(saeforge.load(d).W_dec, a.W_dec) and torch.equal(load_sparsity(d), torch.zeros(16))
+            continue
+        with pytest.raises(UserError, match="two different saves"):  # new weights under the old cfg.json
+            saeforge.load(d)
+        if kill_after == 1:  # the sparsity file is still the earlier save's, as cfg.json is
+            assert torch.equal(load_sparsity(d), torch.zeros(16))
+        else:
+            with pytest.raises(UserError, match="two different saves"):
+                load_sparsity(d)
+    # the whole new save, uninterrupted
+    saeforge.save(b, tmp_path / "whole")
+    assert torch.equal(saeforge.load(tmp_path / "whole").W_dec, b.W_dec)
+
+
+def test_a_run_killed_in_its_final_save_resumes_to_a_whole_dictionary(tmp_path, monkeypatch, capsys):
+    from saeforge.dictionary import io
+
+    args = [*TOY, "--steps", "20", "--checkpoint-every", "10"]
+    real = io.atomic_write_json
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # between the weights and cfg.json of the final save
+
+    monkeypatch.setattr(io, "atomic_write_json", killed)
+    assert main([*args, "--out", str(tmp_path / "k")]) == 130
+    monkeypatch.setattr(io, "atomic_write_json", real)
+    with pytest.raises(UserError):
+        saeforge.load(tmp_path / "k")  # no cfg.json yet: not a dictionary, and not mistaken for one
+    assert main([*args, "--out", str(tmp_path / "k"), "--resume"]) == 0
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    got, ref = saeforge.load(tmp_path / "k"), saeforge.load(tmp_path / "ref")
+    for (n, p), (_, q) in zip(got.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n

@@ -235,6 +235,15 @@ def check_json(obj: Any, where: str, spec: dict[str, tuple[Any, bool]]) -> Any:
     return obj
 
 
+def read_tensor_metadata(file: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header ({} when it has none or cannot be read)."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return {}
+
+
 def read_tensors(file: Path, what: str) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file; a missing or unreadable file is a UserError naming `what`."""
     if not file.is_file():

@@ -11,6 +11,7 @@ Files are written atomically (runtime.py). Only JSON and safetensors are read.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ import torch
 from saeforge.dictionary.architectures import SAVED
 from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
-from saeforge.runtime import atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensors
+from saeforge.runtime import (atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensor_metadata,
+                              read_tensors)
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
+SAVE_ID = "saeforge_save_id"  # the safetensors header key that ties a file to its save
 # The SAELens config layout we write (its 6.x format); not a claim about the installed version.
 SAELENS_FORMAT = "6.0.0"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -40,6 +43,8 @@ def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, 
     dtype = next(k for k, v in DTYPES.items() if v == sae.W_enc.dtype)
     meta = {k: v for k, v in sae.metadata.items()}
     meta["input_scale_folded"] = s
+    # every file of one save carries its id, cfg.json (written last) too: load() refuses a mix of two saves
+    save_id = meta["save_id"] = uuid.uuid4().hex
     sl_meta = {"sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": SAELENS_FORMAT}
     sl_meta |= {k: meta[k] for k in SAELENS_METADATA_KEYS if k in meta}
     cfg = {
@@ -54,11 +59,20 @@ def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, 
         "metadata": sl_meta,
         "saeforge": meta,
     }
-    atomic_save_tensors(path / WEIGHTS, weights)
+    atomic_save_tensors(path / WEIGHTS, weights, metadata={SAVE_ID: save_id})
     if sparsity_F is not None:
-        atomic_save_tensors(path / SPARSITY, {"sparsity": sparsity_F.float()})
+        atomic_save_tensors(path / SPARSITY, {"sparsity": sparsity_F.float()}, metadata={SAVE_ID: save_id})
     atomic_write_json(path / CFG, cfg)
     return path
+
+
+def check_one_save(path: Path, cfg: dict[str, Any], file: str) -> None:
+    """cfg.json and `file` must come from one save (a save cut short by a kill leaves a mix)."""
+    ours = (cfg.get("saeforge") or {}).get("save_id")
+    theirs = read_tensor_metadata(path / file).get(SAVE_ID)
+    if ours != theirs and (ours or theirs):
+        raise UserError(f"{path}: cfg.json and {file} come from two different saves (one was interrupted); "
+                        "rerun the run with --resume to save its dictionary whole")
 
 
 CFG_FIELDS = {"d_in": (int, True), "d_sae": (int, True), "architecture": (str, False), "dtype": (str, False),
@@ -69,7 +83,7 @@ CFG_FIELDS = {"d_in": (int, True), "d_sae": (int, True), "architecture": (str, F
               "rescale_acts_by_decoder_norm": (bool, False)}
 # metadata fields saeforge reads back (analysis, eval, inspect): in `metadata`, `saeforge` or at the top level
 META_FIELDS = {"model_name": (str, False), "hook_name": (str, False), "dataset_path": (str, False),
-               "context_size": (int, False), "input_scale_folded": (float, False)}
+               "context_size": (int, False), "input_scale_folded": (float, False), "save_id": (str, False)}
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:
@@ -120,6 +134,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
             raise UserError(f"{path / WEIGHTS}: {name} has dtype {t.dtype}; weights must be floating point")
         if not torch.isfinite(t).all():
             raise UserError(f"{path / WEIGHTS}: {name} contains NaN or infinite values")
+    check_one_save(path, cfg, WEIGHTS)  # well-formed, but perhaps under another save's cfg.json
     cfg_dtype = cfg.get("dtype") or "float32"
     if dtype is None:
         if cfg_dtype.removeprefix("torch.") not in DTYPES:
@@ -151,6 +166,8 @@ def load_sparsity(path: str | Path) -> torch.Tensor | None:
     if not file.exists():
         return None
     t = read_tensors(file, "feature log-sparsity")
+    if (Path(path) / CFG).is_file():
+        check_one_save(Path(path), _read_cfg(Path(path)), SPARSITY)
     if "sparsity" not in t:
         raise UserError(f"{file}: missing tensor 'sparsity'")
     return t["sparsity"]

@@ -54,7 +54,9 @@ def test_local_checkpoint_loads_harvests_trains_and_evaluates(kind, tokenizer, t
     torch.testing.assert_close(m(toks).log_softmax(-1), hf(toks).logits.log_softmax(-1), atol=1e-4, rtol=0)
 
     common = ["--model", str(d), "--dataset", str(text_dir), "--hook", "blocks.1.hook_resid_post", "--no-progress"]
+    capsys.readouterr()
     assert main(["harvest", *common, "--tokens", "3000", "--out", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().err == ""  # --no-progress: no third-party bar or log line either
     assert main(["train", "--cache", str(tmp_path / "cache"), "--dict-size", "64", "--tokens", "4096",
                  "--batch-size", "128", "--eval-tokens", "0", "--no-progress", "--out", str(tmp_path / "fromcache")]) == 0
     assert main(["train", *common, "--dict-size", "64", "--tokens", "4096", "--batch-size", "128", "--k", "8",
@@ -66,6 +68,39 @@ def test_local_checkpoint_loads_harvests_trains_and_evaluates(kind, tokenizer, t
     assert main(["eval", str(tmp_path / "fromcache"), "--tokens", "1024", "--no-progress"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["model"] == str(d) and 0 < ev["explained_variance"] <= 1
+
+
+def _wrong_typed(d):
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "n_layer": "two"}))
+
+
+def _missing_field(d):
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "model_type"} | {"architectures": 3}))
+
+
+def _truncated(d):
+    raw = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+
+
+def _no_tokenizer(d):
+    for f in d.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
+            f.unlink()
+
+
+@pytest.mark.parametrize("damage", [_wrong_typed, _missing_field, _truncated, _no_tokenizer])
+def test_a_checkpoint_transformers_cannot_read_is_one_line(damage, tokenizer, text_dir, tmp_path, capsys):
+    d = checkpoint("gpt2", tokenizer, tmp_path)
+    damage(d)
+    capsys.readouterr()
+    code = main(["train", "--model", str(d), "--dataset", str(text_dir), "--tokens", "512", "--out", str(tmp_path / "o"),
+                 "--no-progress", "--eval-tokens", "0", "--batch-size", "64", "--buffer-mb", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("saeforge: error:"), err
+    assert not (tmp_path / "o").exists()
 
 
 def test_pickled_only_checkpoint_is_refused(tokenizer, tmp_path, capsys):

@@ -5,6 +5,8 @@ The CLI turns it into a single line `saeforge: error: ...` and exit status 2 (do
 traceback.
 """
 
+import contextlib
+import io
 import logging
 from contextlib import contextmanager
 
@@ -30,3 +32,25 @@ def quiet_logs(*names: str, level: int = logging.CRITICAL):
 
 def quiet_hub_logs():
     return quiet_logs("huggingface_hub", level=logging.ERROR)
+
+
+@contextmanager
+def quiet_third_party():
+    """Keep third-party progress bars, prints and log lines (transformers' "Loading weights" bar,
+    TransformerLens's "Moving model to device") off the terminal for the block: stdout is the
+    commands' JSON, and an error must end in our one line."""
+    loggers = ("transformers", "transformer_lens", "huggingface_hub", "datasets")
+    with quiet_logs(*loggers, level=logging.ERROR), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # pragma: no cover - transformers comes with transformer-lens
+            yield
+            return
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()

@@ -222,7 +222,15 @@ def _load_hf_dir(path: Path, device):
     """A local Hugging Face checkpoint of an architecture TransformerLens converts (GPT-2, GPT-NeoX /
     Pythia, Llama, …): the HF model is read from the directory (safetensors only, offline) and
     converted as `HookedTransformer.from_pretrained` converts a hub model (same processing:
-    LayerNorm folded, writing weights centered), with the directory's tokenizer if it has one."""
+    LayerNorm folded, writing weights centered), with the directory's tokenizer if it has one.
+    Their progress bars and prints are kept off the terminal (`quiet_third_party`)."""
+    from saeforge.errors import quiet_third_party
+
+    with quiet_third_party():
+        return _convert_hf_dir(path, device)
+
+
+def _convert_hf_dir(path: Path, device):
     import tempfile
 
     from transformer_lens import HookedTransformer
@@ -233,10 +241,21 @@ def _load_hf_dir(path: Path, device):
     if not any(path.glob("*.safetensors")):
         raise UserError(f"--model {name}: no *.safetensors weights in the checkpoint (only safetensors are read; "
                         "re-save it with save_pretrained(..., safe_serialization=True))")
+    from safetensors import SafetensorError
+
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+    if not has_tokenizer:  # TransformerLens would go and look for one on the hub under the directory's name
+        raise UserError(f"--model {name}: the checkpoint has no tokenizer (tokenizer.json, tokenizer_config.json or "
+                        "vocab.json); save it beside the weights with tokenizer.save_pretrained(DIR)")
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # pragma: no cover - older huggingface_hub: no strict config classes
+        StrictDataclassError = ValueError
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32,
                                                         local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError, SafetensorError) as e:  # a bad field,
+        # a truncated weights file
         raise UserError(f"--model {name}: transformers cannot read this checkpoint ({str(e).splitlines()[0][:200]})") \
             from None
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,14 +279,12 @@ def _load_hf_dir(path: Path, device):
             arch = (hf_model.config.architectures or [type(hf_model).__name__])[0]
             raise UserError(f"--model {name}: TransformerLens cannot convert a {arch} ({str(e).splitlines()[0][:160]})") \
                 from None
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tokenizer else None
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     cfg.model_name = path.name
-    with contextlib.redirect_stdout(sys.stderr):  # TransformerLens prints progress; stdout is the commands' JSON
-        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-        model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                                          fold_value_biases=True, refactor_factored_attn_matrices=False)
-        model = model.to(device).eval()
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                      fold_value_biases=True, refactor_factored_attn_matrices=False)
+    model = model.to(device).eval()
     model.saeforge_name = name
     return model
 

@@ -13,6 +13,19 @@ TOY = ["toy", "--d-model", "16", "--n-features", "32", "--steps", "60", "--log-e
        "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_wandb():
+    """W&B keeps its settings per process (its mode among them): each test starts from none."""
+    try:
+        import wandb
+    except ImportError:
+        yield
+        return
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 def test_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -47,3 +60,34 @@ def test_without_wandb_the_flag_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'saeforge[wandb]'" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("project, env, says", [
+    ("a/b", {"WANDB_MODE": "offline"}, "is not a W&B project name"),
+    ("saeforge-test", {"WANDB_MODE": "online"}, "API key"),  # no credentials anywhere: one line, no prompt
+], ids=["bad-name", "no-credentials"])
+def test_a_wandb_refusal_is_one_line_and_leaves_no_out(project, env, says, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc credentials
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    assert main([*TOY, "--wandb", project, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saeforge: error: --wandb") and says in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_wandb_run_file_on_resume_is_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert main([*TOY, "--wandb", "saeforge-test", "--out", str(out), "--checkpoint-every", "20"]) == 0
+    (out / "wandb-run.json").write_text("{not json")
+    capsys.readouterr()
+    assert main([*TOY[:5], "--steps", "80", *TOY[7:], "--wandb", "saeforge-test", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wandb-run.json is damaged" in err[0], err

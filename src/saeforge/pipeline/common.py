@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from saeforge.dictionary.io import load
 from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
 from saeforge.evaluation.evals import evaluate
-from saeforge.runtime import atomic_write_json, check_run_dir, lock_run_dir, make_out_dir, pick_device
+from saeforge.runtime import (atomic_write_json, check_run_dir, lock_run_dir, make_out_dir, pick_device,
+                              release_run_dirs)
 from saeforge.sources import data
 from saeforge.training import feature_shards
 from saeforge.training.checkpoint import Checkpoint, TrainState, read_checkpoint
@@ -50,6 +52,7 @@ class Run:
     local_batch: int
     checkpoint: Checkpoint | None  # what --resume continues from
     t_start: float
+    out_existed: bool = True  # whether --out was there before this run (a refusal removes what it made)
     init_s: float = 0.0
 
 
@@ -75,7 +78,8 @@ def start(cfg: TrainConfig) -> Run:
     if checkpoint is not None and checkpoint.state.step > steps:
         raise UserError(f"--resume: the checkpoint in {out} is at step {checkpoint.state.step}, past this budget of "
                         f"{steps} steps; give a larger --steps / --tokens")
-    return Run(cfg, device, out, steps, world, rank, cfg.batch_size // world, checkpoint, t_start)
+    return Run(cfg, device, out, steps, world, rank, cfg.batch_size // world, checkpoint, t_start,
+               out_existed=bool(out and out.exists()))
 
 
 def check_same_run(run: Run, identity: dict[str, Any]) -> None:
@@ -134,7 +138,13 @@ def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Te
         if run.checkpoint is None and (run.out / "metrics.jsonl").exists() and distributed.is_main():
             (run.out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         if run.cfg.wandb and distributed.is_main():
-            trainer.loggers.append(WandbLogger(run.cfg, run.out, kind=type(run.cfg).__name__))
+            try:
+                trainer.loggers.append(WandbLogger(run.cfg, run.out, kind=type(run.cfg).__name__))
+            except UserError:  # nothing trained yet: leave no directory this run made
+                if not run.out_existed:
+                    release_run_dirs()
+                    shutil.rmtree(run.out, ignore_errors=True)
+                raise
     return trainer
 
 

@@ -7,8 +7,11 @@ without a network (`wandb sync <out>/wandb/offline-run-*` uploads it later).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,24 @@ def check_available(project: str) -> None:
     except ImportError:
         raise UserError(f"--wandb {project}: the wandb package is not installed; "
                         "pip install 'saeforge[wandb]' (or drop --wandb)") from None
+    bad = sorted(set(project) & set("/\\#?%:"))
+    if bad or len(project) > 128:
+        raise UserError(f"--wandb {project!r} is not a W&B project name (at most 128 characters, none of / \\ # ? % :)")
+
+
+def _run_id(id_file: Path, resume: bool) -> str:
+    """The W&B run to continue (its id in `id_file`, on --resume), else a new id."""
+    if resume and id_file.is_file():
+        try:
+            run_id = json.loads(id_file.read_text()).get("id")
+        except (OSError, ValueError, AttributeError):
+            raise UserError(f"{id_file} is damaged (not a JSON object with the W&B run's id); delete it to log the "
+                            "resumed run as a new W&B run") from None
+        if isinstance(run_id, str) and run_id.isalnum():
+            return run_id
+        raise UserError(f"{id_file}: 'id' must be the W&B run's id (letters and digits), got {run_id!r}; delete "
+                        "the file to log the resumed run as a new W&B run")
+    return uuid.uuid4().hex[:8]
 
 
 class WandbLogger:
@@ -29,10 +50,17 @@ class WandbLogger:
         import wandb
 
         id_file = out / "wandb-run.json"
-        run_id = json.loads(id_file.read_text()).get("id") if cfg.resume and id_file.is_file() else None
-        run_id = run_id if isinstance(run_id, str) else uuid.uuid4().hex[:8]
-        self.run = wandb.init(project=cfg.wandb, name=out.name, id=run_id, resume="allow", dir=str(out),
-                              job_type=kind, config=dataclasses.asdict(cfg), reinit="create_new")
+        run_id = _run_id(id_file, cfg.resume)
+        said = io.StringIO()  # W&B's own lines: shown after a good start, dropped with our one-line error
+        try:
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+                self.run = wandb.init(project=cfg.wandb, name=out.name, id=run_id, resume="allow", dir=str(out),
+                                      job_type=kind, config=dataclasses.asdict(cfg), reinit="create_new")
+        except wandb.errors.Error as e:
+            raise UserError(f"--wandb {cfg.wandb}: {str(e).strip().splitlines()[0]} (WANDB_MODE=offline logs "
+                            "without an account)") from None
+        if cfg.progress:
+            sys.stderr.write(said.getvalue())
         id_file.write_text(json.dumps({"id": run_id, "project": cfg.wandb}) + "\n")
 
     def log(self, row: dict[str, Any]) -> None:

@@ -253,13 +253,18 @@ def test_hooks_that_are_not_one_vector_per_token_are_refused_and_not_listed(mode
 
 
 # ------------------------------------------------------------------ exact resume of a live-model run
-@pytest.mark.parametrize("several", [[], ["--dictionaries", "dict_size=64; dict_size=96,architecture=standard",
-                                          "--resample", "clustered", "--resample-every", "300",
-                                          "--resample-sample", "4096"]], ids=["one", "several"])
-def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(several, model_dir, text_dir, tmp_path):
+SEVERAL = ["--dictionaries", "dict_size=64; dict_size=96,architecture=standard", "--resample", "clustered",
+           "--resample-every", "300", "--resample-sample", "4096"]
+
+
+@pytest.mark.parametrize("several, torn", [([], False), (SEVERAL, False), (SEVERAL, True)],
+                         ids=["one", "several", "several-torn"])
+def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(several, torn, model_dir, text_dir, tmp_path):
     """SIGKILL after a checkpoint; the resumed run rebuilds the buffer (row origins, permutation, RNG,
     the oldest rows stored, the rest recomputed by the model) and ends bit-identical: one dictionary,
-    or several from one pass (each with its own sample generator, here drawing for resampling)."""
+    or several from one pass (each with its own sample generator, here drawing for resampling), even
+    when the kill fell between two dictionaries' checkpoint writes (`torn`: the second is one
+    checkpoint behind; the first goes back to the checkpoint it kept)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = live(model_dir, text_dir, "OUT", "--tokens", "64000", "--checkpoint-every", "50", *several)
     names = ["dict_size64", "dict_size96-architecturestandard"] if several else [""]
@@ -273,6 +278,11 @@ def test_a_killed_live_run_resumes_to_the_weights_of_an_uninterrupted_one(severa
     proc.wait()
     killed_at = json.loads(state.read_text())["step"]
     assert 400 <= killed_at < 1000, killed_at
+    if torn:  # as if killed after the first dictionary's checkpoint swap and before the second's
+        second = tmp_path / "k" / names[1]
+        shutil.rmtree(second / "checkpoint")
+        (second / ".checkpoint.prev").rename(second / "checkpoint")
+        assert json.loads((second / "checkpoint" / "state.json").read_text())["step"] < killed_at
     assert subprocess.run(cmd(tmp_path / "k", "--resume"), env=env, capture_output=True).returncode == 0
     assert subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True).returncode == 0
     for name in names:

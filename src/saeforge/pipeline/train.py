@@ -41,6 +41,7 @@ from saeforge.runtime import atomic_write_json, make_out_dir, pick_device
 from saeforge.sources.buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
 from saeforge.sources.cache import CacheSource, read_manifest
 from saeforge.sources.language_model import default_hook, hook_width, load_model, resolve_hook
+from saeforge.training.checkpoint import read_checkpoint
 from saeforge.training.trainer import Trainer
 
 
@@ -163,6 +164,11 @@ def open_data(p: Pass) -> bool:
     """The source at the position the checkpoints record, and the buffer over it; returns whether
     the buffer was rebuilt exactly from a snapshot."""
     cfg, dicts, run0 = p.cfg, p.dicts, p.dicts[0].run
+    steps = {d.run.checkpoint.state.step for d in dicts if d.run.checkpoint}
+    if len(steps) > 1:  # killed between two dictionaries' checkpoint writes: back to the step they all reached
+        for d in dicts:
+            if d.run.checkpoint and d.run.checkpoint.state.step > min(steps):
+                d.run.checkpoint = read_checkpoint(d.run.out, step=min(steps)) or d.run.checkpoint
     resumed = [d.run.checkpoint.state for d in dicts if d.run.checkpoint]
     if resumed and (len(resumed) < len(dicts) or len({st.step for st in resumed}) > 1):
         raise UserError(f"--resume: the dictionaries under {cfg.out} are not all at the same step "
@@ -212,6 +218,7 @@ def build(p: Pass, d: Dictionary, restored: bool) -> None:
                         source="activations" if p.activations is not None else "cache" if p.cfg.cache else "model")
     d.trainer = common.make_trainer(d.run, sae, lambda n, step, part: sample(n),
                                     input_scale=p.scales[p.hooks.index(d.hook)])
+    d.trainer.keep_previous_checkpoint = several(p.cfg)
 
 
 def save_position(p: Pass, d: Dictionary) -> None:

@@ -10,6 +10,7 @@ Everything read is checked against the schema below before use (a corrupt file i
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -75,13 +76,27 @@ STATE_FIELDS = {"format": (int, False), "step": (int, True), "tokens": (int, Tru
 EVENT_FIELDS = {"step": (int, True), "dead": (int, True), "seconds": (float, True), "resampled": (int, False)}
 
 
-def read_checkpoint(out: Path) -> Checkpoint | None:
-    """The checkpoint in `out` (or the previous one, if a swap was interrupted); None if there is none."""
-    for cand in (out / CHECKPOINT, out / f".{CHECKPOINT}.old"):
-        if (cand / "state.json").is_file() and (cand / "state.safetensors").is_file():
-            break
-    else:
-        return None
+PREVIOUS = f".{CHECKPOINT}.prev"  # the checkpoint before the current one (kept by passes of several dictionaries)
+
+
+def read_checkpoint(out: Path, step: int | None = None) -> Checkpoint | None:
+    """The checkpoint in `out` (or the previous one, if a swap was interrupted); with `step`, the one
+    at that step, current or kept (`keep_previous`); None if there is none."""
+    cands = [c for c in (out / CHECKPOINT, out / f".{CHECKPOINT}.old", out / PREVIOUS)
+             if (c / "state.json").is_file() and (c / "state.safetensors").is_file()]
+    for cand in cands:
+        if step is None:
+            return _read(cand)
+        try:
+            at = json.loads((cand / "state.json").read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if at == step:
+            return _read(cand)
+    return None
+
+
+def _read(cand: Path) -> Checkpoint:
     fix = f"the checkpoint is corrupt; delete {cand} to start over"
     where = str(cand / "state.json")
     raw = check_json(read_json(cand / "state.json", fix), where, STATE_FIELDS)
@@ -113,9 +128,14 @@ def read_checkpoint(out: Path) -> Checkpoint | None:
                       raw.get("config") or {}, raw.get("architecture") or "standard")
 
 
-def write_checkpoint(out: Path, tensors: dict[str, torch.Tensor], state_json: dict[str, Any]) -> Path:
-    """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename."""
-    final, tmp, old = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
+def write_checkpoint(out: Path, tensors: dict[str, torch.Tensor], state_json: dict[str, Any],
+                     keep_previous: bool = False) -> Path:
+    """Write <out>/checkpoint atomically: into a fresh directory, then swapped in by rename. With
+    `keep_previous` the one it replaces stays as .checkpoint.prev: several dictionaries write their
+    checkpoints one after the other, and a kill between two leaves each able to go back to the
+    step they all reached."""
+    final, tmp = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp"
+    old = out / (PREVIOUS if keep_previous else f".{CHECKPOINT}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     atomic_save_tensors(tmp / "state.safetensors", tensors)
@@ -124,5 +144,6 @@ def write_checkpoint(out: Path, tensors: dict[str, torch.Tensor], state_json: di
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    if not keep_previous:
+        shutil.rmtree(old, ignore_errors=True)
     return final

@@ -67,6 +67,7 @@ class Trainer:
         self.timing = {"data_s": 0.0, "step_s": 0.0, "resample_s": 0.0}
         self.step_clock = DeviceClock(dev)
         self.loggers: list[Any] = []  # more sinks for each metrics row: objects with log(row) (e.g. W&B)
+        self.keep_previous_checkpoint = False  # several dictionaries of a pass keep theirs (checkpoint.py)
         self.last_log: dict[str, Any] = {}
 
     @property
@@ -313,7 +314,7 @@ class Trainer:
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        final = write_checkpoint(self.out, tensors, {
+        final = write_checkpoint(self.out, tensors, keep_previous=self.keep_previous_checkpoint, state_json={
             **st.to_json(), "train_seconds": st.train_seconds + extra_seconds, "adam_steps": adam_steps,
             "architecture": self.sae.architecture, "config": asdict(self.cfg), "metadata": self.sae.metadata,
         })

@@ -433,3 +433,62 @@ def test_a_run_killed_in_its_final_save_resumes_to_a_whole_dictionary(tmp_path, 
     got, ref = saeforge.load(tmp_path / "k"), saeforge.load(tmp_path / "ref")
     for (n, p), (_, q) in zip(got.named_parameters(), ref.named_parameters()):
         assert torch.equal(p, q), n
+
+
+# ------------------------------------------------------------------ a write that fails: one line, the earlier state whole
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """A real failed write: the resumed run is limited (RLIMIT_FSIZE, SIGXFSZ ignored) so that its
+    checkpoint cannot be written, as on a full disk."""
+    args = [sys.executable, "-m", "saeforge", "toy", "--init", "orthogonal", "--d-model", "64", "--n-features", "512",
+            "--batch-size", "32", "--no-progress", "--target-mmcs", "0", "--lr-decay-steps", "0", "--log-every", "5",
+            "--checkpoint-every", "10", "--out", str(tmp_path / "o")]
+    assert subprocess.run([*args, "--steps", "10"], capture_output=True).returncode == 0
+    before = saeforge.load(tmp_path / "o").W_dec.clone()
+
+    def small_disk():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    proc = subprocess.run([*args, "--steps", "20", "--resume"], capture_output=True, text=True, preexec_fn=small_disk)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("saeforge: error: cannot write"), proc.stderr
+    from saeforge.training.checkpoint import read_checkpoint
+    assert read_checkpoint(tmp_path / "o").state.step == 10  # the last checkpoint, whole
+    assert torch.equal(saeforge.load(tmp_path / "o").W_dec, before)  # and the dictionary
+    assert subprocess.run([*args, "--steps", "20", "--resume"], capture_output=True).returncode == 0  # space again
+
+
+# ------------------------------------------------------------------ caches that changed, caches that do not fit
+def _cache(model, text_dir, out, hook="blocks.1.hook_resid_post", contexts=24):
+    from saeforge.sources import data
+    from saeforge.sources.cache import harvest
+    from saeforge.sources.language_model import resolve_hook
+
+    settings = {"model": "tiny", "hook": hook, "dataset": str(text_dir), "split": "train", "seed": 0, "n_ctx": 32}
+    harvest(model, hook, resolve_hook(model, hook), data.contexts(model, str(text_dir), "train", seed=0, batch=4),
+            out, settings, contexts, contexts_per_shard=8, progress=False)
+    return out
+
+
+def test_a_cache_that_shrank_under_a_checkpoint_is_one_line(model, text_dir, tmp_path, capsys):
+    cache = _cache(model, text_dir, tmp_path / "c")
+    args = ["train", "--cache", str(cache), "--batch-size", "32", "--buffer-mb", "1", "--eval-tokens", "0",
+            "--no-progress", "--checkpoint-every", "10", "--out", str(tmp_path / "o")]
+    assert main([*args, "--steps", "10"]) == 0  # its buffer (10 batches) reads into the second shard
+    state = json.loads((tmp_path / "o" / "checkpoint" / "state.json").read_text())
+    assert state["data_position"]["cursor"] >= 1
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:1]  # the cache, harvested again, shorter
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(capsys, main([*args, "--steps", "20", "--resume"]), "past this cache")
+
+
+def test_a_sweep_eval_cache_of_another_width_is_refused_before_training(model, text_dir, tmp_path, capsys):
+    train = _cache(model, text_dir, tmp_path / "c")
+    other = _cache(model, text_dir, tmp_path / "e", hook="blocks.0.mlp.hook_post", contexts=8)
+    capsys.readouterr()
+    code = main(["sweep", "--cache", str(train), "--eval-cache", str(other), "--sizes", "32", "--steps", "10",
+                 "--out", str(tmp_path / "s"), "--no-progress"])
+    one_line_error(capsys, code, "holds activations of width")
+    assert not (tmp_path / "s" / "runs.jsonl").exists()

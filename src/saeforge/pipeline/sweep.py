@@ -50,6 +50,9 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         if n_shards < 2:
             raise UserError(f"--cache {cfg.cache} has {n_shards} shard; hold-out needs 2 or more, or give --eval-cache")
         eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
+    if eval_src.d_in != int(manifest["d_in"]):  # found now, not after every run has trained
+        raise UserError(f"--eval-cache {cfg.eval_cache} holds activations of width {eval_src.d_in}, the training cache "
+                        f"{manifest['d_in']}: harvest both at the same model and hook")
     device = pick_device(cfg.device)
     make_out_dir(out)
     X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)

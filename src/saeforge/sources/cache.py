@@ -185,6 +185,11 @@ class CacheSource:
         pos = position or {}
         self.epoch, self.cursor, self.offset = pos.get("epoch", 0), pos.get("cursor", 0), pos.get("offset", 0)
         self._order()
+        if self.cursor >= len(self.order) or (self.cursor < len(self.order) and self.offset and
+                                              self.offset >= self.manifest["shards"][self.order[self.cursor]]["rows"]):
+            raise UserError(f"--cache {self.dir}: the checkpoint's position (shard {self.cursor}, row {self.offset}) is "
+                            f"past this cache ({len(self.order)} shards here): it changed since the run began; "
+                            "resume with the cache it was harvested as, or start a new --out")
         self.current: torch.Tensor | None = None
 
     def _order(self) -> None:

@@ -239,8 +239,12 @@ class Trainer:
         row.update(self.log_extra)
         self.last_log = row
         if self.out and distributed.is_main():
-            with open(self.out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            try:
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            except OSError as e:  # a full disk: one line; the last checkpoint stays whole
+                raise UserError(f"cannot write {self.out / 'metrics.jsonl'}: {e.strerror}; the last checkpoint in "
+                                "--out is intact (free space, then --resume)") from None
         for logger in self.loggers:
             logger.log(row)
         return row

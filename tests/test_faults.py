@@ -492,3 +492,45 @@ def test_a_sweep_eval_cache_of_another_width_is_refused_before_training(model, t
                  "--out", str(tmp_path / "s"), "--no-progress"])
     one_line_error(capsys, code, "holds activations of width")
     assert not (tmp_path / "s" / "runs.jsonl").exists()
+
+
+# ------------------------------------------------------------------ every keyword, every spec key, every hierarchy node
+def test_every_api_keyword_refuses_a_value_of_the_wrong_type_in_one_line():
+    """Property: each keyword of saeforge.train, given a value of another type, is refused by name
+    before anything runs (no TypeError from deep inside)."""
+    from saeforge.config import ActivationTrainConfig
+
+    x = torch.randn(256, 8)
+    for name, o in ActivationTrainConfig.options().items():
+        none_means_auto = o.nullable or name == "out"  # out=None: no run directory (the API's documented default)
+        wrong = [[], {"a": 1}] + ([] if none_means_auto else [None]) + (["12"] if o.type in (int, float, bool) else [3])
+        if o.type is float:
+            wrong.append(True)
+        for value in wrong:
+            with pytest.raises(UserError) as e:
+                saeforge.train(x, **{name: value})
+            assert name in str(e.value), (name, value, str(e.value))  # the keyword is named
+
+
+def test_every_spec_key_refuses_a_value_it_cannot_parse(model_dir, text_dir, tmp_path, capsys):
+    from saeforge.config import ActivationTrainConfig
+    from saeforge.pipeline.dictionaries import SHARED
+
+    for name, o in ActivationTrainConfig.options().items():
+        if name in SHARED or o.type is str:
+            continue
+        code = main(live(model_dir, text_dir, tmp_path / "o", "--dictionaries", f"{name}=not-a-{o.type.__name__}"))
+        one_line_error(capsys, code, f"{name} expects {o.type.__name__}")
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("roots", [
+    [5], [{"feature_index": "0"}], [{"feature_index": True}], [{"feature_index": 0, "children": 3}],
+    [{"feature_index": None, "children": [7]}], [{"feature_index": 0, "children": [{"feature_index": 99}]}],
+    [{"feature_index": 0}, {"feature_index": 0}],
+])
+def test_a_malformed_synthetic_hierarchy_is_one_line(roots):
+    from saeforge.sources.synthetic import Hierarchy
+
+    with pytest.raises(UserError, match="hierarchy"):
+        Hierarchy(16, roots)

@@ -180,11 +180,12 @@ def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:
         if given:
             raise UserError(f"{', '.join(given)}: only for a model source; the source here is activations")
         activations = ActivationSource(source, seed=kwargs.get("seed", values["seed"]))
-    tmp = None if kwargs.get("out") else tempfile.mkdtemp(prefix="saeforge-")
+    tmp = tempfile.mkdtemp(prefix="saeforge-") if kwargs.get("out") in (None, "") else None  # no out: a scratch dir
     values |= kwargs
-    arch = CONFIGS.get(values.get("architecture"))  # the preset's defaults for the architecture's own settings
+    arch = values.get("architecture")  # the preset's defaults for the architecture's own settings
+    arch = CONFIGS.get(arch) if isinstance(arch, str) else None
     values = {k: v for k, v in preset.SAE_DEFAULTS.items() if arch and k in arch.__dataclass_fields__} | values
-    values["out"] = values.get("out") or tmp
+    values["out"] = tmp or values["out"]
     try:
         cfg = ActivationTrainConfig.from_values(values)
         cfg.validate()

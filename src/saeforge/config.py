@@ -87,7 +87,7 @@ class TrainConfig(ResampleConfig, RunConfig):
     sae: ArchitectureConfig | None = None  # the architecture's settings (None: its defaults); flat options
 
     def __post_init__(self) -> None:
-        arch = CONFIGS.get(self.architecture)
+        arch = CONFIGS.get(self.architecture) if isinstance(self.architecture, str) else None
         if self.sae is None and arch is not None:
             object.__setattr__(self, "sae", arch(**{k: v for k, v in self.SAE_DEFAULTS.items()
                                                     if k in arch.__dataclass_fields__}))

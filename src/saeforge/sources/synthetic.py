@@ -61,8 +61,10 @@ class Hierarchy:
 
         def walk(node: dict[str, Any], parent: int, depth: int) -> None:
             me = node.get("feature_index") if isinstance(node, dict) else "?"
-            if me is not None and (not isinstance(me, int) or not isinstance(node.get("children", []), list)):
-                raise UserError(f"hierarchy: a node needs an integer feature_index (or null) and a list of children, "
+            kids = node.get("children") if isinstance(node, dict) else None
+            if (me is not None and (not isinstance(me, int) or isinstance(me, bool))) or not isinstance(kids or [], list) \
+                    or not all(isinstance(k, dict) for k in kids or []):
+                raise UserError(f"hierarchy: a node needs an integer feature_index (or null) and a list of child nodes, "
                                 f"got {node!r:.80}")
             if me is not None:
                 if not 0 <= me < n_features or me in depth_of:

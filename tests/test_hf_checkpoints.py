@@ -91,7 +91,15 @@ def _no_tokenizer(d):
             f.unlink()
 
 
-@pytest.mark.parametrize("damage", [_wrong_typed, _missing_field, _truncated, _no_tokenizer])
+def _bos_outside(d):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.add_special_tokens({"bos_token": "<|a-new-bos|>"})  # id len(vocab): no row of the embedding has it
+    tok.save_pretrained(d)
+
+
+@pytest.mark.parametrize("damage", [_wrong_typed, _missing_field, _truncated, _no_tokenizer, _bos_outside])
 def test_a_checkpoint_transformers_cannot_read_is_one_line(damage, tokenizer, text_dir, tmp_path, capsys):
     d = checkpoint("gpt2", tokenizer, tmp_path)
     damage(d)

@@ -280,6 +280,12 @@ def _convert_hf_dir(path: Path, device):
             raise UserError(f"--model {name}: TransformerLens cannot convert a {arch} ({str(e).splitlines()[0][:160]})") \
                 from None
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    V = hf_model.config.vocab_size
+    special = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    outside = {k: i for k, i in special.items() if isinstance(i, int) and not 0 <= i < V}
+    if outside:  # the model's embedding has no row for it: every context would fail inside the forward
+        raise UserError(f"--model {name}: the tokenizer's {', '.join(f'{k} id {i}' for k, i in outside.items())} lies "
+                        f"outside the model's vocabulary (0..{V - 1}); save the tokenizer the model was trained with")
     cfg.model_name = path.name
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,

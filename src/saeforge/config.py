@@ -164,8 +164,7 @@ class TrainConfig(ResampleConfig, RunConfig):
             # 2M inputs found the features that 524,288 missed; docs/toy.md)
             resample_sample=self.resample_sample or max(131072, 2 * d_sae ** 2))
         if cfg.resample == AUTO:  # off where AuxK revives dead latents; both may be asked for explicitly
-            auxk = getattr(sae, "aux_k_coefficient", 0) > 0
-            on = cfg.resample_steps() and not auxk and cfg.feature_shards == 1
+            on = cfg.resample_steps() and not sae.revives_dead_latents() and cfg.feature_shards == 1
             cfg = replace(cfg, resample="clustered" if on else "none")
         check_settings(cfg)
         return cfg
@@ -175,9 +174,9 @@ class TrainConfig(ResampleConfig, RunConfig):
         return [name for name, arch in CONFIGS.items() if arch.shardable]
 
     def is_resolved(self) -> bool:
+        """No `auto` left: no None among the settings, and the 0 / auto defaults fixed."""
         return (self.steps > 0 and self.dict_size > 0 and self.dead_window > 0 and self.resample != AUTO
-                and None not in (self.lr, self.lr_decay_steps, self.unit_norm_decoder, self.encoder_scale,
-                                 self.resample_sample))
+                and None not in self.values().values())
 
     def resample_steps(self) -> list[int]:
         """The steps resampling acts on (a resolved config): never once the lr decays."""

@@ -49,6 +49,10 @@ class ArchitectureConfig(Config):
         """These settings with their `auto` values fixed for this shape, checked against it."""
         return self
 
+    def revives_dead_latents(self) -> bool:
+        """Whether its loss itself brings dead latents back (AuxK): `--resample auto` is then off."""
+        return False
+
     def coefficient_value(self) -> float:
         return float(getattr(self, self.coefficient)) if self.coefficient else 0.0
 

@@ -43,6 +43,9 @@ class TopKConfig(ArchitectureConfig):
     default_encoder_scale = 0.1
     saved = ("k",)
 
+    def revives_dead_latents(self) -> bool:
+        return self.aux_k_coefficient > 0
+
     def resolved(self, d_in: int, d_sae: int) -> "TopKConfig":
         if not 1 <= self.k <= d_sae:
             raise UserError(f"--k must be in [1, {d_sae}] (the dictionary size), got {self.k}")

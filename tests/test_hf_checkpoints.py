@@ -119,3 +119,88 @@ def test_pickled_only_checkpoint_is_refused(tokenizer, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only safetensors" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------ every file of a checkpoint, mutated field by field
+WRONG = [None, "x", -1, 0, 2.5, True, [1], {"a": 1}, 10**9]
+
+
+def _mutations(obj, rng, depth=0):
+    """(description, mutated copy) of a JSON document: each top-level key missing and given two of
+    the wrong values (in turn, so every value is tried across keys), plus nested keys at random."""
+    keys = list(obj)
+    for i, key in enumerate(keys):
+        yield f"{key} missing", {k: v for k, v in obj.items() if k != key}
+        for w in (WRONG[i % len(WRONG)], WRONG[(i + 4) % len(WRONG)]):
+            yield f"{key}={w!r}", {**obj, key: w}
+    nested = [k for k in keys if isinstance(obj[k], dict) and obj[k]]
+    for _ in range(8 if nested and depth == 0 else 0):
+        key = rng.choice(nested)
+        desc, inner = rng.choice(list(_mutations(obj[key], rng, depth + 1)))
+        yield f"{key}.{desc}", {**obj, key: inner}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_mutated_checkpoint_files_load_cleanly_or_fail_in_one_line(kind, tokenizer, tmp_path, capsys):
+    """Hugging Face config.json, tokenizer.json and tokenizer_config.json, each field missing or of a
+    wrong type or size (10**9 layers, positions, vocabulary …), and each file cut short: the model loads
+    and runs, or the load is one UserError line, before anything of the config's size is allocated,
+    and nothing third-party is printed either way."""
+    import random
+
+    from saeforge.errors import UserError
+
+    good = checkpoint(kind, tokenizer, tmp_path)
+    capsys.readouterr()  # (save_pretrained's own bar)
+    rng = random.Random(0)
+    loaded = refused = 0
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        raw = (good / name).read_text()
+        cases = [(f"{name} {d}", json.dumps(m)) for d, m in _mutations(json.loads(raw), rng)]
+        cases += [(f"{name} cut at {n}", raw[:n]) for n in (0, len(raw) // 3, len(raw) - 2)]
+        for desc, text in cases:
+            (good / name).write_text(text)
+            try:
+                model = load_model(str(good), fused_attention=False)
+                assert model(model.to_tokens("def f(x):\n    return x\n")).isfinite().all(), desc
+                loaded += 1
+            except UserError as e:
+                assert "\n" not in str(e) and str(e).startswith("--model") or str(e).startswith("model"), (desc, e)
+                refused += 1
+            said = capsys.readouterr()
+            assert said.out == "" and said.err == "", (desc, said)
+        (good / name).write_text(raw)
+    assert loaded and refused  # both outcomes occur: the mutations reach past the first check
+
+
+def test_a_hub_name_loads_from_the_hub_cache_and_is_quiet_with_no_progress(tokenizer, text_dir, tmp_path):
+    """A hub name goes through HookedTransformer.from_pretrained (the real hub code, here reading the
+    Hugging Face cache offline: a tiny GPT-2 stands in for `gpt2`). With --no-progress nothing
+    third-party reaches the terminal; a name the hub cannot give is one line."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    d = checkpoint("gpt2", tokenizer, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "n_ctx": cfg["n_positions"]}))  # as the hub's gpt2 has it
+    cache = tmp_path / "hub"
+    for repo in ("models--gpt2", "models--openai-community--gpt2"):  # the alias TransformerLens resolves
+        (cache / repo / "refs").mkdir(parents=True)
+        (cache / repo / "refs" / "main").write_text("0" * 40)
+        shutil.copytree(d, cache / repo / "snapshots" / ("0" * 40))
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def train(model, out):
+        return subprocess.run([sys.executable, "-m", "saeforge", "train", "--model", model, "--dataset", str(text_dir),
+                               "--tokens", "1024", "--out", str(tmp_path / out), "--eval-tokens", "0",
+                               "--batch-size", "64", "--buffer-mb", "1", "--no-progress"],
+                              env=env, capture_output=True, text=True)
+
+    r = train("gpt2", "o")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.loads(r.stdout)["tokens"] == 1024
+    r = train("EleutherAI/no-such-model", "o2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "the hub could not" in r.stderr, r.stderr
+    assert not (tmp_path / "o2").exists()

@@ -91,3 +91,23 @@ def test_a_damaged_wandb_run_file_on_resume_is_one_line(tmp_path, monkeypatch, c
     assert main([*TOY[:5], "--steps", "80", *TOY[7:], "--wandb", "saeforge-test", "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wandb-run.json is damaged" in err[0], err
+
+
+@pytest.mark.parametrize("content", [
+    "", "{not json", "[]", "null", "3", '"abc"', "{}", '{"id": null}', '{"id": 5}', '{"id": ["a"]}', '{"id": ""}',
+    '{"id": "../x"}', '{"id": "ab cd"}', '{"id": {"a": 1}}', '{"id": true}', '{"project": "p"}', b"\xff\xfe",
+    '{"id": "abc123", "project": 7}'])
+def test_every_damage_to_the_wandb_run_file_is_one_line_or_resumes_its_run(content, tmp_path):
+    """The W&B state saeforge reads back (its run id, on --resume), mutated: the id it holds is used,
+    or the resume is refused in one line saying what to do — never a traceback, never a wrong id."""
+    from saeforge.errors import UserError
+    from saeforge.training.wandb_log import _run_id
+
+    f = tmp_path / "wandb-run.json"
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    try:
+        run_id = _run_id(f, resume=True)
+    except UserError as e:
+        assert "\n" not in str(e) and "delete" in str(e)
+    else:
+        assert run_id == json.loads(content)["id"] and run_id.isalnum()

@@ -89,7 +89,7 @@ class Pass:
     def the_model(self):
         """The model, loaded once when first needed (a cache run's evals, after its dictionaries are saved)."""
         if self.model is None:
-            self.model = load_model(self.model_spec, self.device)
+            self.model = load_model(self.model_spec, self.device, progress=self.cfg.progress)
         return self.model
 
 
@@ -138,7 +138,7 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
     elif manifest:
         model_spec, dataset, first_hook, n_ctx = manifest["model"], manifest["dataset"], manifest["hook"], int(manifest["n_ctx"])
     else:
-        model = load_model(cfg.model, device) if model is None else model
+        model = load_model(cfg.model, device, progress=cfg.progress) if model is None else model
         model_spec, dataset, first_hook, n_ctx = cfg.model, cfg.dataset, default_hook(model), model.cfg.n_ctx
     dicts = [Dictionary(name, hook if activations is None else None, first or common.start(sub))
              for name, hook, sub in configs(cfg, first_hook)]
@@ -243,6 +243,12 @@ def make_buffer(cfg, run0: common.Run, source, carry: int, widths: list[int], sc
     d_all, n_hooks = sum(widths), len(widths)
     st_dtype = DTYPES[cfg.buffer_dtype]
     rows = ActivationBuffer.rows_for(cfg.buffer_mb * n_hooks, d_all, st_dtype, carry_rows=carry)
+    if carry and rows < 2 * run0.local_batch:  # one forward's rows fill it: say so (a long context, e.g.)
+        per = "chunk of the cache" if cfg.cache else \
+            f"forward pass (--contexts-per-pass {cfg.contexts_per_pass} × {carry // cfg.contexts_per_pass} rows a context)"
+        raise UserError(f"one {per} gives {carry} activation rows, and --buffer-mb {cfg.buffer_mb:g} holds "
+                        f"{rows + carry} in all: it needs room for that and 2 batches of {run0.local_batch}; raise "
+                        "--buffer-mb" + ("" if cfg.cache else " or lower --contexts-per-pass"))
     # a short run needs no buffer larger than its budget (its first fill would run the model for nothing)
     rows = min(rows, max(run0.steps * run0.local_batch, 2 * run0.local_batch))
     if hasattr(source, "buffer_rows"):  # given activations: no more rows than there are

@@ -38,6 +38,11 @@ from saeforge.errors import UserError
 
 EMBEDDED = "embedded"
 BOS = 0  # byte 0 (NUL) never occurs in source text: it is the BOS/EOS/padding token
+# A context is n_ctx tokens (data.py). A checkpoint without a learned position table (rotary, ALiBi)
+# states its longest context in max_position_embeddings — 131072 for Llama 3, or anything a config
+# says — which no table's shape checks; like TransformerLens's own configs of such models
+# ("capped due to memory issues"), contexts are cut to this length.
+MAX_ROTARY_CTX = 2048
 
 
 class ByteTokenizer(PreTrainedTokenizer):
@@ -114,9 +119,11 @@ def build_model(config: dict[str, Any], tokenizer: str | None = "bytes", device:
 
     cfg = HookedTransformerConfig(**{**config, "device": str(device)})
     tok = _tokenizer(tokenizer)
-    with warnings.catch_warnings():  # TransformerLens 3 deprecates HookedTransformer in favour of its bridge
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return HookedTransformer(cfg, tokenizer=tok, move_to_device=True, default_padding_side="right")
+    meta = str(device) == "meta"  # shapes only, no memory
+    with warnings.catch_warnings(), torch.device("meta") if meta else contextlib.nullcontext():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TransformerLens 3 deprecates HookedTransformer
+        return HookedTransformer(cfg, tokenizer=tok, move_to_device=not meta,
+                                 **({"default_padding_side": "right"} if tok is not None else {}))
 
 
 def _tokenizer(name: str | None):
@@ -158,10 +165,12 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu", fused_attention: bool = True):
+def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu", fused_attention: bool = True,
+               progress: bool = False):
     """Load a HookedTransformer (see the module docstring for what `spec` may be), in eval mode;
     with `fused_attention`, its attention runs through torch's fused kernel wherever that gives
-    TransformerLens's result (fast_attention.py: 2.6× faster forwards of the embedded model)."""
+    TransformerLens's result (fast_attention.py: 2.6× faster forwards of the embedded model).
+    `progress`: a hub download shows its progress bars on stderr (nothing else third-party is shown)."""
     p = Path(spec)
     if spec == EMBEDDED:
         model = _load_dir(_asset("tiny-stdlib-lm.json"), _asset("tiny-stdlib-lm.safetensors"), device, EMBEDDED)
@@ -172,7 +181,7 @@ def load_model(spec: str = EMBEDDED, device: str | torch.device = "cpu", fused_a
     elif p.suffix in (".safetensors", ".json") or p.exists():
         raise UserError(f"--model {spec}: a local model is a directory holding config.json and model.safetensors")
     else:
-        model = _load_hub(spec, device)
+        model = _load_hub(spec, device, progress)
     if fused_attention:
         from saeforge.sources import fast_attention
 
@@ -187,26 +196,58 @@ def _load_dir(cfg_file: Path, weights: Path, device, name: str):
     try:
         meta = json.loads(cfg_file.read_text())
         config = meta["config"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"model {name}: {cfg_file.name} is not a saeforge model config ({e})") from None
-    try:
-        model = build_model(config, tokenizer=meta.get("tokenizer", "bytes"), device=device)
-    except (TypeError, ValueError, AssertionError) as e:
-        raise UserError(f"model {name}: bad config in {cfg_file.name}: {e}") from None
-    from saeforge.runtime import read_tensors
-
-    sd = read_tensors(weights, f"model {name} weights")
-    missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"model {name}: {cfg_file.name} is not JSON ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise UserError(f"model {name}: {cfg_file.name} is neither a saeforge model config nor a Hugging Face one "
+                        f"(no model_type; {type(e).__name__}: {e})") from None
+    shapes = _weight_shapes_of(weights, f"model {name} weights")
+    n_layers = config.get("n_layers") if isinstance(config, dict) else None
+    if isinstance(n_layers, int) and not isinstance(n_layers, bool) and n_layers > len(shapes):
+        raise UserError(f"model {name}: {cfg_file.name} says {n_layers} layers, but the weights hold {len(shapes)} "
+                        "tensors in all; the config does not describe these weights")
+    _check_field_types(config, f"model {name}: {cfg_file.name}")
+    try:  # the model the config describes, built on the meta device (no memory), against the weights' shapes
+        skeleton = build_model(config, tokenizer=None, device="meta")
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise UserError(f"model {name}: bad config in {cfg_file.name}: {str(e)[:200]}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
     if missing or unexpected:
         raise UserError(f"model {name}: weights do not match its config "
                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    for k, v in model.state_dict().items():
-        if sd[k].shape != v.shape:
-            raise UserError(f"model {name}: {k} has shape {list(sd[k].shape)}, config says {list(v.shape)}")
+    for k, shape in expected.items():
+        if shapes[k] != shape:
+            raise UserError(f"model {name}: {k} has shape {list(shapes[k])}, config says {list(shape)}")
+    model = build_model(config, tokenizer=meta.get("tokenizer", "bytes"), device=device)
+    from saeforge.runtime import read_tensors
+
+    sd = read_tensors(weights, f"model {name} weights")
     model.load_state_dict(sd)
     model.cfg.model_name = meta.get("name", config.get("model_name", name))
     model.saeforge_name = name
     return model.eval()
+
+
+_SIMPLE = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_field_types(config: dict[str, Any], what: str) -> None:
+    """The HookedTransformerConfig fields of simple types (int, float, bool, str, or None where
+    Optional) hold values of that type: TransformerLens takes `n_layers: true` as one layer."""
+    from dataclasses import fields
+
+    from transformer_lens import HookedTransformerConfig
+
+    for f in fields(HookedTransformerConfig):
+        kind = str(f.type)
+        optional = kind.startswith("Optional[")
+        want = _SIMPLE.get(kind.removeprefix("Optional[").removesuffix("]") if optional else kind)
+        if want is None or f.name not in config or (optional and config[f.name] is None):
+            continue
+        v = config[f.name]
+        if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
+            raise UserError(f"{what}: config field {f.name} must be {kind}, got {v!r} ({type(v).__name__})")
 
 
 def _is_hf_checkpoint(cfg_file: Path) -> bool:
@@ -222,12 +263,84 @@ def _load_hf_dir(path: Path, device):
     """A local Hugging Face checkpoint of an architecture TransformerLens converts (GPT-2, GPT-NeoX /
     Pythia, Llama, …): the HF model is read from the directory (safetensors only, offline) and
     converted as `HookedTransformer.from_pretrained` converts a hub model (same processing:
-    LayerNorm folded, writing weights centered), with the directory's tokenizer if it has one.
-    Their progress bars and prints are kept off the terminal (`quiet_third_party`)."""
+    LayerNorm folded, writing weights centered), with the directory's tokenizer.
+
+    Every file is checked before the first expensive step: the tokenizer is read first and must fit
+    the model's vocabulary; config.json is parsed and the model it describes is built on the meta
+    device (no memory) and compared, tensor by tensor, with the shapes in the safetensors headers —
+    so a config that disagrees with its weights (a layer count or a size of 10**9) is one line, not
+    an allocation. What transformers, tokenizers or TransformerLens raise while reading the files is
+    one line too (`_reading`), and their progress bars and prints stay off the terminal."""
     from saeforge.errors import quiet_third_party
 
     with quiet_third_party():
         return _convert_hf_dir(path, device)
+
+
+@contextlib.contextmanager
+def _reading(name: str, what: str):
+    """Whatever a third-party reader raises on a user's file (tokenizers' parse errors are bare
+    `Exception`s, transformers' range checks TypeErrors and IndexErrors) becomes one line naming the
+    file; our own UserErrors pass through."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a reader of the user's file failed: say so in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"--model {name}: {what} ({type(e).__name__}: {first})") from None
+
+
+def _weight_shapes(path: Path, name: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape over the checkpoint's safetensors files (headers only, nothing loaded)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        shapes.update(_weight_shapes_of(f, f"--model {name}: {f.name}"))
+    return shapes
+
+
+def _weight_shapes_of(file: Path, what: str) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), "pt") as h:
+            return {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{file} is not a readable safetensors file ({e}); it is corrupt or truncated ({what})") \
+            from None
+
+
+def _check_config_against_weights(path: Path, name: str, hf_config) -> None:
+    """Build the model config.json describes on the meta device and compare its tensors' shapes with
+    the checkpoint's: what would otherwise be allocated at the config's sizes is refused first."""
+    from transformers import AutoModelForCausalLM
+
+    found = _weight_shapes(path, name)
+    layers = getattr(hf_config, "num_hidden_layers", None)
+    if isinstance(layers, int) and not 0 < layers <= len(found):  # each layer has tensors of its own
+        raise UserError(f"--model {name}: config.json says {layers} layers, but the weights hold {len(found)} "
+                        "tensors in all; the config does not describe these weights")
+    with _reading(name, "config.json describes no model transformers can build"), torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    prefix = f"{skeleton.base_model_prefix}." if skeleton.base_model_prefix else ""
+    common = 0
+    for k, shape in found.items():  # a hub snapshot of a base model names its tensors without the prefix
+        want = expected.get(k, expected.get(prefix + k))
+        if want is None:
+            continue
+        common += 1
+        if want != shape:
+            raise UserError(f"--model {name}: config.json gives {k} the shape {list(want)}, the weights hold "
+                            f"{list(shape)}; the config does not describe these weights")
+    if not common:
+        raise UserError(f"--model {name}: none of the weights' tensors ({', '.join(sorted(found)[:3])}, …) is a "
+                        f"tensor of the {type(skeleton).__name__} config.json describes")
+    # parameters the weights lack would be initialized at random (tied ones appear once here)
+    lacking = [k for k, _ in skeleton.named_parameters() if k not in found and k.removeprefix(prefix) not in found]
+    if lacking:
+        raise UserError(f"--model {name}: config.json describes {len(lacking)} parameters the weights lack "
+                        f"({', '.join(lacking[:2])}, …); the config does not describe these weights")
 
 
 def _convert_hf_dir(path: Path, device):
@@ -235,30 +348,35 @@ def _convert_hf_dir(path: Path, device):
 
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = str(path)
     if not any(path.glob("*.safetensors")):
         raise UserError(f"--model {name}: no *.safetensors weights in the checkpoint (only safetensors are read; "
                         "re-save it with save_pretrained(..., safe_serialization=True))")
-    from safetensors import SafetensorError
-
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
     if not has_tokenizer:  # TransformerLens would go and look for one on the hub under the directory's name
         raise UserError(f"--model {name}: the checkpoint has no tokenizer (tokenizer.json, tokenizer_config.json or "
                         "vocab.json); save it beside the weights with tokenizer.save_pretrained(DIR)")
-    try:
-        from huggingface_hub.errors import StrictDataclassError
-    except ImportError:  # pragma: no cover - older huggingface_hub: no strict config classes
-        StrictDataclassError = ValueError
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32,
-                                                        local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError, SafetensorError) as e:  # a bad field,
-        # a truncated weights file
-        raise UserError(f"--model {name}: transformers cannot read this checkpoint ({str(e).splitlines()[0][:200]})") \
-            from None
-    with tempfile.TemporaryDirectory() as tmp:
+    with _reading(name, "config.json cannot be read"):
+        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with _reading(name, "its tokenizer files cannot be read"):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer("def f(x):\n    return x\n")  # a tokenizer that loads but cannot encode fails here, not mid-run
+    _check_config_against_weights(path, name, hf_config)
+    V = hf_config.vocab_size
+    special = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    outside = [f"{k} id {i}" for k, i in special.items() if isinstance(i, int) and not 0 <= i < V]
+    if len(tokenizer) > V:
+        outside.append(f"ids {V}..{len(tokenizer) - 1}")
+    if outside:  # the model's embedding has no row for them: every context would fail inside the forward
+        raise UserError(f"--model {name}: the tokenizer's {', '.join(outside)} lie outside the model's vocabulary "
+                        f"(0..{V - 1}); save the tokenizer the model was trained with")
+    with _reading(name, "transformers cannot read this checkpoint"):
+        hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, use_safetensors=True,
+                                                        dtype=torch.float32, local_files_only=True)
+    arch = type(hf_model).__name__
+    with tempfile.TemporaryDirectory() as tmp, _reading(name, f"TransformerLens cannot convert a {arch}"):
         # TransformerLens picks the architecture by name when a path mentions llama or gemma (and then
         # lacks the config), and reads GPT-2's n_ctx, which transformers no longer writes: hand it a
         # neutral name for the same files, with the config completed
@@ -267,46 +385,40 @@ def _convert_hf_dir(path: Path, device):
         for f in path.iterdir():
             if f.name != "config.json":
                 (tl_path / f.name).symlink_to(f.resolve())
-        hf_cfg = json.loads((path / "config.json").read_text())
+        hf_cfg = hf_model.config.to_dict()
         if hf_cfg.get("model_type") == "gpt2" and "n_positions" in hf_cfg:
             hf_cfg.setdefault("n_ctx", hf_cfg["n_positions"])
         (tl_path / "config.json").write_text(json.dumps(hf_cfg))
-        try:
-            cfg = loading.get_pretrained_model_config(str(tl_path), hf_cfg=hf_model.config.to_dict(), fold_ln=True,
-                                                      device=str(device), local_files_only=True)
-            state_dict = loading.get_pretrained_state_dict(str(tl_path), cfg, hf_model)
-        except (NotImplementedError, ValueError, KeyError, AttributeError) as e:
-            arch = (hf_model.config.architectures or [type(hf_model).__name__])[0]
-            raise UserError(f"--model {name}: TransformerLens cannot convert a {arch} ({str(e).splitlines()[0][:160]})") \
-                from None
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    V = hf_model.config.vocab_size
-    special = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
-    outside = {k: i for k, i in special.items() if isinstance(i, int) and not 0 <= i < V}
-    if outside:  # the model's embedding has no row for it: every context would fail inside the forward
-        raise UserError(f"--model {name}: the tokenizer's {', '.join(f'{k} id {i}' for k, i in outside.items())} lies "
-                        f"outside the model's vocabulary (0..{V - 1}); save the tokenizer the model was trained with")
-    cfg.model_name = path.name
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                                      fold_value_biases=True, refactor_factored_attn_matrices=False)
+        cfg = loading.get_pretrained_model_config(str(tl_path), hf_cfg=hf_cfg, fold_ln=True,
+                                                  device=str(device), local_files_only=True)
+        state_dict = loading.get_pretrained_state_dict(str(tl_path), cfg, hf_model)
+        cfg.model_name = path.name
+        if cfg.positional_embedding_type != "standard" and cfg.n_ctx > MAX_ROTARY_CTX:
+            cfg.n_ctx = MAX_ROTARY_CTX  # as TransformerLens caps its official long-context models
+        with warnings.catch_warnings():  # TransformerLens 3 deprecates HookedTransformer in favour of its bridge
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                          fold_value_biases=True, refactor_factored_attn_matrices=False)
     model = model.to(device).eval()
     model.saeforge_name = name
     return model
 
 
-def _load_hub(name: str, device):
+def _load_hub(name: str, device, progress: bool):
+    """`HookedTransformer.from_pretrained(name)`: downloads from the Hugging Face hub (or reads its
+    local cache). Its prints and log lines are kept off the terminal; its download bars too, unless
+    `progress` (they go to stderr: stdout is the commands' JSON)."""
     from transformer_lens import HookedTransformer
 
-    from saeforge.errors import quiet_hub_logs
+    from saeforge.errors import quiet_hub_logs, quiet_third_party
 
-    try:
-        with quiet_hub_logs():
-            with contextlib.redirect_stdout(sys.stderr):  # its progress lines; stdout is the commands' JSON
-                model = HookedTransformer.from_pretrained(name, device=str(device))
-    except (OSError, ValueError) as e:
-        raise UserError(f"--model {name}: not the embedded model, not a local model directory, and the hub "
-                        f"could not provide it ({str(e).splitlines()[0][:200]})") from None
+    quiet = quiet_third_party() if not progress else contextlib.redirect_stdout(sys.stderr)
+    with _reading(name, "not the embedded model, not a local model directory, and the hub could not provide it "
+                        "(or TransformerLens could not convert what it gave)"), \
+            quiet_hub_logs(), quiet, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer.from_pretrained(name, device=str(device))
     model.saeforge_name = name
     return model.eval()
 

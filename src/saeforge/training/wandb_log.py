@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from saeforge.errors import UserError
+from saeforge.runtime import atomic_write_json
 
 
 def check_available(project: str) -> None:
@@ -61,7 +62,7 @@ class WandbLogger:
                             "without an account)") from None
         if cfg.progress:
             sys.stderr.write(said.getvalue())
-        id_file.write_text(json.dumps({"id": run_id, "project": cfg.wandb}) + "\n")
+        atomic_write_json(id_file, {"id": run_id, "project": cfg.wandb})
 
     def log(self, row: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, step=row["step"])

@@ -1,7 +1,6 @@
 """Bad inputs and faults, tried as a careless or unlucky user would, one class of fault per section:
 each ends in one line `saeforge: error: …`, exit status 2, and nothing good lost (or a clean run)."""
 
-import copy
 import json
 import os
 import shutil
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

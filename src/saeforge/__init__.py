@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from saeforge.api import Trained, train  # noqa: E402
+from saeforge.api import Trained, interpretability, train  # noqa: E402
 from saeforge.config import ActivationTrainConfig, ToyConfig, TrainConfig  # noqa: E402
 from saeforge.dictionary import init  # noqa: E402  (saeforge.init.initialize: the informed initializations)
 from saeforge.dictionary.architectures import ARCHITECTURES, StandardSAE  # noqa: E402
@@ -18,5 +18,5 @@ from saeforge.errors import UserError  # noqa: E402
 
 SparseAutoencoder = StandardSAE  # the name of ReLU + L1 before there were several architectures
 
-__all__ = ["train", "Trained", "load", "save", "SAE", "StandardSAE", "SparseAutoencoder", "ARCHITECTURES", "init",
+__all__ = ["train", "Trained", "interpretability", "load", "save", "SAE", "StandardSAE", "SparseAutoencoder", "ARCHITECTURES", "init",
            "TrainConfig", "ToyConfig", "ActivationTrainConfig", "UserError", "__version__"]

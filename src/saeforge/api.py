@@ -195,3 +195,54 @@ def _train(source: Any, defaults: str, kwargs: dict[str, Any]) -> Trained:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return Trained(sae, summary)
+
+
+def interpretability(dictionaries: Any, *, model: Any = None, hook: str | None = None, dataset: str | None = None,
+                     tokens: int = 32768, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """The interpretability suite (`saeforge eval --interp`; evaluation/interp.py) on one dictionary
+    or a list of them (directories or SAE objects of one model, hook and shape; several: their
+    stability too). `model`: a name, a directory or a HookedTransformer (default: the one the first
+    dictionary records); `dataset`: Python source (default: the recorded one, else the embedded
+    corpus). Returns every figure, per task and per latent."""
+    from saeforge.evaluation import interp
+    from saeforge.evaluation.analysis import load_others, load_with_model
+    from saeforge.sources.language_model import hook_width, load_model, resolve_hook
+
+    items = list(dictionaries) if isinstance(dictionaries, (list, tuple)) else [dictionaries]
+    if not items:
+        raise UserError("dictionaries= is empty: give a dictionary directory or SAE, or a list of them")
+    for name, value, typ in (("tokens", tokens, int), ("seed", seed, int)):
+        if not isinstance(value, typ) or isinstance(value, bool) or value < (256 if name == "tokens" else 0):
+            raise UserError(f"{name}= must be an int ≥ {256 if name == 'tokens' else 0}, got {value!r}")
+    for name, value in (("hook", hook), ("dataset", dataset)):
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{name}= must be a str, got {value!r} ({type(value).__name__})")
+    first = items[0]
+    if isinstance(first, SAE):
+        hook = hook or first.metadata.get("hook_name")
+        spec = model if model is not None else first.metadata.get("model_name")
+        if spec is None or hook is None:
+            raise UserError("an SAE object that does not record its model and hook needs model= and hook=")
+        model = load_model(spec) if isinstance(spec, str) else spec
+        resolve_hook(model, hook)
+        if hook_width(model, hook) != first.d_in:
+            raise UserError(f"the dictionary reads {first.d_in}-wide activations, but {hook} gives "
+                            f"{hook_width(model, hook)}")
+        saes = [first]
+    elif isinstance(first, str) or hasattr(first, "__fspath__"):
+        sae, model, hook = load_with_model(first, model, hook)
+        saes = [sae]
+    else:
+        raise UserError(f"dictionaries= must hold directories or SAE objects, got {type(first).__name__}")
+    for other in items[1:]:
+        if isinstance(other, SAE):
+            if (other.d_in, other.d_sae) != (saes[0].d_in, saes[0].d_sae):
+                raise UserError("dictionaries= must be of one shape")
+            saes.append(other)
+        elif isinstance(other, str) or hasattr(other, "__fspath__"):
+            saes += load_others(saes[0], [str(other)], hook)
+        else:
+            raise UserError(f"dictionaries= must hold directories or SAE objects, got {type(other).__name__}")
+    dataset = dataset or saes[0].metadata.get("dataset_path") or "embedded"
+    device = next(model.parameters()).device
+    return interp.run_suite(model, [s.to(device) for s in saes], hook, dataset, tokens, seed=seed, progress=progress)

@@ -73,21 +73,42 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from saeforge.evaluation.analysis import load_with_model
+    from saeforge.evaluation.analysis import load_others, load_with_model
     from saeforge.evaluation.evals import evaluate
-    from saeforge.runtime import pick_device
+    from saeforge.runtime import check_out_dir, pick_device
     from saeforge.sources import data
 
     cfg = build_config(EvalConfig, args)
+    if cfg.out:
+        check_out_dir(cfg.out, outputs=("interp.json", "interp.png"))
     device = pick_device(cfg.device)
     sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
+    saes = [sae, *load_others(sae, cfg.more, hook, device=str(device))]
     meta = sae.metadata
     model_spec = cfg.model or meta.get("model_name")
     dataset = cfg.dataset or meta.get("dataset_path") or "embedded"
-    held = data.contexts(model, dataset, "test", batch=cfg.contexts_per_pass, loop=False)
-    ev = evaluate(model, sae, hook, held, cfg.tokens, progress=cfg.progress)
-    ev.pop("firing_frequency")
-    print(json.dumps({"model": model_spec, "hook": hook, "dataset": dataset, "d_sae": sae.d_sae, **ev}))
+    rows = []
+    for path, one in zip((cfg.path, *cfg.more), saes):
+        held = data.contexts(model, dataset, "test", batch=cfg.contexts_per_pass, loop=False)
+        ev = evaluate(model, one, hook, held, cfg.tokens, progress=cfg.progress)
+        ev.pop("firing_frequency")
+        rows.append({"path": str(path), "d_sae": one.d_sae, **ev})
+    out: dict = {"model": model_spec, "hook": hook, "dataset": dataset}
+    out |= rows[0] if len(rows) == 1 else {"dictionaries": rows}
+    if cfg.interp:
+        from saeforge.evaluation import interp
+
+        suite = interp.run_suite(model, saes, hook, dataset, cfg.interp_tokens, seed=cfg.seed, progress=cfg.progress)
+        for row, res in zip(rows, suite["dictionaries"]):
+            res["path"] = row["path"]
+        if cfg.out:
+            interp.write(suite, cfg.out, {**out, "dictionaries": rows})
+        out["interp"] = interp.summary(suite)
+    elif cfg.stability:
+        from saeforge.evaluation.interp import stability
+
+        out["stability"] = stability(saes)
+    print(json.dumps(out))
     return 0
 
 

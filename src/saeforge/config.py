@@ -362,9 +362,27 @@ class HeldOutConfig(Config):
 
 @dataclass(frozen=True)
 class EvalConfig(HeldOutConfig):
-    """`saeforge eval`: CE loss recovered, explained variance, L0 of a saved dictionary."""
+    """`saeforge eval`: CE loss recovered, explained variance, L0 of a saved dictionary; with
+    --interp, the interpretability suite (evaluation/interp.py)."""
 
+    more: tuple[str, ...] = opt((), "more dictionaries of the same model, hook and shape (other seeds): each is "
+                                "evaluated, and with --interp their stability across seeds is reported",
+                                positional=True)
     tokens: int = opt(65536, "held-out tokens to evaluate on", ge=1)
+    interp: bool = opt(False, "also run the interpretability suite on labelled Python (k-sparse probing against the "
+                       "model and an untrained control, per-latent labels; stability across several dictionaries)")
+    interp_tokens: int = opt(32768, "labelled held-out tokens for --interp", ge=256)
+    stability: bool = opt(False, "require several dictionaries and report their stability across seeds (PW-MCC)")
+    out: str = opt("", "with --interp: write interp.json (every figure, each latent's label) and interp.png here")
+    seed: int = opt(0, "seed of --interp's document windows, probe samples and control", ge=0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.out and not self.interp:
+            raise UserError("--out is where --interp writes interp.json and interp.png: give --interp too")
+        if self.stability and not self.more:
+            raise UserError("--stability compares dictionaries trained with different seeds: give two or more "
+                            "directories")
 
 
 @dataclass(frozen=True)

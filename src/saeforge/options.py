@@ -51,10 +51,13 @@ def flag(name: str) -> str:
 
 
 def base_type(typ: Any) -> tuple[type, bool]:
-    """(the value type, whether None — `auto` — is allowed) of a field's annotation."""
+    """(the value type, whether None — `auto` — is allowed) of a field's annotation; `tuple[str, ...]`
+    (several values: a positional taking one or more) is `tuple`."""
     if get_origin(typ) in (Union, types.UnionType):
         args = [a for a in get_args(typ) if a is not type(None)]
         return args[0], True
+    if get_origin(typ) is tuple:
+        return tuple, False
     return typ, False
 
 
@@ -118,6 +121,10 @@ def checked(name: str, value: Any, option: Option) -> Any:
     typ = option.type
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is tuple:  # several strings (a list in a config file)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise UserError(f"{flag(name)} must be a list of strings, got {value!r} ({type(value).__name__})")
     if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
         auto = " or auto" if option.nullable else ""
         raise UserError(f"{flag(name)} must be {typ.__name__}{auto}, got {value!r} ({type(value).__name__})")
@@ -179,10 +186,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config]) -> None
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON file with the same keys; flags override it")
     for o in cls.options().values():
         help_ = o.help
-        if o.default != "" and "default" not in help_:
+        if o.default not in ("", ()) and "default" not in help_:
             help_ += f" (default: {show(o.default)})"
         help_ = help_.replace("%", "%%")  # argparse formats help
-        if o.field.metadata.get("positional"):
+        if o.field.metadata.get("positional") and o.type is tuple:
+            parser.add_argument(o.name, nargs="*", default=argparse.SUPPRESS, help=help_)
+        elif o.field.metadata.get("positional"):
             parser.add_argument(o.name, type=_typed(o.type, o.name, o.nullable), help=help_)
         elif o.type is bool:
             parser.add_argument(flag(o.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

@@ -61,6 +61,26 @@ def load_with_model(path: str | Path, model: Any = None, hook: str | None = None
     return sae.to(next(model.parameters()).device), model, hook
 
 
+def load_others(first: SAE, paths: tuple[str, ...] | list[str], hook: str, device: str = "cpu") -> list[SAE]:
+    """More dictionaries to evaluate beside `first`: each of its model, hook and shape."""
+    from saeforge.dictionary.io import load
+
+    out = []
+    for path in paths:
+        sae = load(path, device=device)
+        meta = sae.metadata
+        if (sae.d_in, sae.d_sae) != (first.d_in, first.d_sae):
+            raise UserError(f"{path} is a {sae.d_in}→{sae.d_sae} dictionary, the first a {first.d_in}→{first.d_sae}: "
+                            "give dictionaries of one shape")
+        if meta.get("hook_name") and meta["hook_name"] != hook:
+            raise UserError(f"{path} reads {meta['hook_name']}, the first {hook}: give dictionaries of one hook")
+        model = first.metadata.get("model_name")
+        if model and meta.get("model_name") and not _same_model(model, meta["model_name"]):
+            raise UserError(f"{path} was trained on model {meta['model_name']!r}, the first on {model!r}")
+        out.append(sae)
+    return out
+
+
 def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True

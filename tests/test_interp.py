@@ -220,14 +220,15 @@ def trained(model_dir, python_dir, tmp_path_factory):
 def test_eval_interp_on_two_seeds(trained, python_dir, tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "report"
-    assert main(["eval", *map(str, trained), "--interp", "--interp-tokens", "4096", "--tokens", "1024",
+    assert main(["eval", *map(str, trained), "--interp", "--interp-tokens", "2048", "--tokens", "512",
                  "--out", str(out), "--no-progress"]) == 0
     said = json.loads(capsys.readouterr().out)
     suite = said["interp"]
     assert len(said["dictionaries"]) == 2 and suite["tasks"] >= 20
     for res in suite["dictionaries"]:
+        assert set(res["probing"]["control"]) == {"k=1", "k=2", "k=5"}
         for run in ("sae", "control", "model"):
-            assert set(res["probing"][run]) == {"k=1", "k=2", "k=5"}
+            assert {"k=1", "k=2", "k=5"} <= set(res["probing"][run]) and "k=all" in res["probing"]["sae"]
             for v in res["probing"][run].values():
                 assert 0.4 <= v["interval"][0] <= v["accuracy"] <= v["interval"][1] <= 1
         assert 0 <= res["labelled_fraction"] <= 1
@@ -265,7 +266,56 @@ def test_bad_input_to_the_suite_is_one_line(case, says, trained, model_dir, text
 def test_the_python_api_runs_the_suite(trained):
     import saeforge
 
-    res = saeforge.interpretability([saeforge.load(trained[0]), str(trained[1])], tokens=2048)
+    res = saeforge.interpretability([saeforge.load(trained[0]), str(trained[1])], tokens=1024)
     assert len(res["dictionaries"]) == 2 and "stability" in res
     with pytest.raises(UserError, match="tokens="):
         saeforge.interpretability(str(trained[0]), tokens="many")
+
+
+def test_absorption_recovers_a_planted_absorption():
+    """A parent with 40 children (each too rare for k-sparse probing to count it a split): a parent latent silent whenever a child is present, and one latent
+    per child whose decoder row carries the parent's direction (it has absorbed it). The children's
+    tokens are absorbed (fraction ≈ 1), the parent-only tokens are not (≈ 0); a dictionary without
+    absorption (each child latent orthogonal to the parent, the parent latent always firing) scores ≈ 0."""
+    from saeforge.evaluation.absorption import HIERARCHY, absorption
+
+    g = torch.Generator().manual_seed(0)
+    n, d, F = 12000, 64, 96
+    C = 40
+    children = HIERARCHY["tok.keyword"][:12] + tuple(f"child{i}" for i in range(C - 12))
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g))[0].T  # orthonormal rows
+    u_p, u_c = basis[0], basis[1:C + 1]
+    parent = torch.rand(n, generator=g) < 0.4
+    child = torch.where(parent & (torch.rand(n, generator=g) < 0.6), torch.randint(0, C, (n,), generator=g), -1)
+    x = 0.05 * torch.randn(n, d, generator=g) + 3 * parent.float()[:, None] * u_p
+    x[child >= 0] += 3 * u_c[child[child >= 0]]
+    labels = np.zeros((n, C + 1), dtype=bool)
+    labels[:, 0] = parent.numpy()
+    labels[np.flatnonzero(child >= 0), 1 + child[child >= 0].numpy()] = True
+    data = interp.Labelled(x, labels, np.arange(n) // 40, ("tok.keyword", *children))
+
+    def dictionary(absorbing: bool) -> torch.nn.Module:
+        sae = create("standard", d, F)
+        with torch.no_grad():
+            initialize(sae, "orthogonal", seed=1)
+            sae.b_enc.fill_(-50.0)  # the filler latents stay silent
+            sae.W_enc[:, 0] = u_p - (10 * u_c.sum(0) if absorbing else 0)
+            sae.b_enc[0] = -1.0
+            sae.W_dec[0] = u_p
+            for c in range(C):
+                row = torch.nn.functional.normalize(u_p + u_c[c], dim=0) if absorbing else u_c[c]
+                sae.W_enc[:, 1 + c] = u_c[c] * (2 ** 0.5 if absorbing else 1.0)  # fires on its child only
+                sae.W_dec[1 + c] = row
+                sae.b_enc[1 + c] = -1.0
+        return sae
+
+    split = interp.probe_split(data)
+    for absorbing in (True, False):
+        sae = dictionary(absorbing)
+        res = absorption(sae, interp._encode(sae, x), data, split)["parents"]["tok.keyword"]
+        if absorbing:
+            assert res["main_latents"] == [0]
+            assert all(v > 0.9 for v in res["by_child"].values()), res["by_child"]
+            assert 0.5 < res["absorption_fraction"] < 0.7 and res["full_absorption_rate"] > 0.4, res
+        else:
+            assert res["absorption_fraction"] < 0.05, res

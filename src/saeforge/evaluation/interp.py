@@ -13,12 +13,14 @@ the hook. Documents alternate between the probes' training half and their test h
   negatives from each half (at most `PROBE_CAP` of each); the k latents whose means differ most
   between the classes on the training half, then a logistic regression on them (scikit-learn,
   L2, C = 1, 1000 iterations, as SAEBench's `train_sklearn_probe`); test accuracy for
-  k ∈ `KS`. The same probe on the raw activations is the model baseline, on an untrained
-  dictionary of the same shape (orthogonal init) the control.
+  k ∈ `KS`, and for a probe on every latent ("all", `fit_dense_probe`). The same probes on the
+  raw activations are the model baseline, on an untrained dictionary of the same shape
+  (orthogonal init) the control.
 - **per-latent labels** (`latent_labels`): each latent's best task by F1 of "fires" vs "label
   holds" over every token; the labelled fraction is the share of latents with F1 ≥ 0.5.
 - **stability** (`stability`): decoder rows of two dictionaries matched one to one (Hungarian,
   on cosine similarity); PW-MCC is the mean matched cosine (Song et al. 2025).
+- **absorption** (absorption.py): SAEBench's absorption fraction for parents of the code hierarchy.
 - intervals: 95% bootstrap over documents (`BOOT` resamples, fixed seed).
 """
 
@@ -236,14 +238,26 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> n
     return probe.predict(x_test)
 
 
-def probe(x_NF: torch.Tensor, data: Labelled, split: ProbeSplit, ks: tuple[int, ...] = KS) -> dict[str, Any]:
-    """Per k: per task, the test tokens' correctness (bool arrays, for the bootstrap) and accuracy."""
+def fit_dense_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor) -> np.ndarray:
+    """The "all latents" probe: the same logistic regression on every column, standardized
+    (SAEBench trains this one as a linear layer with Adam; on thousands of unscaled columns
+    L-BFGS would not converge in its 1000 iterations)."""
+    mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
+    return fit_probe(((x_train - mu) / sd).numpy(), y_train.numpy(), ((x_test - mu) / sd).numpy())
+
+
+def probe(x_NF: torch.Tensor, data: Labelled, split: ProbeSplit, ks: tuple[int | str, ...] = (*KS, "all")) -> dict[str, Any]:
+    """Per k (and "all": every column): per task, the test tokens' correctness (bool arrays, for
+    the bootstrap)."""
     out: dict[str, Any] = {}
     for k in ks:
         correct = []
         for j in range(len(data.tasks)):
             tr, te = split.train[j], split.test[j]
             y_tr, y_te = data.labels_NT[tr, j].astype(np.int64), data.labels_NT[te, j].astype(np.int64)
+            if k == "all":
+                correct.append(fit_dense_probe(x_NF[tr], torch.from_numpy(y_tr), x_NF[te]) == y_te)
+                continue
             cols = top_k_mean_diff(x_NF[tr], torch.from_numpy(y_tr), min(k, x_NF.shape[1]))
             xs = x_NF[:, cols].numpy()
             correct.append(fit_probe(xs[tr], y_tr, xs[te]) == y_te)
@@ -337,8 +351,8 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
     and, if given, the model baseline's per-token correctness), per-latent labels; 95% bootstrap
     intervals over documents."""
     f_NF = _encode(sae, data.acts_ND)
-    runs = {"sae": probe(f_NF, data, split), "control": probe(_encode(untrained_like(sae, seed), data.acts_ND),
-                                                               data, split)}
+    runs = {"sae": probe(f_NF, data, split),  # the control's k-sparse probes only: its all-latent probe is
+            "control": probe(_encode(untrained_like(sae, seed), data.acts_ND), data, split, ks=KS)}  # the slowest
     if baseline is not None:
         runs["model"] = baseline
     tp, fired, held = latent_counts(f_NF, data)
@@ -367,7 +381,10 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
     alive = fired.sum(0) > 0
     latents = [{"task": data.tasks[int(t)], "f1": float(f), "precision": float(p), "recall": float(r)}
                for t, f, p, r in zip(task_F, f1_F, prec_F, rec_F)]
-    return {"probing": probing_out, "labelled_fraction": labelled, "labelled_interval": _interval(np.array(samples)),
+    from saeforge.evaluation.absorption import absorption
+
+    return {"probing": probing_out, "absorption": absorption(sae, f_NF, data, split, seed),
+            "labelled_fraction": labelled, "labelled_interval": _interval(np.array(samples)),
             "labelled_fraction_of_alive": float((f1_F[alive] >= F1_LABELLED).float().mean()) if alive.any() else 0.0,
             "latent_labels": latents}
 
@@ -400,7 +417,10 @@ def summary(suite: dict[str, Any]) -> dict[str, Any]:
     def brief(res: dict[str, Any]) -> dict[str, Any]:
         probing = {name: {k: {"accuracy": v["accuracy"], "interval": v["interval"]} for k, v in run.items()}
                    for name, run in res["probing"].items()}
+        ab = res["absorption"]
         return {**({"path": res["path"]} if "path" in res else {}), "probing": probing,
+                "absorption": {"mean_absorption_fraction": ab["mean_absorption_fraction"], "interval": ab["interval"],
+                               **{p: v["absorption_fraction"] for p, v in ab["parents"].items()}},
                 "labelled_fraction": res["labelled_fraction"], "labelled_interval": res["labelled_interval"],
                 "labelled_fraction_of_alive": res["labelled_fraction_of_alive"]}
 
@@ -427,14 +447,15 @@ def write(suite: dict[str, Any], out_dir: str, meta: dict[str, Any]) -> None:
     ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     res = suite["dictionaries"]
     names = [("sae", "dictionary"), ("control", "untrained control"), ("model", "model activations")]
+    every = list(res[0]["probing"]["sae"])
     for i, (key, label) in enumerate(names):
-        ks = list(res[0]["probing"][key])
+        ks = [k for k in every if k in res[0]["probing"][key]]
         acc = np.array([[r["probing"][key][k]["accuracy"] for k in ks] for r in res]).mean(0)
         lo = np.array([[r["probing"][key][k]["interval"][0] for k in ks] for r in res]).mean(0)
         hi = np.array([[r["probing"][key][k]["interval"][1] for k in ks] for r in res]).mean(0)
-        x = np.arange(len(ks)) + (i - 1) * 0.27
+        x = np.array([every.index(k) for k in ks]) + (i - 1) * 0.27
         ax.bar(x, acc, 0.27, yerr=[acc - lo, hi - acc], label=label, capsize=2)
-        ax.set_xticks(np.arange(len(ks)), ks)
+    ax.set_xticks(np.arange(len(every)), every)
     ax.set_ylim(0.5, 1.0)
     ax.set_ylabel(f"probe test accuracy ({len(suite['tasks'])} tasks)")
     ax.legend(fontsize=7, loc="upper left")

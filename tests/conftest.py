@@ -41,3 +41,17 @@ def text_dir(tmp_path_factory):
     return d
 
 
+
+
+@pytest.fixture(scope="module")
+def python_dir(tmp_path_factory):
+    """12 whole modules of Python's standard library, as .py documents (fewer than 20: all held out)."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    d = tmp_path_factory.mktemp("py")
+    picked = [f for f in sorted(root.glob("*.py")) if 3000 < f.stat().st_size < 12000][:12]
+    for f in picked:
+        (d / f.name).write_text(f.read_text())
+    return d

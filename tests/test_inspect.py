@@ -170,3 +170,25 @@ def test_notebook_runs(tmp_path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Feature" in outputs and "explained variance" in outputs
+
+
+def test_features_carry_their_best_python_label(trained, python_dir, tmp_path):
+    """On Python source every feature page and list row shows the feature's best label and its F1."""
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "report"
+    assert main(["inspect", str(trained), "--out", str(out), "--features", "6", "--tokens", "2000",
+                 "--dataset", str(python_dir), "--no-progress"]) == 0
+    html = (out / "index.html").read_text()
+    payload = json.loads(html.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    assert all(f["label"] and 0 <= f["f1"] <= 1 for f in payload["features"])
+    assert 0 <= payload["meta"]["labelled_fraction"] <= 1
+    driver = _chrome()
+    try:
+        driver.get((out / "index.html").as_uri())
+        lis = driver.find_elements(By.CSS_SELECTOR, "#list li")
+        assert all(" F1 " in li.text for li in lis)
+        lis[0].click()
+        assert "best Python label" in driver.find_element(By.CSS_SELECTOR, "#detail .label").text
+    finally:
+        driver.quit()

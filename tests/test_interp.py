@@ -3,9 +3,7 @@ against SAEBench's own code), per-latent labels, seed stability, and the `eval -
 
 import io
 import json
-import sysconfig
 import tokenize
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,17 +191,6 @@ def test_stability_matches_a_permuted_copy_and_not_a_random_dictionary():
 
 
 # ------------------------------------------------------------------------------------------- the command
-@pytest.fixture(scope="module")
-def python_dir(tmp_path_factory):
-    """12 whole modules of Python's standard library, as .py documents (fewer than 20: all held out)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    d = tmp_path_factory.mktemp("py")
-    picked = [f for f in sorted(root.glob("*.py")) if 3000 < f.stat().st_size < 12000][:12]
-    for f in picked:
-        (d / f.name).write_text(f.read_text())
-    return d
-
-
 @pytest.fixture(scope="module")
 def trained(model_dir, python_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")

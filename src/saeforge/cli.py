@@ -128,6 +128,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                   progress=cfg.progress)
     meta = {"dictionary": str(cfg.path), "model": cfg.model or sae.metadata.get("model_name"), "hook": hook,
             "dataset": dataset}
+    if cfg.labels:
+        from saeforge.evaluation.interp import latent_labels
+
+        try:
+            labels = latent_labels(model, sae, hook, dataset, cfg.tokens)
+        except UserError as e:  # not Python source: a browser without labels
+            meta["labels"] = f"none ({e})"
+        else:
+            for f in rep.features.values():
+                f.label = labels[f.index]
+            meta["labelled_fraction"] = sum(lab["f1"] >= 0.5 for lab in labels) / len(labels)
     page = report.write(rep, cfg.out, meta)
     print(json.dumps({"report": str(page), "features": len(rep.features), "tokens": rep.n_tokens,
                       "dead": rep.dead, "dense": rep.dense}))

@@ -393,6 +393,8 @@ class InspectConfig(HeldOutConfig):
     features: int = opt(32, "how many alive features to study, spread over the firing frequencies", ge=1)
     tokens: int = opt(32768, "held-out tokens to run", ge=1)
     top_k: int = opt(10, "top-activating contexts per feature", ge=1)
+    labels: bool = opt(True, "label each feature with its best Python label by F1 (tokenize / ast) when the "
+                       "dataset is Python source; otherwise the browser shows none")
 
     def validate(self) -> None:
         super().validate()

@@ -122,6 +122,7 @@ class FeatureReport:
     bin_edges: list[float] = field(default_factory=list)
     promoted: list[tuple[str, float]] = field(default_factory=list)
     suppressed: list[tuple[str, float]] = field(default_factory=list)
+    label: dict[str, Any] | None = None  # its best Python label (interp.latent_labels): task, f1, precision, recall
 
 
 @dataclass

@@ -242,8 +242,13 @@ def fit_dense_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.
     """The "all latents" probe: the same logistic regression on every column, standardized
     (SAEBench trains this one as a linear layer with Adam; on thousands of unscaled columns
     L-BFGS would not converge in its 1000 iterations)."""
-    mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    return fit_probe(((x_train - mu) / sd).numpy(), y_train.numpy(), ((x_test - mu) / sd).numpy())
+    x_train, x_test = x_train.double(), x_test.double()
+    mu, sd = x_train.mean(0), x_train.std(0)
+    live = sd > 1e-6  # a column constant on the training half (a latent that never fired there) carries nothing
+    z = lambda x: ((x[:, live] - mu[live]) / sd[live]).numpy()  # noqa: E731
+    if not live.any():
+        return np.full(len(x_test), int(y_train.float().mean() >= 0.5))
+    return fit_probe(z(x_train), y_train.numpy(), z(x_test))
 
 
 def probe(x_NF: torch.Tensor, data: Labelled, split: ProbeSplit, ks: tuple[int | str, ...] = (*KS, "all")) -> dict[str, Any]:
@@ -387,6 +392,16 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
             "labelled_fraction": labelled, "labelled_interval": _interval(np.array(samples)),
             "labelled_fraction_of_alive": float((f1_F[alive] >= F1_LABELLED).float().mean()) if alive.any() else 0.0,
             "latent_labels": latents}
+
+
+def latent_labels(model, sae: SAE, hook: str, dataset: str, n_tokens: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Each latent's best label by F1 on `n_tokens` labelled held-out tokens (the feature browser's
+    labels; no probing)."""
+    data = collect_labelled(model, hook, dataset, n_tokens, seed=seed)
+    tp, fired, held = latent_counts(_encode(sae, data.acts_ND), data)
+    task_F, f1_F, prec_F, rec_F = best_labels(tp.sum(0), fired.sum(0), held.sum(0))
+    return [{"task": data.tasks[int(t)], "f1": float(f), "precision": float(p), "recall": float(r)}
+            for t, f, p, r in zip(task_F, f1_F, prec_F, rec_F)]
 
 
 def run_suite(model, saes: list[SAE], hook: str, dataset: str, n_tokens: int, *, seed: int = 0,

@@ -64,6 +64,8 @@ def payload(rep: DictionaryReport, meta: dict[str, Any]) -> dict[str, Any]:
             "hist": f.histogram, "edges": f.bin_edges,
             "promoted": [[visible(t), v] for t, v in f.promoted],
             "suppressed": [[visible(t), v] for t, v in f.suppressed],
+            "label": f.label["task"] if f.label else "", "f1": f.label["f1"] if f.label else 0.0,
+            "precision": f.label["precision"] if f.label else 0.0, "recall": f.label["recall"] if f.label else 0.0,
         })
     return {"meta": meta, "n_tokens": rep.n_tokens, "n_features": len(rep.frequency_F), "dead": rep.dead,
             "dense": rep.dense, "features": feats}
@@ -105,7 +107,7 @@ button{font-size:12px}
 <div id="summary"></div>
 <input id="search" placeholder="search: feature number or text in its contexts / tokens">
 <div>sort: <button data-k="index">index</button> <button data-k="frequency">frequency</button>
-<button data-k="max">max activation</button> <span id="count"></span></div>
+<button data-k="max">max activation</button> <button data-k="f1">label F1</button> <span id="count"></span></div>
 </header><ul id="list"></ul></div>
 <div id="main"><img id="density" alt="feature density" src="data:image/png;base64,__DENSITY__" style="max-width:640px">
 <div id="detail"><p>Select a feature on the left.</p></div></div>
@@ -120,7 +122,7 @@ document.getElementById("summary").textContent =
   `${D.meta.model || ""} ${D.meta.hook || ""} · ${D.n_features} features · ${D.dead} dead · ${D.dense} dense · ` +
   `${D.n_tokens} tokens`;
 function haystack(f) {
-  return [String(f.index), ...f.contexts.map(c => c.tokens.join("")), ...f.promoted.map(p => p[0]),
+  return [String(f.index), f.label, ...f.contexts.map(c => c.tokens.join("")), ...f.promoted.map(p => p[0]),
           ...f.suppressed.map(p => p[0])].join("\n").toLowerCase();
 }
 D.features.forEach(f => f.hay = haystack(f));
@@ -131,7 +133,8 @@ function renderList() {
     .sort((a, b) => sortDir * (a[sortKey] - b[sortKey]));
   for (const f of shown) {
     const li = el("li", f.index === selected ? "sel" : "",
-      `#${f.index}  freq ${f.frequency.toExponential(2)}  max ${f.max.toFixed(2)}`);
+      `#${f.index}  freq ${f.frequency.toExponential(2)}  max ${f.max.toFixed(2)}` +
+      (f.label ? `  ${f.label} F1 ${f.f1.toFixed(2)}` : ""));
     li.dataset.index = f.index;
     li.onclick = () => { selected = f.index; renderList(); renderFeature(f); };
     list.appendChild(li);
@@ -154,6 +157,8 @@ function renderFeature(f) {
   const d = document.getElementById("detail"); d.replaceChildren();
   d.appendChild(el("h2", "", `Feature ${f.index}`));
   d.appendChild(el("p", "", `fires on ${(100 * f.frequency).toFixed(3)}% of tokens; max activation ${f.max.toFixed(3)}`));
+  if (f.label) d.appendChild(el("p", "label", `best Python label: ${f.label} (F1 ${f.f1.toFixed(3)}, precision ` +
+    `${f.precision.toFixed(3)}, recall ${f.recall.toFixed(3)}; labels from tokenize and ast)`));
   d.appendChild(el("h3", "", "Top-activating contexts"));
   const box = el("div", "contexts");
   for (const c of f.contexts) {

@@ -11,7 +11,8 @@ import saeforge
 SRC = Path(saeforge.__file__).parent
 # Lowest first: a module may import only modules of a lower layer or of its own layer listed before it.
 LAYERS = [
-    ["errors", "distributed", "runtime", "options", "evaluation.metrics", "dictionary.kernels", "dictionary.sparse",
+    ["errors", "distributed", "runtime", "options", "evaluation.metrics", "evaluation.labels", "evaluation.probing",
+     "dictionary.kernels", "dictionary.sparse",
      "sources.fast_attention", "training.feature_shards"],
     ["dictionary.sae"],
     ["dictionary.architectures.topk", "dictionary.architectures.standard", "dictionary.architectures.batchtopk",
@@ -19,7 +20,8 @@ LAYERS = [
     ["dictionary.io", "dictionary.init", "training.resample", "config", "training.checkpoint", "sources.language_model",
      "sources.toy", "sources.sampler", "sources.synthetic", "sources.data", "sources.buffer", "sources.cache",
      "evaluation.scaling"],
-    ["training.wandb_log", "training.trainer", "evaluation.evals", "evaluation.analysis", "evaluation.report"],
+    ["training.wandb_log", "training.trainer", "evaluation.evals", "evaluation.analysis", "evaluation.report",
+     "evaluation.absorption", "evaluation.interp"],
     ["pipeline.common", "pipeline.dictionaries", "pipeline.train", "pipeline.toy", "pipeline.sweep", "pipeline.harvest"],
     ["api", "cli", "__main__"],
 ]

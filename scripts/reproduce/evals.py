@@ -242,6 +242,14 @@ def write_doc(a, rows, stab, coef, docs: Path, wall: float) -> None:
         fig.tight_layout()
         fig.savefig(docs / "evals-grid.png", dpi=110)
         L += ["", "![grid](evals-grid.png)", ""]
+    timing = docs / "evals-timing.jsonl"
+    if timing.exists():
+        t_rows = [json.loads(line) for line in timing.read_text().splitlines() if line.strip()]
+        L += ["## Time", "", "The suite on the main job's dictionary (`python scripts/benchmarks/bench_interp_suite.py "
+              "runs/main --record`; 32,768 labelled tokens), each repeat as recorded:", "",
+              "| total s | load average | CPUs | parts (s) |", "|---|---|---|---|"]
+        L += [f"| {r['total_s']:.1f} | {r['load_average']:.1f} | {r['cpus']} | "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["parts_s"].items()) + " |" for r in t_rows]
     L += ["", f"Wall time of this script: {wall:.0f} s (2 CPU cores, shared; finished runs reused)."]
     (docs / "evals.md").write_text("\n".join(L) + "\n")
 

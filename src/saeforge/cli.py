@@ -172,8 +172,10 @@ COMMANDS = [  # name, config class (= its flags), function, help, description
      "Train a grid of dictionary sizes × step counts (× L1 coefficients) from one activation cache, measure each "
      "run on held-out activations, fit the compute-optimal frontier; resumable. --suggest FLOPS reads a finished "
      "sweep."),
-    ("eval", EvalConfig, _cmd_eval, "CE loss recovered, explained variance, L0 of a saved dictionary",
-     "Evaluate a saeforge or SAELens dictionary on held-out text of the model it was trained on."),
+    ("eval", EvalConfig, _cmd_eval, "CE loss recovered, EV, L0 of saved dictionaries; --interp: are they interpretable",
+     "Evaluate saeforge or SAELens dictionaries on held-out text of the model they were trained on; with --interp, "
+     "the interpretability suite on Python labelled by tokenize / ast (probing, labelled latents, absorption, and "
+     "stability across several dictionaries)."),
     ("inspect", InspectConfig, _cmd_inspect, "HTML feature browser of a dictionary (contexts, histograms, token effects)",
      "Run the dictionary's model on held-out text and write a self-contained HTML feature browser (index.html) "
      "plus PNG plots to --out."),

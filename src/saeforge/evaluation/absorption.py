@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from saeforge.dictionary.sae import SAE
+from saeforge.evaluation.probing import fit_probe
 
 K_MAX = 10
 F1_JUMP = 0.03
@@ -53,8 +54,6 @@ def _f1(pred: np.ndarray, y: np.ndarray) -> float:
 
 def main_latents(f_NF: torch.Tensor, y_N: np.ndarray, train: np.ndarray, test: np.ndarray) -> list[int]:
     """The parent's main latents by SAEBench's feature-splitting rule (module docstring, step 2)."""
-    from saeforge.evaluation.interp import fit_probe
-
     y_tr = y_N[train]
     diff_F = f_NF[train][y_tr].mean(0) - f_NF[train][~y_tr].mean(0)  # signed: latents that fire for the parent
     order = torch.argsort(diff_F, descending=True)[:min(K_MAX, f_NF.shape[1])].tolist()

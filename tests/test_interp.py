@@ -226,18 +226,18 @@ def test_eval_interp_on_two_seeds(trained, python_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, says", [
-    ("not python", "is Python source"), ("other width", "one shape"), ("one seed", "two or more"),
+    ("not python", "is Python source"), ("other d_in", "one shape"), ("one seed", "two or more"),
     ("out without interp", "give --interp")])
 def test_bad_input_to_the_suite_is_one_line(case, says, trained, model_dir, text_dir, tmp_path, capsys):
     first = str(trained[0])
     out = tmp_path / "report"
     if case == "not python":
         args = [first, "--interp", "--dataset", str(text_dir), "--out", str(out)]
-    elif case == "other width":
+    elif case == "other d_in":
         other = tmp_path / "wide"
         assert main(["train", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "4096", "--out",
                      str(other), "--no-progress", "--eval-tokens", "0", "--batch-size", "64", "--buffer-mb", "1",
-                     "--dict-size", "96"]) == 0
+                     "--dict-size", "128", "--hook", "blocks.0.mlp.hook_post"]) == 0  # d_in 64, not 32
         args = [first, str(other), "--interp", "--out", str(out)]
     elif case == "one seed":
         args = [first, "--stability"]

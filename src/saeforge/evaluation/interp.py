@@ -220,7 +220,8 @@ def probe_split(data: Labelled, seed: int = 0) -> ProbeSplit:
     return ProbeSplit(train, test)
 
 
-def probe(x_NF: torch.Tensor, data: Labelled, split: ProbeSplit, ks: tuple[int | str, ...] = (*KS, "all")) -> dict[str, Any]:
+def probe(x_NF: torch.Tensor, data: Labelled, split: ProbeSplit, ks: tuple[int | str, ...] = (*KS, "all"),
+          bar: Any = None) -> dict[str, Any]:
     """Per k (and "all": every column): per task, the test tokens' correctness (bool arrays, for
     the bootstrap)."""
     out: dict[str, Any] = {}
@@ -231,10 +232,14 @@ def probe(x_NF: torch.Tensor, data: Labelled, split: ProbeSplit, ks: tuple[int |
             y_tr, y_te = data.labels_NT[tr, j].astype(np.int64), data.labels_NT[te, j].astype(np.int64)
             if k == "all":
                 correct.append(fit_dense_probe(x_NF[tr], torch.from_numpy(y_tr), x_NF[te]) == y_te)
+                if bar is not None:
+                    bar.update(1)
                 continue
             cols = top_k_mean_diff(x_NF[tr], torch.from_numpy(y_tr), min(k, x_NF.shape[1]))
             xs = x_NF[:, cols].numpy()
             correct.append(fit_probe(xs[tr], y_tr, xs[te]) == y_te)
+            if bar is not None:
+                bar.update(1)
         out[str(k)] = correct
     return out
 
@@ -319,14 +324,15 @@ def untrained_like(sae: SAE, seed: int = 0) -> SAE:
 
 
 @torch.no_grad()
-def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline: dict | None = None,
+def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline: dict | None = None, bar: Any = None,
                         seed: int = 0) -> dict[str, Any]:
     """The suite's figures for one dictionary on labelled data: probing (with the untrained control
     and, if given, the model baseline's per-token correctness), per-latent labels; 95% bootstrap
     intervals over documents."""
     f_NF = _encode(sae, data.acts_ND)
-    runs = {"sae": probe(f_NF, data, split),  # the control's k-sparse probes only: its all-latent probe is
-            "control": probe(_encode(untrained_like(sae, seed), data.acts_ND), data, split, ks=KS)}  # the slowest
+    runs = {"sae": probe(f_NF, data, split, bar=bar),  # the control's k-sparse probes only: its all-latent
+            "control": probe(_encode(untrained_like(sae, seed), data.acts_ND), data, split, ks=KS, bar=bar)}  # probe
+    # is the slowest part
     if baseline is not None:
         runs["model"] = baseline
     tp, fired, held = latent_counts(f_NF, data)
@@ -382,10 +388,12 @@ def run_suite(model, saes: list[SAE], hook: str, dataset: str, n_tokens: int, *,
         raise UserError(f"the dictionary reads {saes[0].d_in}-wide activations, but {hook} gives "
                         f"{data.acts_ND.shape[1]}")
     split = probe_split(data, seed)
-    baseline = probe(data.acts_ND, data, split)
-    results = []
-    for sae in tqdm(saes, disable=not progress or len(saes) == 1, file=sys.stderr, desc="dictionaries"):
-        results.append(evaluate_dictionary(sae, data, split, baseline=baseline, seed=seed))
+    T = len(data.tasks)
+    bar = tqdm(total=T * (len(KS) + 1) * (1 + len(saes)) + T * len(KS) * len(saes), disable=not progress,
+               file=sys.stderr, desc="probes", unit="probe", dynamic_ncols=True)
+    baseline = probe(data.acts_ND, data, split, bar=bar)
+    results = [evaluate_dictionary(sae, data, split, baseline=baseline, bar=bar, seed=seed) for sae in saes]
+    bar.close()
     out: dict[str, Any] = {
         "tokens": len(data.doc_N), "documents": int(data.doc_N.max()) + 1, "tasks": list(data.tasks),
         "dropped_tasks": data.dropped, "skipped_documents": data.skipped_documents, "dictionaries": results}

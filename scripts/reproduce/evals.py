@@ -2,7 +2,7 @@
 init × dead-latent handling at matched L0; writes docs/evals.md, docs/evals.jsonl, docs/evals-grid.png.
 
     python scripts/reproduce/evals.py [--main-seeds 0 1 2] [--grid-seeds 0] [--grid-tokens 1000000]
-                                      [--suite-tokens 32768] [--grid-suite-tokens 16384]
+                                      [--suite-tokens 32768] [--grid-suite-tokens 32768]
                                       [--out runs/evals] [--reuse-only]
 
 1. **Noise.** The README's main job (`saeforge train`, TopK k 32, 4M tokens) with each of
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--grid-tokens", type=int, default=1_000_000)
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
     ap.add_argument("--suite-tokens", type=int, default=32768, help="labelled tokens for the main job's suite")
-    ap.add_argument("--grid-suite-tokens", type=int, default=16384, help="labelled tokens for each grid cell's suite")
+    ap.add_argument("--grid-suite-tokens", type=int, default=32768, help="labelled tokens for each grid cell's suite")
     ap.add_argument("--out", default="runs/evals")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--reuse-only", action="store_true", help="render what is finished (time ran out for the rest)")
@@ -139,7 +139,7 @@ def main() -> None:
         if r is None:
             continue
         main_runs.append(run)
-        rows.append({"part": "main", "seed": seed, "l0": s["l0"], "explained_variance": s["explained_variance"],
+        rows.append({"part": "main", "seed": seed, "l0": s["l0"], "train_wall_s": s["wall_s"], "explained_variance": s["explained_variance"],
                      "ce_loss_recovered": s["ce_loss_recovered"], "suite_wall_s": r["wall_s"], **headline(r)})
         print(json.dumps(rows[-1]), flush=True)
     stab = None
@@ -163,6 +163,7 @@ def main() -> None:
                     rows.append({"part": "grid", "architecture": arch, "init": init, "dead": dead, "seed": seed,
                                  "l0": s["l0"], "explained_variance": s["explained_variance"],
                                  "ce_loss_recovered": s["ce_loss_recovered"], "dead_fraction": s.get("dead_fraction"),
+                                 "resampled": s.get("resampled", 0), "train_wall_s": s["wall_s"],
                                  "suite_wall_s": r["wall_s"], **headline(r)})
                     print(json.dumps(rows[-1]), flush=True)
     (docs / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -172,6 +173,54 @@ def main() -> None:
 METRICS = [("k1_probe", "k=1 probe accuracy"), ("k5_probe", "k=5 probe accuracy"),
            ("labelled_fraction", "labelled latents (F1 ≥ 0.5)"), ("absorption", "absorption fraction"),
            ("explained_variance", "explained variance"), ("ce_loss_recovered", "CE-loss recovered")]
+
+
+def findings(grid: list[dict], main_rows: list[dict]) -> list[str]:
+    """What the grid says, computed: each factor's mean change in each metric over the cells where
+    only it differs and L0 is matched (within ±3 of 32), judged against twice the main job's
+    seed-to-seed spread (the noise section)."""
+    if len(main_rows) < 2:
+        return []
+    noise = {m: 2 * statistics.stdev([r[m] for r in main_rows]) for m, _ in METRICS}
+    cell = {(r["architecture"], r["init"], r["dead"]): r for r in grid if r["seed"] == min(x["seed"] for x in grid)}
+    matched = lambda r: abs(r["l0"] - TARGET_L0) <= 3  # noqa: E731
+
+    def compare(pairs: list[tuple[dict, dict]], what: str) -> str:
+        pairs = [(a, b) for a, b in pairs if matched(a) and matched(b)]
+        if not pairs:
+            return f"- **{what}**: no cell pair at matched L0."
+        parts = []
+        for m, name in METRICS:
+            d = float(np.mean([b[m] - a[m] for a, b in pairs]))
+            better = d < 0 if m == "absorption" else d > 0  # less absorption is better; more of the rest
+            verdict = "no change beyond noise" if abs(d) <= noise[m] else ("better" if better else "worse")
+            parts.append(f"{name} {d:+.3f} ({verdict})")
+        return f"- **{what}** ({len(pairs)} cell pairs): " + "; ".join(parts) + "."
+
+    L = ["### What the grid says (computed by the script; noise = twice the main job's seed-to-seed spread)", "",
+         f"Each cell has {len({r['seed'] for r in grid})} seed(s); the noise is the main job's (3 seeds at 4M tokens), "
+         "not measured per cell, so a verdict near the threshold is tentative.", ""]
+    for init in ("mod", "data"):
+        pairs = [(cell[(a, "orthogonal", d)], cell[(a, init, d)]) for (a, i, d) in cell if i == init
+                 and (a, "orthogonal", d) in cell]
+        L.append(compare(pairs, f"{init} init against orthogonal"))
+    pairs = [(cell[(a, i, d)], cell[(a, i, "clustered")]) for (a, i, d) in cell if d != "clustered"
+             and (a, i, "clustered") in cell]
+    acted = sum(b.get("resampled", 0) > 0 for _, b in pairs)
+    L.append(compare(pairs, "clustered resampling against AuxK / none") + f" Resampling acted in {acted} of the "
+             f"{len(pairs)} clustered cells (the others had no latent dead for its window, so their run is the other "
+             "cell's, bit for bit).")
+    base = {a: cell.get((a, "orthogonal", "auxk" if a in K_ARCHS else "none")) for a in ARCHS}
+    ranked = sorted((r["k1_probe"], a) for a, r in base.items() if r is not None and matched(r))
+    if ranked:
+        L.append("- **architectures** (orthogonal init, default dead-latent handling, at matched L0), by k=1 probe "
+                 "accuracy: " + ", ".join(f"{a} {v:.3f}" for v, a in reversed(ranked))
+                 + f" (noise {noise['k1_probe']:.3f}).")
+    off = [f"{a} {i} ({r['l0']:.0f})" for (a, i, d), r in cell.items() if not matched(r) and d != "clustered"]
+    if off:
+        L.append("- L0 not matched (calibrated on orthogonal init only, so left out of the comparisons above): "
+                 + ", ".join(off) + ".")
+    return L + [""]
 
 
 def write_doc(a, rows, stab, coef, docs: Path, wall: float) -> None:
@@ -214,8 +263,8 @@ def write_doc(a, rows, stab, coef, docs: Path, wall: float) -> None:
         L += ["## Every architecture × init × dead-latent handling, at L0 ≈ 32", "",
               f"{a.grid_tokens:,} training tokens each; seeds {a.grid_seeds}; coefficients calibrated to L0 32: "
               + (", ".join(f"{k} {COEF[k]} = {v:g}" for k, v in coef.items()) or "none") + ".", "",
-              "| architecture | init | dead latents | L0 | " + " | ".join(n for _, n in METRICS) + " |",
-              "|---|---|---|---|" + "---|" * len(METRICS)]
+              "| architecture | init | dead latents | L0 | latents resampled | " + " | ".join(n for _, n in METRICS) + " |",
+              "|---|---|---|---|---|" + "---|" * len(METRICS)]
         keys = sorted({(r["architecture"], r["init"], r["dead"]) for r in grid},
                       key=lambda k: (ARCHS.index(k[0]), INITS.index(k[1]), k[2]))
         for key in keys:
@@ -229,7 +278,9 @@ def write_doc(a, rows, stab, coef, docs: Path, wall: float) -> None:
                     cells.append(fmt(vals[0], ci))
                 else:
                     cells.append(f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}")
-            L.append(f"| {key[0]} | {key[1]} | {key[2]} | {np.mean([r['l0'] for r in rs]):.1f} | " + " | ".join(cells) + " |")
+            L.append(f"| {key[0]} | {key[1]} | {key[2]} | {np.mean([r['l0'] for r in rs]):.1f} | "
+                     f"{np.mean([r.get('resampled', 0) for r in rs]):.0f} | " + " | ".join(cells) + " |")
+        L += [""] + findings(grid, main_rows)
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
         for ax, (m, name) in zip(axes, [METRICS[0], METRICS[2], METRICS[3]]):
             for i, arch in enumerate(ARCHS):
@@ -253,7 +304,8 @@ def write_doc(a, rows, stab, coef, docs: Path, wall: float) -> None:
               "| total s | load average | CPUs | parts (s) |", "|---|---|---|---|"]
         L += [f"| {r['total_s']:.1f} | {r['load_average']:.1f} | {r['cpus']} | "
               + ", ".join(f"{k} {v:.1f}" for k, v in r["parts_s"].items()) + " |" for r in t_rows]
-    L += ["", f"Wall time of this script: {wall:.0f} s (2 CPU cores, shared; finished runs reused)."]
+    L += ["", f"Compute behind these rows: {sum(r['train_wall_s'] for r in rows):.0f} s of training and "
+          f"{sum(r['suite_wall_s'] for r in rows):.0f} s of suites (2 CPU cores, shared); this rendering: {wall:.0f} s."]
     (docs / "evals.md").write_text("\n".join(L) + "\n")
 
 

@@ -175,6 +175,14 @@ METRICS = [("k1_probe", "k=1 probe accuracy"), ("k5_probe", "k=5 probe accuracy"
            ("explained_variance", "explained variance"), ("ce_loss_recovered", "CE-loss recovered")]
 
 
+def seed_range(grid: list[dict]) -> str:
+    n = {}
+    for r in grid:
+        n[(r["architecture"], r["init"], r["dead"])] = n.get((r["architecture"], r["init"], r["dead"]), 0) + 1
+    lo, hi = min(n.values()), max(n.values())
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
 def findings(grid: list[dict], main_rows: list[dict]) -> list[str]:
     """What the grid says, computed: each factor's mean change in each metric over the cells where
     only it differs and L0 is matched (within ±3 of 32), judged against twice the main job's
@@ -198,8 +206,9 @@ def findings(grid: list[dict], main_rows: list[dict]) -> list[str]:
         return f"- **{what}** ({len(pairs)} cell pairs): " + "; ".join(parts) + "."
 
     L = ["### What the grid says (computed by the script; noise = twice the main job's seed-to-seed spread)", "",
-         f"Each cell has {len({r['seed'] for r in grid})} seed(s); the noise is the main job's (3 seeds at 4M tokens), "
-         "not measured per cell, so a verdict near the threshold is tentative.", ""]
+         f"Cells have {seed_range(grid)} seed(s) (a ± in the table is the sample sd over them; the verdicts below use "
+         "the first seed of each cell); the noise is the main job's (3 seeds at 4M tokens), not measured per cell, so a "
+         "verdict near the threshold is tentative.", ""]
     for init in ("mod", "data"):
         pairs = [(cell[(a, "orthogonal", d)], cell[(a, init, d)]) for (a, i, d) in cell if i == init
                  and (a, "orthogonal", d) in cell]

@@ -155,7 +155,7 @@ def test_selection_and_accuracy_match_saebench():
     sae = create("topk", 256, 512, k=8)
     with torch.no_grad():
         initialize(sae, "orthogonal", seed=0)
-    f = interp._encode(sae, data.acts_ND)
+    f = interp.encode_all(sae, data.acts_ND)
     split = interp.probe_split(data, seed=2)
     for j, task in enumerate(data.tasks):
         tr, te = split.train[j], split.test[j]
@@ -299,7 +299,7 @@ def test_absorption_recovers_a_planted_absorption():
     split = interp.probe_split(data)
     for absorbing in (True, False):
         sae = dictionary(absorbing)
-        res = absorption(sae, interp._encode(sae, x), data, split)["parents"]["tok.keyword"]
+        res = absorption(sae, interp.encode_all(sae, x), data, split)["parents"]["tok.keyword"]
         if absorbing:
             assert res["main_latents"] == [0]
             assert all(v > 0.9 for v in res["by_child"].values()), res["by_child"]

@@ -83,7 +83,7 @@ def main() -> None:
                 run = ours(out / "model", arch, variant, seed, a.steps, out)["run"]
                 sae = saeforge.load(run)
                 truth = recovery(sae, data, n_samples=SAMPLES)
-                probe = absorption(sae, interp._encode(sae, lab.acts_ND), lab, split, seed=seed, hierarchy=hierarchy)
+                probe = absorption(sae, interp.encode_all(sae, lab.acts_ND), lab, split, seed=seed, hierarchy=hierarchy)
                 rows.append({"architecture": arch, "variant": variant, "seed": seed,
                              "truth_absorption": truth["absorption"], "probe_absorption": probe["mean_absorption_fraction"],
                              "probe_interval": probe["interval"], "parents": len(probe["parents"]),

@@ -306,7 +306,8 @@ def _interval(values: np.ndarray) -> list[float]:
 
 
 @torch.no_grad()
-def _encode(sae: SAE, acts_ND: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def encode_all(sae: SAE, acts_ND: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The dictionary's latents [N, F] of activations [N, D], in chunks, as float32 on the CPU."""
     dev = sae.W_enc.device
     return torch.cat([sae.encode(acts_ND[i:i + chunk].to(dev, sae.W_enc.dtype)).float().cpu()
                       for i in range(0, len(acts_ND), chunk)])
@@ -329,9 +330,9 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
     """The suite's figures for one dictionary on labelled data: probing (with the untrained control
     and, if given, the model baseline's per-token correctness), per-latent labels; 95% bootstrap
     intervals over documents."""
-    f_NF = _encode(sae, data.acts_ND)
+    f_NF = encode_all(sae, data.acts_ND)
     runs = {"sae": probe(f_NF, data, split, bar=bar),  # the control's k-sparse probes only: its all-latent
-            "control": probe(_encode(untrained_like(sae, seed), data.acts_ND), data, split, ks=KS, bar=bar)}  # probe
+            "control": probe(encode_all(untrained_like(sae, seed), data.acts_ND), data, split, ks=KS, bar=bar)}  # probe
     # is the slowest part
     if baseline is not None:
         runs["model"] = baseline
@@ -371,7 +372,7 @@ def latent_labels(model, sae: SAE, hook: str, dataset: str, n_tokens: int, seed:
     """Each latent's best label by F1 on `n_tokens` labelled held-out tokens (the feature browser's
     labels; no probing)."""
     data = collect_labelled(model, hook, dataset, n_tokens, seed=seed)
-    tp, fired, held = latent_counts(_encode(sae, data.acts_ND), data)
+    tp, fired, held = latent_counts(encode_all(sae, data.acts_ND), data)
     task_F, f1_F, prec_F, rec_F = best_labels(tp.sum(0), fired.sum(0), held.sum(0))
     return [{"task": data.tasks[int(t)], "f1": float(f), "precision": float(p), "recall": float(r)}
             for t, f, p, r in zip(task_F, f1_F, prec_F, rec_F)]

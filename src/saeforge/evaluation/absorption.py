@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from saeforge.dictionary.sae import SAE
-from saeforge.evaluation.probing import fit_probe
+from saeforge.evaluation.probing import document_resamples, fit_probe, interval
 
 K_MAX = 10
 F1_JUMP = 0.03
@@ -124,12 +124,9 @@ def absorption(sae: SAE, f_NF: torch.Tensor, data, split, seed: int = 0,
         per_doc.append((data.doc_N[idx], frac))
     if not out:
         return {"parents": {}, "mean_absorption_fraction": None, "interval": None}
-    rng = np.random.default_rng(seed)
-    n_docs = int(data.doc_N.max()) + 1
     samples = []
-    for _ in range(200):
-        w = np.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs)
+    for w in document_resamples(int(data.doc_N.max()) + 1, seed):
         samples.append(np.mean([np.average(f, weights=w[d]) if w[d].sum() else f.mean() for d, f in per_doc]))
     mean = float(np.mean([v["absorption_fraction"] for v in out.values()]))
     return {"parents": out, "mean_absorption_fraction": mean,
-            "interval": [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]}
+            "interval": interval(samples)}

@@ -38,7 +38,7 @@ from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
 from saeforge.evaluation.absorption import absorption
 from saeforge.evaluation.labels import TASKS, NotPython, token_labels
-from saeforge.evaluation.probing import fit_dense_probe, fit_probe, top_k_mean_diff
+from saeforge.evaluation.probing import document_resamples, fit_dense_probe, fit_probe, interval, top_k_mean_diff
 
 MIN_WINDOW = 128  # documents are read until each could give this many tokens of the budget
 MIN_POSITIVES = 20  # a task needs this many positive tokens in each half, else it is dropped
@@ -301,10 +301,6 @@ def stability(saes: list[SAE]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the suite
-def _interval(values: np.ndarray) -> list[float]:
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-
 @torch.no_grad()
 def encode_all(sae: SAE, acts_ND: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """The dictionary's latents [N, F] of activations [N, D], in chunks, as float32 on the CPU."""
@@ -337,10 +333,8 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
     if baseline is not None:
         runs["model"] = baseline
     tp, fired, held = latent_counts(f_NF, data)
-    rng = np.random.default_rng(seed)
-    n_docs = tp.shape[0]
     test_docs = [data.doc_N[split.test[j]] for j in range(len(data.tasks))]
-    boots = [np.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs) for _ in range(BOOT)]
+    boots = document_resamples(tp.shape[0], seed, BOOT)
 
     def probing(correct: list[np.ndarray]) -> dict[str, Any]:
         acc = float(np.mean([c.mean() for c in correct]))
@@ -348,7 +342,7 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
         for w in boots:  # resample documents: a task's accuracy over its test tokens, weighted
             per = [np.average(c, weights=w[d]) if w[d].sum() else c.mean() for c, d in zip(correct, test_docs)]
             samples.append(np.mean(per))
-        return {"accuracy": acc, "interval": _interval(np.array(samples)),
+        return {"accuracy": acc, "interval": interval(np.array(samples)),
                 "per_task": {t: float(c.mean()) for t, c in zip(data.tasks, correct)}}
 
     probing_out = {name: {f"k={k}": probing(c) for k, c in run.items()} for name, run in runs.items()}
@@ -363,7 +357,7 @@ def evaluate_dictionary(sae: SAE, data: Labelled, split: ProbeSplit, *, baseline
     latents = [{"task": data.tasks[int(t)], "f1": float(f), "precision": float(p), "recall": float(r)}
                for t, f, p, r in zip(task_F, f1_F, prec_F, rec_F)]
     return {"probing": probing_out, "absorption": absorption(sae, f_NF, data, split, seed),
-            "labelled_fraction": labelled, "labelled_interval": _interval(np.array(samples)),
+            "labelled_fraction": labelled, "labelled_interval": interval(np.array(samples)),
             "labelled_fraction_of_alive": float((f1_F[alive] >= F1_LABELLED).float().mean()) if alive.any() else 0.0,
             "latent_labels": latents}
 

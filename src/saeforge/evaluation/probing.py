@@ -38,3 +38,14 @@ def fit_dense_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.
     if not live.any():
         return np.full(len(x_test), int(y_train.float().mean() >= 0.5))
     return fit_probe(z(x_train), y_train.numpy(), z(x_test))
+
+
+def document_resamples(n_docs: int, seed: int, n: int = 200) -> list[np.ndarray]:
+    """`n` bootstrap resamples of the documents, as a weight (count) per document."""
+    rng = np.random.default_rng(seed)
+    return [np.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs) for _ in range(n)]
+
+
+def interval(values) -> list[float]:
+    """The 95% percentile interval of bootstrap figures."""
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]

@@ -5,9 +5,9 @@ docs/absorption-validation.jsonl and docs/absorption-validation.png.
     python scripts/reproduce/absorption_synthetic.py [--seeds 0] [--steps 1000] [--out runs/benchmark]
 
 The synthetic model is docs/benchmark.md's (SAELens's SyntheticModel: 1,024 features in d 128,
-64 trees of depth 2). Dictionaries of every architecture and two variants are trained as
-scripts/reproduce/reproduce_benchmark.py trains them (its runs are reused when present). Each is
-scored twice on the same fresh samples:
+64 trees of depth 2). Dictionaries of every architecture and two variants are trained with
+`saeforge toy` at L0 ≈ 17 (`ours`; finished runs are reused). Each is scored twice on the same
+fresh samples:
 
 - **ground truth** (`synthetic.recovery`, docs/benchmark.md's absorption): over (parent, child)
   events, the share where the parent's matched latent is silent while the child's fires and carries
@@ -34,13 +34,37 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_benchmark import ARCHS, build_model, ours  # noqa: E402
+from reproduce_benchmark import ARCHS, K_ARCHS, MATRYOSHKA, build_model  # noqa: E402
 
 from saeforge.evaluation import interp  # noqa: E402
 from saeforge.evaluation.absorption import absorption  # noqa: E402
 from saeforge.sources.synthetic import SyntheticData, recovery  # noqa: E402
 
-VARIANTS = ("orthogonal, no resampling", "mod, clustered")
+VARIANTS = {"orthogonal, no resampling": ["--init", "orthogonal", "--resample", "none"],
+            "mod, clustered": ["--init", "mod", "--resample", "clustered"]}
+K = 17  # near the model's true L0; λ / λ₀ below were first guesses landing near it
+SPARSITY = {"standard": ["--l1-coefficient", "0.5"], "jumprelu": ["--l0-coefficient", "0.1"]}
+
+
+def ours(model_dir: Path, arch: str, variant: str, seed: int, steps: int, out: Path) -> Path:
+    """A saeforge dictionary on the synthetic model (`saeforge toy --synthetic-model`), reused when present."""
+    from saeforge.cli import main as saeforge_main
+
+    run_dir = out / f"saeforge-{arch}-{variant.replace(', ', '-')}-seed{seed}"
+    if not (run_dir / "summary.json").exists():
+        flags = list(VARIANTS[variant])
+        if arch in K_ARCHS:
+            flags += ["--k", str(K)] + (["--aux-k-coefficient", "0"] if "clustered" in variant else [])
+            if arch == "matryoshka":
+                flags += ["--matryoshka-sizes", ",".join(map(str, MATRYOSHKA))]
+        else:
+            flags += SPARSITY[arch]
+        args = ["toy", "--synthetic-model", str(model_dir), "--architecture", arch, "--seed", str(seed), "--steps",
+                str(steps), "--batch-size", "1024", "--target-mmcs", "0", "--eval-samples", "0", "--out", str(run_dir),
+                "--no-progress", *flags]
+        if saeforge_main(args):
+            sys.exit(f"failed: saeforge {' '.join(args)}")
+    return run_dir
 SAMPLES = 40_000
 PARENTS = 24  # the most frequent parents with children
 
@@ -80,7 +104,7 @@ def main() -> None:
     for arch in ARCHS:
         for variant in VARIANTS:
             for seed in a.seeds:
-                run = ours(out / "model", arch, variant, seed, a.steps, out)["run"]
+                run = ours(out / "model", arch, variant, seed, a.steps, out)
                 sae = saeforge.load(run)
                 truth = recovery(sae, data, n_samples=SAMPLES)
                 probe = absorption(sae, interp.encode_all(sae, lab.acts_ND), lab, split, seed=seed, hierarchy=hierarchy)

@@ -1,19 +1,31 @@
-"""The synthetic ground-truth benchmark: saeforge against SAELens's trainers on the same data; writes docs/benchmark.md.
+"""The synthetic ground-truth benchmark under the protocol (docs/protocol.md): saeforge against
+SAELens's trainer at matched L0, each tuned the same way; writes docs/benchmark.md from
+docs/benchmark.jsonl.
 
-    python scripts/reproduce/reproduce_benchmark.py [--seeds 0 1 2] [--steps 1000] [--archs ...] [--out runs/benchmark]
+    python scripts/reproduce/reproduce_benchmark.py [--archs topk standard ...] [--l0s 8 16 32]
+        [--seeds 0 1 2] [--steps 1000] [--methods saeforge SAELens SAELens+mod]
+        [--out runs/benchmark] [--render-only]
 
-A SynthSAEBench-like model is built by SAELens (`SyntheticModel`, saved with its `save`):
-d 128, 1,024 features, Zipf firing (exponent 0.5, 0.4 … 0.005), a hierarchy (64 trees,
-branching 3, depth 2, half the parents with mutually exclusive children, probabilities
-compensated), low-rank correlation (rank 16), magnitudes 1 ± 0.2, a bias of norm 1; true
-L0 ≈ 16.6. saeforge trains on it with `saeforge toy --synthetic-model DIR` (its own sampler
-of the same model), SAELens with `train_toy_sae` on the model's own generator; both with the
-same batch (1,024) and sample budget (--steps × 1,024), at matched L0: k = 17 for the
-k-architectures, λ / λ₀ set per trainer to land near 17. Every dictionary is scored by
-`saeforge.sources.synthetic.recovery` on the same 100,000 fresh samples (MCC, F1, absorption, EV…;
-agrees with SAELens's eval_sae_on_synthetic_data, tests/test_synthetic.py).
-saeforge variants: {orthogonal, mod} init × {no resampling (AuxK on for the k-architectures),
-clustered resampling (AuxK off)}. Finished runs are reused. Figure: docs/benchmark-mcc.png.
+The model (built and saved by SAELens's `SyntheticModel`): d 128, 1,024 features, Zipf firing
+(exponent 0.5, 0.4 … 0.005), a hierarchy (64 trees, branching 3, depth 2, half the parents with
+mutually exclusive children, probabilities compensated), low-rank correlation (rank 16),
+magnitudes 1 ± 0.2, a bias of norm 1; true L0 ≈ 16.6.
+
+Methods, each at --steps × 1,024 samples, batch 1,024, Adam, the lr decayed linearly to 0 over the
+second half (the same schedule for both libraries):
+- **saeforge**: `saeforge toy --synthetic-model DIR` with its defaults (init mod; clustered
+  resampling where AuxK is off), only --lr and the sparsity knob set;
+- **SAELens**: SAELens's `train_toy_sae` on the model's own generator (its defaults otherwise);
+- **SAELens+mod**: the same SAELens trainer started from saeforge's informed init (mod, computed
+  on fresh samples of the model): the init's effect apart from the trainer's.
+
+Protocol (saeforge.evaluation.protocol): for each architecture and method, the lr is chosen from
+{3e-4, 1e-3, 3e-3, 1e-2} by validation MCC at the middle target L0 and the tuning seed; at each
+target L0 the sparsity knob is calibrated on validation (k = the target for the k-architectures;
+λ / λ₀ by search otherwise); then every seed is trained at the chosen settings and scored on the
+test split. Validation: 20,000 samples from one reserved stream; test: 100,000 from another;
+neither is trained on. Every run is a row of docs/benchmark.jsonl; the tables and the figure are
+rendered from that file alone (`render`), and tests/test_protocol.py checks the document matches.
 """
 
 from __future__ import annotations
@@ -21,34 +33,95 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")  # a script: it may choose the backend
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from saeforge.cli import main as saeforge_main  # noqa: E402
-from saeforge.sources.synthetic import SyntheticData, recovery  # noqa: E402
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+from saeforge.evaluation.protocol import (LRS, Protocol, Results, calibrate, choose, fmt_interval,  # noqa: E402
+                                          matched, mean_interval, paired, table)
+
 ARCHS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")
-K = 17
-# sparsity coefficients meant to land near L0 17 on this model; first guesses from 500-step probes
-# (saeforge standard: λ 1.0 → L0 9.4, 3.0 → 0); the table reports the L0 each run reached
-OURS_SPARSITY = {"standard": ["--l1-coefficient", "0.5"], "jumprelu": ["--l0-coefficient", "0.1"]}
-THEIRS_SPARSITY = {"standard": 1.0, "jumprelu": 0.02}
-VARIANTS = {"orthogonal, no resampling": ["--init", "orthogonal", "--resample", "none"],
-            "mod, no resampling": ["--init", "mod", "--resample", "none"],
-            "orthogonal, clustered": ["--init", "orthogonal", "--resample", "clustered"],
-            "mod, clustered": ["--init", "mod", "--resample", "clustered"]}
 K_ARCHS = ("topk", "batchtopk", "matryoshka")
-REUSE_ONLY = False
+METHODS = ("saeforge", "SAELens", "SAELens+mod")
+# where each library's sparsity search starts (earlier probes on this model); the exponent damps it
+START = {("saeforge", "standard"): 0.5, ("saeforge", "jumprelu"): 0.1, ("SAELens", "standard"): 1.0,
+         ("SAELens", "jumprelu"): 0.02}
+EXPONENT = {"standard": 0.7, "jumprelu": 1.0}
+MATRYOSHKA = [128, 512, 1024]
+VALIDATION, TEST = 3 * 10**9, 2 * 10**9  # the reserved streams (steps −first, −first−1, …) of each split
+SPLIT_SAMPLES = {"validation": 20_000, "test": 100_000}
+KEY = ("arch", "method", "lr", "knob", "seed", "steps", "split")
+METRICS = (("mcc", "MCC"), ("f1", "F1"), ("absorption", "absorption"), ("explained_variance", "EV"),
+           ("l0", "L0"), ("dead_latents", "dead"))
+
+
+def run_dir(out: Path, arch: str, method: str, lr: float, knob: float, seed: int, steps: int) -> Path:
+    return out / "protocol" / f"{method}-{arch}-lr{lr:g}-knob{knob:.5g}-seed{seed}-steps{steps}"
+
+
+def train_saeforge(model_dir: Path, arch: str, lr: float, knob: float, seed: int, steps: int, path: Path) -> float:
+    from saeforge.cli import main as saeforge_main
+
+    flags = ["--k", str(int(knob))] if arch in K_ARCHS else \
+        [{"standard": "--l1-coefficient", "jumprelu": "--l0-coefficient"}[arch], f"{knob:.5g}"]
+    if arch == "matryoshka":
+        flags += ["--matryoshka-sizes", ",".join(map(str, MATRYOSHKA))]
+    args = ["toy", "--synthetic-model", str(model_dir), "--architecture", arch, "--seed", str(seed), "--steps",
+            str(steps), "--batch-size", "1024", "--lr", f"{lr:g}", "--target-mmcs", "0", "--eval-samples", "0",
+            "--out", str(path), "--no-progress", *flags]
+    if saeforge_main(args):
+        sys.exit(f"failed: saeforge {' '.join(args)}")
+    return json.loads((path / "summary.json").read_text())["wall_s"]
+
+
+def informed_start(model_dir: Path, seed: int) -> SimpleNamespace:
+    """saeforge's informed init (mod), as `saeforge toy` computes it, on fresh samples of the model."""
+    import torch
+
+    from saeforge.dictionary.init import initialize, sample_size
+    from saeforge.sources.synthetic import SyntheticData
+
+    data = SyntheticData.read_saelens(model_dir)
+    d, F = data.d_model, 1024
+    sae = SimpleNamespace(d_in=d, d_sae=F, W_dec=torch.zeros(F, d), W_enc=torch.zeros(d, F), b_enc=torch.zeros(F),
+                          b_dec=torch.zeros(d), metadata={})
+    initialize(sae, "mod", seed=seed, sample=data.fresh(sample_size("mod", F, 0.0), 1))
+    return sae
+
+
+def train_saelens(model, model_dir: Path, arch: str, lr: float, knob: float, seed: int, steps: int, path: Path,
+                  start: str | None) -> float:
+    import sae_lens
+    import torch
+    from sae_lens.synthetic import train_toy_sae
+
+    common = dict(d_in=128, d_sae=1024)
+    make = {"standard": lambda: sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(**common, l1_coefficient=knob)),
+            "topk": lambda: sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(**common, k=int(knob))),
+            "batchtopk": lambda: sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(**common, k=int(knob))),
+            "jumprelu": lambda: sae_lens.JumpReLUTrainingSAE(sae_lens.JumpReLUTrainingSAEConfig(**common, l0_coefficient=knob)),
+            "matryoshka": lambda: sae_lens.MatryoshkaBatchTopKTrainingSAE(sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
+                **common, k=int(knob), matryoshka_widths=MATRYOSHKA))}[arch]
+    torch.manual_seed(seed)
+    sae = make()
+    t0 = time.perf_counter()
+    if start == "mod":
+        init = informed_start(model_dir, seed)
+        with torch.no_grad():
+            sae.W_dec.copy_(init.W_dec)
+            sae.W_enc.copy_(init.W_enc)
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+    train_toy_sae(sae, model.feature_dict, model.activation_generator, training_samples=steps * 1024, batch_size=1024,
+                  lr=lr, lr_decay_steps=steps // 2)
+    wall = time.perf_counter() - t0
+    sae.save_inference_model(str(path))  # BatchTopK / Matryoshka: as JumpReLU with the threshold
+    (path / "wall.json").write_text(json.dumps({"wall_s": wall}))
+    return wall
 
 
 def build_model(path: Path):
@@ -66,191 +139,208 @@ def build_model(path: Path):
     return SyntheticModel.load_from_disk(path)
 
 
-def ours(model_dir: Path, arch: str, variant: str, seed: int, steps: int, out: Path, extra: str = "") -> dict:
-    run_dir = out / f"saeforge-{arch}-{variant.replace(', ', '-')}-seed{seed}"
-    if REUSE_ONLY and not (run_dir / "summary.json").exists():
-        return None
-    if not (run_dir / "summary.json").exists():
-        flags = list(VARIANTS[variant])
-        if arch in K_ARCHS:
-            flags += ["--k", str(K)] + (["--aux-k-coefficient", "0"] if "clustered" in variant else [])
-            if arch == "matryoshka":
-                flags += ["--matryoshka-sizes", "128,512,1024"]
+class Bench:
+    """Trains (or finds) a run and scores it on a split; every score is a results row."""
+
+    def __init__(self, out: Path, results: Results, steps: int):
+        self.out, self.results, self.steps = out, results, steps
+        self.model_dir = out / "model"
+        self.model = build_model(self.model_dir)
+        from saeforge.sources.synthetic import SyntheticData
+
+        self.data = SyntheticData.read_saelens(self.model_dir)
+
+    def score(self, arch: str, method: str, lr: float, knob: float, seed: int, split: str,
+              target: float | None = None) -> dict:
+        key = dict(arch=arch, method=method, lr=lr, knob=knob, seed=seed, steps=self.steps, split=split)
+        return self.results.cached(lambda: {**self._run(**key), "target_l0": target}, **key)
+
+    def _run(self, arch, method, lr, knob, seed, steps, split) -> dict:
+        import saeforge
+        from sae_lens import SAE
+
+        from saeforge.sources.synthetic import recovery
+
+        path = run_dir(self.out, arch, method, lr, knob, seed, steps)
+        done = path / ("summary.json" if method == "saeforge" else "wall.json")
+        if done.exists():
+            wall = json.loads(done.read_text())["wall_s"]
+        elif method == "saeforge":
+            wall = train_saeforge(self.model_dir, arch, lr, knob, seed, steps, path)
         else:
-            flags += OURS_SPARSITY[arch]
-        args = ["toy", "--synthetic-model", str(model_dir), "--architecture", arch, "--seed", str(seed),
-                "--steps", str(steps), "--batch-size", "1024", "--target-mmcs", "0", "--eval-samples", "0",
-                "--out", str(run_dir), "--no-progress", *flags, *extra.split()]
-        if saeforge_main(args):
-            sys.exit(f"failed: saeforge {' '.join(args)}")
-    s = json.loads((run_dir / "summary.json").read_text())
-    return {"wall_s": s["wall_s"], "run": run_dir}
+            wall = train_saelens(self.model, self.model_dir, arch, lr, knob, seed, steps, path,
+                                 "mod" if method == "SAELens+mod" else None)
+        sae = saeforge.load(path) if method == "saeforge" else SAE.load_from_disk(str(path))
+        m = recovery(sae, self.data, SPLIT_SAMPLES[split], first=VALIDATION if split == "validation" else TEST)
+        row = {"wall_s": wall, **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+        print(json.dumps({"arch": arch, "method": method, "lr": lr, "knob": knob, "seed": seed, "split": split,
+                          **{k: round(row[k], 4) for k in ("mcc", "f1", "l0", "absorption")}}), flush=True)
+        return row
+
+    def knob(self, arch: str, method: str, lr: float, target: float, p: Protocol) -> float:
+        if arch in K_ARCHS:
+            return float(target)
+        lib = "SAELens" if method.startswith("SAELens") else "saeforge"
+        found, _ = calibrate(lambda c: self.score(arch, method, lr, float(f"{c:.5g}"), p.tune_seed, "validation"),
+                             START[lib, arch], target, tolerance=p.l0_tolerance, tries=p.calibration_tries,
+                             exponent=EXPONENT[arch])
+        return float(f"{found:.5g}")
+
+    def method(self, arch: str, method: str, p: Protocol) -> None:
+        mid = sorted(p.target_l0s)[len(p.target_l0s) // 2]
+        tried = []
+        for lr in p.lrs:
+            k = self.knob(arch, method, lr, mid, p)
+            tried.append(self.score(arch, method, lr, k, p.tune_seed, "validation"))
+        # an lr whose calibration missed the target is compared only if none reached it
+        lr = choose([r for r in tried if matched(r["l0"], mid, p.l0_tolerance)] or tried, "mcc")["lr"]
+        for target in p.target_l0s:
+            k = self.knob(arch, method, lr, target, p)
+            for seed in p.seeds:
+                self.score(arch, method, lr, k, seed, "test", target)
 
 
-def theirs(model, arch: str, seed: int, steps: int, out: Path, sparsity: float | None = None) -> dict:
-    """SAELens's own trainer (train_toy_sae: Adam lr 3e-4, constant, its defaults) on the model's generator."""
-    import sae_lens
-    from sae_lens.synthetic import train_toy_sae
+# ---- rendering: from the rows alone --------------------------------------------------------------
 
-    run_dir = out / f"saelens-{arch}-seed{seed}" if sparsity is None else out / f"saelens-{arch}-{sparsity:g}-seed{seed}"
-    if REUSE_ONLY and not (run_dir / "wall.json").exists():
-        return None
-    if (run_dir / "cfg.json").exists():
-        return {"wall_s": json.loads((run_dir / "wall.json").read_text())["wall_s"], "run": run_dir}
-    common = dict(d_in=128, d_sae=1024)
-    make = {"standard": lambda: sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(
-                **common, l1_coefficient=sparsity if sparsity is not None else THEIRS_SPARSITY["standard"])),
-            "topk": lambda: sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(**common, k=K)),
-            "batchtopk": lambda: sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(**common, k=K)),
-            "jumprelu": lambda: sae_lens.JumpReLUTrainingSAE(sae_lens.JumpReLUTrainingSAEConfig(
-                **common, l0_coefficient=sparsity if sparsity is not None else THEIRS_SPARSITY["jumprelu"])),
-            "matryoshka": lambda: sae_lens.MatryoshkaBatchTopKTrainingSAE(sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
-                **common, k=K, matryoshka_widths=[128, 512, 1024]))}[arch]
-    torch.manual_seed(seed)
-    sae = make()
-    t0 = time.perf_counter()
-    train_toy_sae(sae, model.feature_dict, model.activation_generator, training_samples=steps * 1024, batch_size=1024)
-    wall = time.perf_counter() - t0
-    inference = sae.save_inference_model(str(run_dir))  # BatchTopK / Matryoshka: as JumpReLU with the threshold
-    del inference
-    (run_dir / "wall.json").write_text(json.dumps({"wall_s": wall}))
-    return {"wall_s": wall, "run": run_dir}
+def chosen(rows: list[dict], arch: str, method: str) -> dict[float, list[dict]]:
+    """The test rows per target L0 (each carries the lr and knob chosen for it)."""
+    out: dict[float, list[dict]] = {}
+    for r in rows:
+        if r["arch"] == arch and r["method"] == method and r["split"] == "test":
+            out.setdefault(r["target_l0"], []).append(r)
+    return dict(sorted(out.items()))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    ap.add_argument("--variant-seeds", type=int, nargs="*", default=None,
-                    help="run the variants other than --main-variant only on these seeds (default: every seed)")
-    ap.add_argument("--main-variant", default="mod, clustered", help="the saeforge variant run on every seed")
-    ap.add_argument("--eval-samples", type=int, default=100_000)
-    ap.add_argument("--saeforge-extra", default="", help="more `saeforge toy` flags for saeforge's runs, e.g. older "
-                    "toy defaults: '--adam-eps 1e-8 --resample-pool fresh'")
-    ap.add_argument("--reuse-only", action="store_true", help="only the finished runs (time ran out for the rest)")
-    ap.add_argument("--out", default="runs/benchmark")
-    ap.add_argument("--docs", default=str(ROOT / "docs"))
-    a = ap.parse_args()
-    global REUSE_ONLY
-    REUSE_ONLY = a.reuse_only
-    logging.disable(logging.WARNING)
-    out, docs, t0 = Path(a.out), Path(a.docs), time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    model = build_model(out / "model")
-    data = SyntheticData.read_saelens(out / "model")
-    from sae_lens import SAE
+def render(rows: list[dict], protocol: Protocol, steps: int, cmd: str) -> str:
+    archs = [a for a in ARCHS if any(r["arch"] == a for r in rows)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    L = ["# The synthetic ground-truth benchmark, under the protocol", "",
+         f"Generated by `{cmd}` from [benchmark.jsonl](benchmark.jsonl) (one row per run and split); the rules are "
+         "[protocol.md](protocol.md)'s and the script's docstring says what each method is.", "",
+         f"Budget: {steps:,} steps × 1,024 samples for every run. Each method chose its lr from "
+         f"{{{', '.join(f'{x:g}' for x in protocol.lrs)}}} by validation MCC at L0 {sorted(protocol.target_l0s)[len(protocol.target_l0s) // 2]:g} "
+         "(seed 0), its sparsity knob was calibrated on validation at each target L0, and each figure below is the "
+         f"mean over seeds {list(protocol.seeds)} on the test split (100,000 samples) with its 95% t-interval.", ""]
+    summary = []
+    for arch in archs:
+        L += [f"## {arch}", ""]
+        body = []
+        per = {}
+        for method in methods:
+            for target, rs in chosen(rows, arch, method).items():
+                lr, knob = rs[0]["lr"], rs[0]["knob"]
+                per[method, target] = {r["seed"]: r for r in rs}
+                cells = [fmt_interval(*mean_interval([r[m] for r in rs]), spec=".1f" if m in ("l0", "dead_latents")
+                                      else ".3f") for m, _ in METRICS]
+                at = matched(statistics.fmean(r["l0"] for r in rs), target, protocol.l0_tolerance)
+                body.append([method, f"{target:g}", f"{lr:g}", f"{knob:g}", len(rs), "yes" if at else "**no**", *cells])
+        L += table(["method", "target L0", "lr", "knob", "seeds", "L0 at target", *(n for _, n in METRICS)], body) + [""]
+        for target in protocol.target_l0s:
+            if ("saeforge", target) in per and ("SAELens", target) in per:
+                a, b = per["SAELens", target], per["saeforge", target]
+                for m, name in METRICS[:3]:
+                    d = paired({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()},
+                               higher_is_better=m != "absorption")
+                    summary.append([arch, f"{target:g}", name, fmt_interval(d["difference"], *d["interval"]),
+                                    d["seeds"], {"helps": "saeforge ahead", "hurts": "saeforge behind"}.get(
+                                        d["verdict"], d["verdict"])])
+            if ("SAELens+mod", target) in per and ("SAELens", target) in per:
+                a, b = per["SAELens", target], per["SAELens+mod", target]
+                for m, name in METRICS[:3]:
+                    d = paired({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()},
+                               higher_is_better=m != "absorption")
+                    summary.append([f"{arch}: SAELens+mod − SAELens", f"{target:g}", name,
+                                    fmt_interval(d["difference"], *d["interval"]), d["seeds"],
+                                    {"helps": "the init helps", "hurts": "the init hurts"}.get(d["verdict"], d["verdict"])])
+        val = [r for r in rows if r["arch"] == arch and r["split"] == "validation" and r["seed"] == protocol.tune_seed]
+        if val:
+            L += ["Validation runs behind the choices (tuning seed): "
+                  + "; ".join(f"{m} lr {lr:g}: " + ", ".join(f"knob {r['knob']:g} → L0 {r['l0']:.1f} MCC {r['mcc']:.3f}"
+                                                          for r in val if r["method"] == m and r["lr"] == lr)
+                              for m in methods for lr in protocol.lrs
+                              if any(r["method"] == m and r["lr"] == lr for r in val)) + ".", ""]
+    if summary:
+        L = L[:6] + ["## saeforge − SAELens, paired by seed", "",
+                     "Each row is a difference paired by seed, B − A, with its 95% t-interval: saeforge − SAELens "
+                     "(both tuned alike), and SAELens's own trainer started from saeforge's informed init − SAELens "
+                     "(the init's effect apart from the trainer). Positive is B ahead, except for absorption, where "
+                     "less is better; a verdict is given only when the interval excludes 0.", ""] \
+            + table(["architecture", "target L0", "metric", "difference [95%]", "seeds", "verdict"], summary) + [""] + L[6:]
+    L += ["![MCC and F1 against L0](benchmark-frontier.png)", "", DEFINITIONS, ""]
+    return "\n".join(L)
 
-    import saeforge
 
-    rows = []
-    for arch in a.archs:
-        for seed in a.seeds:
-            runs = [(f"saeforge {v}", ours(out / "model", arch, v, seed, a.steps, out, a.saeforge_extra)) for v in a.variants
-                    if v == a.main_variant or a.variant_seeds is None or seed in a.variant_seeds]
-            runs.append(("SAELens", theirs(model, arch, seed, a.steps, out)))
-            for who, r in runs:
-                if r is None:
-                    continue
-                sae = saeforge.load(r["run"]) if who.startswith("saeforge") else SAE.load_from_disk(str(r["run"]))
-                m = recovery(sae, data, a.eval_samples)
-                rows.append({"arch": arch, "who": who, "seed": seed, "wall_s": r["wall_s"], **m})
-                print(f"{arch} {who} seed {seed}: MCC {m['mcc']:.3f} F1 {m['f1']:.3f} L0 {m['l0']:.1f} "
-                      f"absorption {m['absorption']:.3f} EV {m['explained_variance']:.3f} dead {m['dead_latents']}",
-                      flush=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+def plot(rows: list[dict], protocol: Protocol, path: Path) -> None:
+    import matplotlib
 
-    cmd = "python scripts/reproduce/reproduce_benchmark.py " + shlex.join(sys.argv[1:])
-    desc = data.describe()
-    lines = ["# The synthetic ground-truth benchmark: saeforge and SAELens side by side", "",
-             "Generated by `scripts/reproduce/reproduce_benchmark.py`; rerun with:", "", "```", cmd.strip(), "```", "",
-             f"The model (built and saved by SAELens's `SyntheticModel`, read by saeforge as it is): d {desc['d_model']}, "
-             f"{desc['n_features']} features, {desc['hierarchy_children']} of them children in a hierarchy of depth "
-             f"{desc['hierarchy_depth']} ({desc['exclusive_groups']} mutually exclusive sibling groups), Zipf firing, "
-             f"low-rank correlation, bias norm {desc['bias_norm']:.1f}; true L0 "
-             f"{statistics.mean(r['true_l0'] for r in rows):.1f}. Budget: {a.steps:,} steps × 1,024 samples for every "
-             f"run; {len(a.seeds)} seed(s); metrics on {a.eval_samples:,} fresh samples, medians over seeds (min–max "
-             "in brackets where there are several). Definitions below the tables.", "",
-             "SAELens's runs use `train_toy_sae` with its defaults (Adam lr 3e-4, constant; a latent is dead after "
-             "1,000 steps without firing, so at budgets of ≤ 1,000 steps its AuxK never acts); saeforge's use its toy "
-             "defaults (`--lr auto`: 3e-3 for the k-architectures, 1e-2 otherwise, linear decay over the second half).",
-             "", "## Best against best (by median MCC)", "",
-             "| library | architecture, variant | MCC | F1 | L0 | absorption | explained variance |", "|---|---|---|---|---|---|---|"]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    def median_of(rs, key):
-        return statistics.median(r[key] for r in rs)
-
-    for lib in ("saeforge", "SAELens"):
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for r in rows:
-            if r["who"].startswith(lib):
-                groups.setdefault((r["arch"], r["who"]), []).append(r)
-        if groups:
-            (arch, who), rs = max(groups.items(), key=lambda kv: median_of(kv[1], "mcc"))
-            lines.append(f"| {lib} | {arch}, {who} | {median_of(rs, 'mcc'):.3f} | {median_of(rs, 'f1'):.3f} | "
-                         f"{median_of(rs, 'l0'):.1f} | {median_of(rs, 'absorption'):.3f} | "
-                         f"{median_of(rs, 'explained_variance'):.3f} |")
-    lines.append("")
-    for arch in a.archs:
-        lines += [f"## {arch}", "", "| trainer | MCC | F1 | precision | recall | L0 | absorption | parent recall "
-                  "given child | explained variance | shrinkage | dead | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for who in dict.fromkeys(r["who"] for r in rows if r["arch"] == arch):
-            rs = [r for r in rows if r["arch"] == arch and r["who"] == who]
-
-            def cell(key, spec=".3f"):
-                xs = [r[key] for r in rs if r[key] is not None]
-                if not xs:
-                    return "–"
-                mid = format(statistics.median(xs), spec)
-                return mid if len(xs) == 1 else f"{mid} ({format(min(xs), spec)}–{format(max(xs), spec)})"
-
-            lines.append(f"| {who} | {cell('mcc')} | {cell('f1')} | {cell('precision')} | {cell('recall')} | "
-                         f"{cell('l0', '.1f')} | {cell('absorption')} | {cell('parent_recall_with_child')} | "
-                         f"{cell('explained_variance')} | {cell('shrinkage')} | {cell('dead_latents', 'g')} | "
-                         f"{cell('wall_s', '.0f')} |")
-        lines.append("")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for who, marker in (("saeforge", "o"), ("SAELens", "s")):
-        for arch in a.archs:
-            pts = [(r["l0"], r["mcc"]) for r in rows if r["arch"] == arch and r["who"].startswith(who)]
-            if pts:
-                ax.scatter(*zip(*pts), marker=marker, label=f"{who} {arch}", alpha=0.8)
-    ax.set(xlabel="L0", ylabel="MCC", title="MCC against L0 (each point a run)")
-    ax.legend(fontsize=7, ncol=2)
+    archs = [a for a in ARCHS if any(r["arch"] == a for r in rows)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (m, name) in zip(axes, METRICS[:3]):
+        for i, arch in enumerate(archs):
+            for method, style in (("saeforge", "-o"), ("SAELens", "--s"), ("SAELens+mod", ":^")):
+                pts = []
+                for target, rs in chosen(rows, arch, method).items():
+                    pts.append((statistics.fmean(r["l0"] for r in rs), *mean_interval([r[m] for r in rs])))
+                if pts:
+                    x, y, lo, hi = zip(*pts)
+                    ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]]
+                                if len(pts) and not any(v != v for v in lo) else None, fmt=style, color=f"C{i}",
+                                label=f"{method} {arch}", ms=4, capsize=2)
+        ax.set(xlabel="L0", title=name, xscale="log")
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(docs / "benchmark-mcc.png", dpi=110)
-    lines += ["![MCC against L0](benchmark-mcc.png)", "", DEFINITIONS, "",
-              f"Wall time of this script: {time.perf_counter() - t0:.0f} s at {torch.get_num_threads()} torch thread(s) "
-              "(finished runs are reused; 2 CPU cores, shared).", ""]
-    (docs / "benchmark.md").write_text("\n".join(lines))
-    print(f"wrote {docs / 'benchmark.md'}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 DEFINITIONS = """## Definitions (saeforge.sources.synthetic.recovery, saeforge.evaluation.metrics)
 
-- **MCC**: cosine similarity |cos| between every decoder row and every true feature; the
-  one-to-one matching that maximizes its sum (Hungarian algorithm,
-  `scipy.optimize.linear_sum_assignment`); the mean |cos| over the matched pairs. 1: every
-  true feature has its own latent pointing exactly at it. As SAELens's
-  `mean_correlation_coefficient`.
-- **Uniqueness**: each latent's best-matching true feature (argmax |cos|); distinct features
-  among them divided by the number of latents.
-- **Precision / recall / F1**: each latent is a classifier of its best-matching true
-  feature's firing (fires: activation ≠ 0; true feature fires: coefficient > 0), counted
-  over the evaluation samples; per-latent precision, recall and F1 (0 where undefined),
-  averaged over all latents (dead ones count 0). As SAELens's
-  `ClassificationMetricsCalculator`.
-- **Shrinkage**: mean over samples of ‖x̂‖ / ‖x‖ (SAELens's definition: the whole vector,
-  bias included; 1 is no shrinkage).
-- **Explained variance**: 1 − E‖x − x̂‖² / (E‖x‖² − ‖E x‖²).
-- **Absorption**: over every (parent, child) pair of the hierarchy and every sample where
-  both fire, with m(·) the MCC matching's latent of a feature: the share of such events
-  where m(parent) is silent while m(child) fires and m(child)'s decoder row has cosine ≥ 0.3
-  with the parent's direction (the child's latent has swallowed the parent's). **Parent
-  recall given child**: the share of those events where m(parent) fires.
-- **L0**: mean number of non-zero latents per sample; **dead**: latents that never fired on
-  the evaluation samples."""
+- **MCC**: |cos| between every decoder row and every true feature; the one-to-one matching that
+  maximizes its sum (Hungarian, `scipy.optimize.linear_sum_assignment`); the mean |cos| over the
+  matched pairs. As SAELens's `mean_correlation_coefficient`.
+- **F1**: each latent is a classifier of its best-matching true feature's firing (fires:
+  activation ≠ 0; true feature fires: coefficient > 0); per-latent F1 (0 where undefined), averaged
+  over all latents (dead ones count 0). As SAELens's `ClassificationMetricsCalculator`.
+- **Absorption**: over every (parent, child) pair of the hierarchy and every sample where both
+  fire, with m(·) the MCC matching's latent of a feature: the share of such events where m(parent)
+  is silent while m(child) fires and m(child)'s decoder row has cosine ≥ 0.3 with the parent.
+- **EV**: 1 − E‖x − x̂‖² / (E‖x‖² − ‖E x‖²). **L0**: mean non-zero latents per sample; **dead**:
+  latents that never fired on the split's samples."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--l0s", type=float, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--out", default="runs/benchmark")
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--render-only", action="store_true", help="only render docs/benchmark.md from the results file")
+    a = ap.parse_args(argv)
+    logging.disable(logging.WARNING)
+    p = Protocol(lrs=tuple(a.lrs), target_l0s=tuple(a.l0s), seeds=tuple(a.seeds))
+    docs = Path(a.docs)
+    results = Results(docs / "benchmark.jsonl", KEY)
+    if not a.render_only:
+        bench = Bench(Path(a.out), results, a.steps)
+        for arch in a.archs:
+            for method in a.methods:
+                bench.method(arch, method, p)
+    rows = [r for r in results.rows if r["steps"] == a.steps]
+    (docs / "benchmark.md").write_text(render(rows, p, a.steps, command(p, a.steps)))
+    plot(rows, p, docs / "benchmark-frontier.png")
+    print(f"wrote {docs / 'benchmark.md'}")
+
+
+def command(p: Protocol, steps: int) -> str:
+    return (f"python scripts/reproduce/reproduce_benchmark.py --l0s {' '.join(f'{x:g}' for x in p.target_l0s)} "
+            f"--seeds {' '.join(map(str, p.seeds))} --lrs {' '.join(f'{x:g}' for x in p.lrs)} --steps {steps}")
 
 
 if __name__ == "__main__":

@@ -260,12 +260,26 @@ def render(rows: list[dict], protocol: Protocol, steps: int, cmd: str) -> str:
                               for m in methods for lr in protocol.lrs
                               if any(r["method"] == m and r["lr"] == lr for r in val)) + ".", ""]
     if summary:
+        ours = [r for r in summary if ":" not in r[0]]
+        tally = []
+        for name in ("MCC", "F1", "absorption"):
+            rs = [r for r in ours if r[2] == name]
+            tally.append(f"{name}: ahead in {sum(r[5] == 'saeforge ahead' for r in rs)}, behind in "
+                         f"{sum(r[5] == 'saeforge behind' for r in rs)}, no difference in "
+                         f"{sum(r[5] == 'no difference' for r in rs)} of {len(rs)}")
         L = L[:6] + ["## saeforge − SAELens, paired by seed", "",
+                     "Over the (architecture, target L0) cells measured, saeforge against SAELens — " + "; ".join(tally)
+                     + ".", "",
                      "Each row is a difference paired by seed, B − A, with its 95% t-interval: saeforge − SAELens "
                      "(both tuned alike), and SAELens's own trainer started from saeforge's informed init − SAELens "
                      "(the init's effect apart from the trainer). Positive is B ahead, except for absorption, where "
                      "less is better; a verdict is given only when the interval excludes 0.", ""] \
             + table(["architecture", "target L0", "metric", "difference [95%]", "seeds", "verdict"], summary) + [""] + L[6:]
+    missing = [a for a in ARCHS if a not in archs]
+    if missing:
+        L[6:6] = [f"Architectures with rows so far: {', '.join(archs)} (a table shows only the targets finished); "
+                  "not yet rerun under the protocol: "
+                  f"{', '.join(missing)}.", ""]
     L += ["![MCC and F1 against L0](benchmark-frontier.png)", "", DEFINITIONS, ""]
     return "\n".join(L)
 

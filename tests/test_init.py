@@ -108,3 +108,33 @@ def test_toy_default_init_is_mod_and_starts_high(tmp_path):
                  "--out", str(tmp_path / "t")]) == 0
     s = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert s["init"] == "mod" and s["mmcs_initial"] > 0.6
+
+
+def test_datapoint_atoms_are_centred_sample_rows_blended_with_random_directions(toy):
+    """Anthropic's / saev's data-point init: each atom is 0.8 of a centred sample row and 0.2 of a
+    random direction (both unit), so it is close to one centred row but not equal to it."""
+    from saeforge.dictionary.init import DATAPOINT_BLEND
+
+    _, X = toy
+    sae = SparseAutoencoder(32, 64)
+    initialize(sae, "datapoint", seed=0, sample=X)
+    Xc = torch.nn.functional.normalize(X - X.mean(0), dim=1)
+    best = (sae.W_dec @ Xc.T).max(1).values
+    # p·x̂ + (1−p)·r̂ with r̂ ⟂ x̂ nearly (random in 32 dims): cosine ≈ p / √(p² + (1−p)²) ≈ 0.97
+    expect = DATAPOINT_BLEND / (DATAPOINT_BLEND ** 2 + (1 - DATAPOINT_BLEND) ** 2) ** 0.5
+    assert best.min() > expect - 0.08 and best.max() < 1 - 1e-4, (best.min(), best.max())
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_center_init_starts_b_dec_at_the_sample_mean(tmp_path, center):
+    from saeforge.config import ToyConfig
+    from saeforge.pipeline import common
+
+    X = torch.randn(20000, 8, generator=torch.Generator().manual_seed(0)) + torch.arange(8.0)
+    run = common.start(ToyConfig(out=str(tmp_path / "run"), d_model=8, n_features=16, steps=10, init="orthogonal",
+                                 center_init=center, device="cpu", progress=False))
+    common.resolve(run, 8)
+    sae = common.build_sae(run, 8, lambda n: X[:n])
+    want = X[:16384].mean(0) if center else torch.zeros(8)
+    torch.testing.assert_close(sae.b_dec.detach(), want)
+    assert not (tmp_path / "run").exists()  # nothing written before training starts

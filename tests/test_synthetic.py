@@ -204,3 +204,22 @@ def test_a_malformed_synthetic_model_is_one_line_exit_2(saelens_model, tmp_path,
     lines = (p.stdout + p.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("saeforge: error:") and says in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_mixture_latents_count_rows_that_carry_two_features():
+    """A dictionary that is the true features scores the data's own chance level; one whose rows
+    are each the sum of two distinct features is all mixtures."""
+    from saeforge.dictionary.architectures import create
+    from saeforge.sources.synthetic import recovery
+
+    data = SyntheticData.generate(**{**SMALL, "d_model": 128, "n_features": 64, "roots": 4})  # features nearly ⟂
+    F_FD = data.features_FD
+    sae = create("standard", 128, 64)
+    with torch.no_grad():
+        sae.W_dec.copy_(F_FD)
+        sae.W_enc.copy_(F_FD.T)
+    truth = recovery(sae, data, 2000)
+    assert truth["mixture_latents"] == truth["mixture_chance"] < 16
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(F_FD + F_FD.roll(1, 0), dim=1))
+    assert recovery(sae, data, 2000)["mixture_latents"] == 64

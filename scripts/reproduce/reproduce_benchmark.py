@@ -60,10 +60,12 @@ METRICS = (("mcc", "MCC"), ("f1", "F1"), ("absorption", "absorption"), ("explain
 
 
 def run_dir(out: Path, arch: str, method: str, lr: float, knob: float, seed: int, steps: int) -> Path:
-    return out / "protocol" / f"{method}-{arch}-lr{lr:g}-knob{knob:.5g}-seed{seed}-steps{steps}"
+    name = "".join(c if c.isalnum() or c in "+-." else "_" for c in method)
+    return out / "protocol" / f"{name}-{arch}-lr{lr:g}-knob{knob:.5g}-seed{seed}-steps{steps}"
 
 
-def train_saeforge(model_dir: Path, arch: str, lr: float, knob: float, seed: int, steps: int, path: Path) -> float:
+def train_saeforge(model_dir: Path, arch: str, lr: float, knob: float, seed: int, steps: int, path: Path,
+                   extra: list[str] = ()) -> None:
     from saeforge.cli import main as saeforge_main
 
     flags = ["--k", str(int(knob))] if arch in K_ARCHS else \
@@ -72,10 +74,9 @@ def train_saeforge(model_dir: Path, arch: str, lr: float, knob: float, seed: int
         flags += ["--matryoshka-sizes", ",".join(map(str, MATRYOSHKA))]
     args = ["toy", "--synthetic-model", str(model_dir), "--architecture", arch, "--seed", str(seed), "--steps",
             str(steps), "--batch-size", "1024", "--lr", f"{lr:g}", "--target-mmcs", "0", "--eval-samples", "0",
-            "--out", str(path), "--no-progress", *flags]
+            "--out", str(path), "--no-progress", *flags, *extra]
     if saeforge_main(args):
         sys.exit(f"failed: saeforge {' '.join(args)}")
-    return json.loads((path / "summary.json").read_text())["wall_s"]
 
 
 def informed_start(model_dir: Path, seed: int) -> SimpleNamespace:
@@ -94,7 +95,7 @@ def informed_start(model_dir: Path, seed: int) -> SimpleNamespace:
 
 
 def train_saelens(model, model_dir: Path, arch: str, lr: float, knob: float, seed: int, steps: int, path: Path,
-                  start: str | None) -> float:
+                  start: str | None) -> None:
     import sae_lens
     import torch
     from sae_lens.synthetic import train_toy_sae
@@ -121,7 +122,6 @@ def train_saelens(model, model_dir: Path, arch: str, lr: float, knob: float, see
     wall = time.perf_counter() - t0
     sae.save_inference_model(str(path))  # BatchTopK / Matryoshka: as JumpReLU with the threshold
     (path / "wall.json").write_text(json.dumps({"wall_s": wall}))
-    return wall
 
 
 def build_model(path: Path):
@@ -142,8 +142,9 @@ def build_model(path: Path):
 class Bench:
     """Trains (or finds) a run and scores it on a split; every score is a results row."""
 
-    def __init__(self, out: Path, results: Results, steps: int):
-        self.out, self.results, self.steps = out, results, steps
+    def __init__(self, out: Path, results: Results, steps: int, flags: dict[str, list[str]] | None = None):
+        """`flags`: extra `saeforge toy` flags of each saeforge variant (a method named saeforge…)."""
+        self.out, self.results, self.steps, self.flags = out, results, steps, flags or {}
         self.model_dir = out / "model"
         self.model = build_model(self.model_dir)
         from saeforge.sources.synthetic import SyntheticData
@@ -162,17 +163,17 @@ class Bench:
         from saeforge.sources.synthetic import recovery
 
         path = run_dir(self.out, arch, method, lr, knob, seed, steps)
-        done = path / ("summary.json" if method == "saeforge" else "wall.json")
-        if done.exists():
-            wall = json.loads(done.read_text())["wall_s"]
-        elif method == "saeforge":
-            wall = train_saeforge(self.model_dir, arch, lr, knob, seed, steps, path)
-        else:
-            wall = train_saelens(self.model, self.model_dir, arch, lr, knob, seed, steps, path,
-                                 "mod" if method == "SAELens+mod" else None)
-        sae = saeforge.load(path) if method == "saeforge" else SAE.load_from_disk(str(path))
+        ours = method.startswith("saeforge")
+        done = path / ("summary.json" if ours else "wall.json")
+        if not done.exists() and ours:
+            train_saeforge(self.model_dir, arch, lr, knob, seed, steps, path, self.flags.get(method, []))
+        elif not done.exists():
+            train_saelens(self.model, self.model_dir, arch, lr, knob, seed, steps, path,
+                          "mod" if method == "SAELens+mod" else None)
+        times = {k: v for k, v in json.loads(done.read_text()).items() if k in ("wall_s", "init_s")}
+        sae = saeforge.load(path) if ours else SAE.load_from_disk(str(path))
         m = recovery(sae, self.data, SPLIT_SAMPLES[split], first=VALIDATION if split == "validation" else TEST)
-        row = {"wall_s": wall, **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
+        row = {**times, **{k: v for k, v in m.items() if isinstance(v, (int, float))}}
         print(json.dumps({"arch": arch, "method": method, "lr": lr, "knob": knob, "seed": seed, "split": split,
                           **{k: round(row[k], 4) for k in ("mcc", "f1", "l0", "absorption")}}), flush=True)
         return row

@@ -61,6 +61,7 @@ class TrainConfig(ResampleConfig, RunConfig):
     rare_ratio: float = opt(0.0, "fraction of atoms taken from rare-feature vectors (informed inits)", ge=0, le=1)
     encoder_scale: float | None = opt(1.0, "initial W_enc = encoder_scale · W_decᵀ (smaller: fewer features fire at "
                                       "first; auto: the architecture's)", gt=0)
+    center_init: bool = opt(True, "start b_dec at the mean of a sample of the inputs (off: at 0)")
     l1_warmup_steps: int = opt(500, "ramp the sparsity coefficient (λ, λ₀) linearly from 0 over this many steps "
                                "(keeps features alive early)", ge=0)
     lr: float | None = opt(None, "Adam learning rate (auto: the architecture's: 1e-2 for standard and jumprelu, "
@@ -195,6 +196,7 @@ class ToyConfig(TrainConfig):
     steps: int = inherit(TrainConfig, "steps", 5000)
     tokens: int = inherit(TrainConfig, "tokens", 0)
     init: str = inherit(TrainConfig, "init", "mod")
+    center_init: bool = inherit(TrainConfig, "center_init", False)
     resample: str = inherit(TrainConfig, "resample", AUTO)
     resample_every: int = inherit(TrainConfig, "resample_every", 250)
     resample_sample: int | None = inherit(TrainConfig, "resample_sample", None)

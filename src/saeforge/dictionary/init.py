@@ -6,6 +6,10 @@ b_dec is left to the caller (real activations: the sample mean; toy data: 0, as 
 
 - orthogonal, xavier: torch's initializers on W_dec, rows rescaled to unit norm (no data).
 - data: d_sae distinct random rows of a sample X of the activation stream.
+- datapoint (Anthropic's 2025 data-point init, saev's default): d_sae random rows, centred on the
+  sample mean, each blended with a random (Kaiming-uniform) direction: p·x̂ + (1 − p)·r̂ with
+  p = DATAPOINT_BLEND (0.8, Anthropic's value for SAEs) and both parts unit-norm, so p means the
+  same at any activation scale.
 - svd: the top min(d_sae, d_in) right singular vectors of X (signed so X projects positively),
   the rest random rows as in `data` (the seed does not say how to get d_sae > d_in atoms).
 - average, centroid, outlier: a fraction `rare_ratio` of the atoms from "rare-feature vectors"
@@ -29,7 +33,7 @@ from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
 
 BASELINES = ("orthogonal", "xavier")
-DATA_METHODS = ("data", "svd", "kmeans", "mod")
+DATA_METHODS = ("data", "datapoint", "svd", "kmeans", "mod")
 RARE_METHODS = ("average", "centroid", "outlier")
 METHODS = BASELINES + DATA_METHODS + RARE_METHODS
 LOF_NEIGHBORS = 250
@@ -38,6 +42,7 @@ KMEANS_MAX_SAMPLE = 65536
 KMEANS_ITERS = 20
 MOD_ITERS = 10
 MOD_TOPK = 8
+DATAPOINT_BLEND = 0.8
 
 
 def sample_size(method: str, d_sae: int, rare_ratio: float, max_sample: int = 4096) -> int:
@@ -98,6 +103,8 @@ def _informed(X: torch.Tensor, method: str, F: int, rare_ratio: float, g: torch.
     D = X.shape[1]
     if method == "data":
         return _random_rows(X, F, g)
+    if method == "datapoint":
+        return datapoint_blend(X, F, g)
     if method == "kmeans":
         return spherical_kmeans(X, F, g)
     if method == "mod":
@@ -111,6 +118,15 @@ def _informed(X: torch.Tensor, method: str, F: int, rare_ratio: float, g: torch.
     n_rare = 0 if rare_ratio == 0 else max(1, round(rare_ratio * F))
     rare = rare_vectors(X, method, n_rare, g, max_sample, seed) if n_rare else X[:0]
     return torch.cat([rare, _random_rows(X, F - len(rare), g)])
+
+
+def datapoint_blend(X: torch.Tensor, k: int, g: torch.Generator, p: float = DATAPOINT_BLEND) -> torch.Tensor:
+    """k rows: random sample rows minus the sample mean, blended with Kaiming-uniform directions."""
+    x_KD = _random_rows(X, k, g) - X.mean(0)
+    r_KD = torch.empty(k, X.shape[1])
+    torch.nn.init.kaiming_uniform_(r_KD, a=5 ** 0.5, generator=g)
+    unit = lambda v: v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa: E731
+    return p * unit(x_KD) + (1 - p) * unit(r_KD)
 
 
 def spherical_kmeans(X: torch.Tensor, k: int, g: torch.Generator, iters: int = KMEANS_ITERS,

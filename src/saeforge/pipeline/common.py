@@ -101,9 +101,9 @@ def resolve(run: Run, d_in: int) -> None:
     run.cfg = run.cfg.resolved(run.steps, d_in)
 
 
-def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor], center: bool) -> SAE:
+def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor]) -> SAE:
     """The dictionary, initialized by --init from `sample(n)` (fresh inputs of the training
-    distribution); with `center`, b_dec = the mean of a sample. A resumed run skips the init."""
+    distribution); with --center-init, b_dec = the mean of a sample. A resumed run skips the init."""
     cfg = run.cfg
     d_sae = cfg.dict_size
     sae = create(cfg.architecture, d_in, d_sae, cfg.sae, device=run.device)
@@ -113,7 +113,7 @@ def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor], center
             n = sample_size(cfg.init, d_sae, cfg.rare_ratio)
             initialize(sae, cfg.init, seed=cfg.seed, sample=sample(n) if n else None, rare_ratio=cfg.rare_ratio,
                        encoder_scale=cfg.encoder_scale)
-            if center:
+            if cfg.center_init:
                 with torch.no_grad():
                     sae.b_dec.copy_(sample(16384).mean(0))
         for p in sae.parameters():  # every replica starts from rank 0's dictionary

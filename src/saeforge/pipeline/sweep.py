@@ -99,7 +99,7 @@ def train_group(cfg: SweepConfig, group: list[tuple[int, float]], S: int, device
         common.resolve(run, d)
         gen = sample_generator(cfg.seed)  # what this run's own buffer would sample with
         sample = (lambda gen: lambda n: buffer.sample(n, gen))(gen)
-        sae = common.build_sae(run, d, sample, center=True)
+        sae = common.build_sae(run, d, sample)
         trainer = common.make_trainer(run, sae, (lambda s: lambda n, step, part: s(n))(sample), input_scale=buffer.scale)
         trainer.begin(S)
         runs.append(run)

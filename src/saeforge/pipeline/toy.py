@@ -35,7 +35,7 @@ def run_toy(cfg: ToyConfig) -> dict[str, Any]:
     cfg = run.cfg
     # fresh draws from the same distribution, never trained on: steps −1, −2, … for the init;
     # −(10⁶ + 1000·step), … for resampling at `step`
-    sae = common.build_sae(run, cfg.d_model, lambda n: data.fresh(n, 1), center=False)
+    sae = common.build_sae(run, cfg.d_model, lambda n: data.fresh(n, 1))
     sae.metadata.update(source="toy", d_model=cfg.d_model, n_features=cfg.n_features, seed=cfg.seed,
                         data=cfg.synthetic_model or cfg.data)
     trainer = common.make_trainer(run, sae, lambda n, step, part: data.fresh(n, 10**6 + step * 1000 + part * 10**9))

@@ -210,7 +210,7 @@ def build(p: Pass, d: Dictionary, restored: bool) -> None:
         if rng is not None:
             d.gen.set_state(rng)
     sample = lambda n: p.buffer.sample(n, d.gen)[:, d.cols or slice(None)].contiguous()  # noqa: E731
-    sae = common.build_sae(d.run, p.width(d), sample, center=True)
+    sae = common.build_sae(d.run, p.width(d), sample)
     meta = dict(model_name=p.model_spec, hook_name=d.hook, context_size=p.n_ctx, prepend_bos=True,
                 dataset_path=p.dataset)
     sae.metadata.update({k: v for k, v in meta.items() if p.activations is None}, seed=d.run.cfg.seed,

@@ -330,6 +330,7 @@ class SyntheticData(StepData):
 
 
 ABSORPTION_COS = 0.3  # a child's latent "carries" its parent when its decoder row has cosine ≥ this with the parent
+MIXTURE_COS = 0.3  # a decoder row is a mixture when it has |cosine| ≥ this with two or more true features
 
 
 @torch.no_grad()
@@ -337,11 +338,17 @@ def recovery(sae: Any, data: SyntheticData, n_samples: int = 100_000, batch_size
              first: int = 2 * 10**9) -> dict[str, Any]:
     """The benchmark's metrics of a dictionary on fresh samples (steps −first, …); docs/benchmark.md
     defines each. MCC, uniqueness, precision / recall / F1, shrinkage, L0 and dead latents as
-    SAELens's eval_sae_on_synthetic_data computes them; absorption on the hierarchy."""
+    SAELens's eval_sae_on_synthetic_data computes them; absorption on the hierarchy; mixture latents
+    (decoder rows with |cos| ≥ MIXTURE_COS to two or more true features) beside the same count for
+    the true features themselves (`mixture_chance`: how many would count as mixtures if the
+    dictionary were the features exactly, since the features overlap)."""
     W_GD, F_FD = sae.W_dec.detach().float(), data.features_FD.float()
     cos_GF = torch.nn.functional.normalize(W_GD, dim=1) @ torch.nn.functional.normalize(F_FD, dim=1).T
     best_G = cos_GF.abs().argmax(1)
     score, latent_of_F = metrics.mcc(cos_GF)
+    mixtures = int(((cos_GF.abs() >= MIXTURE_COS).sum(1) >= 2).sum())
+    Fn_FD = torch.nn.functional.normalize(F_FD, dim=1)
+    chance = int(((Fn_FD @ Fn_FD.T).abs() >= MIXTURE_COS).sum(1).ge(2).sum())
     G = W_GD.shape[0]
     tp, fp, fn = (torch.zeros(G, dtype=torch.float64, device=W_GD.device) for _ in range(3))
     fired_G = torch.zeros(G, dtype=torch.bool, device=W_GD.device)
@@ -391,4 +398,5 @@ def recovery(sae: Any, data: SyntheticData, n_samples: int = 100_000, batch_size
         "explained_variance": 1 - (sq_res / n) / variance if variance > 1e-10 else float(sq_res < 1e-10),
         "absorption": absorbed / both if both else None,
         "parent_recall_with_child": parent_seen / both if both else None, "eval_samples": n,
+        "mixture_latents": mixtures, "mixture_chance": chance,
     }

@@ -2,8 +2,8 @@
 (docs/protocol.md): which init, and which handling of dead latents; writes docs/methods-synthetic.md
 from docs/methods-synthetic.jsonl.
 
-    python scripts/reproduce/methods_synthetic.py [--study init dead] [--seeds 0 1 2] [--steps 1000]
-        [--init-l0s 8 16 32] [--dead-l0s 8] [--dead-archs topk batchtopk matryoshka]
+    python scripts/reproduce/methods_synthetic.py [--study init dead trainer] [--seeds 0 1 2] [--steps 1000]
+        [--init-l0s 8 16 32] [--dead-l0s 8] [--dead-archs topk batchtopk matryoshka] [--trainer-l0s 8 16 32]
         [--out runs/benchmark] [--render-only]
 
 The model, the splits, the budget and the tuning are the benchmark's (reproduce_benchmark.py,
@@ -21,6 +21,10 @@ study's reference.
   lr decay starts, halfway), neither, and both. Mixture latents are
   counted directly: decoder rows with |cos| ≥ 0.3 to two or more true features, beside the same
   count for the true features themselves (the chance level of this overlapping feature set).
+- **trainer** (standard, init mod): the toy defaults (unit-norm decoder, Adam β2 0.95 / ε 1e-5,
+  b_dec from 0; the reference) against each of SAELens's choices alone: a free decoder norm (the
+  penalty weighs it), Adam β2 0.999 / ε 1e-8, and b_dec started at the sample mean; and clustered
+  resampling (on by default where there is no AuxK) switched off.
 """
 
 from __future__ import annotations
@@ -54,7 +58,19 @@ DEAD = {  # variant -> extra flags (k-architectures, init mod)
     "saeforge dead=none": ["--init", "mod", "--aux-k-coefficient", "0", "--resample", "none"],
     "saeforge dead=AuxK+clustered": ["--init", "mod", "--resample", "clustered"],
 }
-STUDIES = {"init": (INIT, "saeforge init=orthogonal"), "dead": (DEAD, "saeforge dead=AuxK")}
+TRAINER = {  # variant -> extra flags (standard: where saeforge's F1 trails SAELens's in benchmark.md)
+    "saeforge trainer=toy defaults": ["--init", "mod"],
+    "saeforge trainer=free decoder norm": ["--init", "mod", "--no-unit-norm-decoder"],
+    "saeforge trainer=Adam 0.999/1e-8": ["--init", "mod", "--beta2", "0.999", "--adam-eps", "1e-8"],
+    "saeforge trainer=centred": ["--init", "mod", "--center-init"],
+    "saeforge trainer=no resampling": ["--init", "mod", "--resample", "none"],
+}
+STUDIES = {"init": (INIT, "saeforge init=orthogonal"), "dead": (DEAD, "saeforge dead=AuxK"),
+           "trainer": (TRAINER, "saeforge trainer=toy defaults")}
+# comparisons besides each variant against the reference: saeforge's init against the field's data-point init, and
+# mean-centring on top of it
+PAIRS = {"init": [("saeforge init=mod", "saeforge init=datapoint centred"), ("saeforge init=mod centred", "saeforge init=mod")],
+         "dead": [], "trainer": []}
 METRICS = (("mcc", "MCC", True), ("f1", "F1", True), ("absorption", "absorption", False),
            ("mixture_latents", "mixture latents", False), ("dead_latents", "dead", False),
            ("explained_variance", "EV", True), ("l0", "L0", None), ("init_s", "init s", None),
@@ -86,16 +102,16 @@ def render_study(rows: list[dict], study: str, archs: list[str], protocol: Proto
         L += [f"Mixture latents at chance (the true features counted the same way): {', '.join(map(str, sorted(chance)))} "
               "of 1,024.", ""]
         verdicts = []
-        for v, targets in per.items():
-            if v == reference or reference not in per:
+        for v, base in comparisons(study):
+            if v not in per or base not in per:
                 continue
-            for target, rs in targets.items():
-                ref = per[reference].get(target)
+            for target, rs in per[v].items():
+                ref = per[base].get(target)
                 if not ref:
                     continue
                 for m, name, up in METRICS[:6]:
                     d = paired({r["seed"]: r[m] for r in ref}, {r["seed"]: r[m] for r in rs}, higher_is_better=up)
-                    verdicts.append([f"{label(v)} − {label(reference)}", f"{target:g}", name,
+                    verdicts.append([f"{label(v)} − {label(base)}", f"{target:g}", name,
                                      fmt_interval(d["difference"], *d["interval"]), d["seeds"], d["verdict"]])
         if verdicts:
             L += table(["variant − reference", "target L0", "metric", "difference [95%]", "seeds", "verdict"],
@@ -103,13 +119,16 @@ def render_study(rows: list[dict], study: str, archs: list[str], protocol: Proto
     return L
 
 
-def tally(rows: list[dict], study: str, archs: list[str]) -> list[str]:
-    """One line per variant: over the (architecture, L0) cells, where it helps / hurts on MCC and F1."""
+def comparisons(study: str) -> list[tuple[str, str]]:
+    """(variant, what it is compared with): every variant against the reference, then PAIRS."""
     variants, reference = STUDIES[study]
+    return [(v, reference) for v in variants if v != reference] + PAIRS[study]
+
+
+def tally(rows: list[dict], study: str, archs: list[str]) -> list[str]:
+    """One line per comparison: over the (architecture, L0) cells, where it helps / hurts on MCC, F1, absorption."""
     out = []
-    for v in variants:
-        if v == reference:
-            continue
+    for v, reference in comparisons(study):
         counts = {}
         for arch in archs:
             ref, mine = chosen(rows, arch, reference), chosen(rows, arch, v)
@@ -134,8 +153,14 @@ def render(rows: list[dict], protocol: Protocol, steps: int, cmd: str, archs: di
          f"{{{', '.join(f'{x:g}' for x in protocol.lrs)}}} by validation MCC at the study's middle target L0 (seed 0); "
          f"figures are means over seeds {list(protocol.seeds)} on the test split (100,000 samples) with 95% "
          "t-intervals, and each difference is paired by seed (less is better for absorption, mixture latents and "
-         "dead latents; a verdict only where the interval excludes 0).", ""]
-    for study, title in (("init", "Which init (TopK, AuxK on)"), ("dead", "Which handling of dead latents")):
+         "dead latents; a verdict only where the interval excludes 0). The runs shared this 2-core machine with one "
+         "to three others, each on one thread: the init and wall seconds compare variants within this document "
+         "only. Mixture latents saturate on this model (most rows of every dictionary, and "
+         f"{'/'.join(str(c) for c in sorted({r['mixture_chance'] for r in rows if 'mixture_chance' in r}))} of the "
+         "1,024 true features themselves, have |cos| ≥ 0.3 with two features): read them as a comparison, not a "
+         "count of failures.", ""]
+    for study, title in (("init", "Which init (TopK, AuxK on)"), ("dead", "Which handling of dead latents"),
+                         ("trainer", "Which trainer settings (standard)")):
         body = render_study([r for r in rows if r["method"] in STUDIES[study][0]], study, archs[study], protocol)
         if body:
             L += [f"## {title}", "", "In short:", "", *tally(rows, study, archs[study]), "", *body]
@@ -148,7 +173,7 @@ def plot(rows: list[dict], path: Path, archs: dict[str, list[str]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, (study, (variants, _)) in zip(axes, STUDIES.items()):
         for i, v in enumerate(variants):
             for j, arch in enumerate(archs[study]):
@@ -168,13 +193,14 @@ def plot(rows: list[dict], path: Path, archs: dict[str, list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--study", nargs="+", default=["init", "dead"], choices=list(STUDIES))
+    ap.add_argument("--study", nargs="+", default=list(STUDIES), choices=list(STUDIES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--init-l0s", type=float, nargs="+", default=[8, 16, 32])
     ap.add_argument("--dead-l0s", type=float, nargs="+", default=[8])
     ap.add_argument("--dead-archs", nargs="+", default=["topk", "batchtopk", "matryoshka"])
+    ap.add_argument("--trainer-l0s", type=float, nargs="+", default=[8, 16, 32])
     ap.add_argument("--out", default="runs/benchmark")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--render-only", action="store_true")
@@ -182,10 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.disable(logging.WARNING)
     docs = Path(a.docs)
     results = Results(docs / "methods-synthetic.jsonl", KEY)
-    archs = {"init": ["topk"], "dead": a.dead_archs}
-    l0s = {"init": a.init_l0s, "dead": a.dead_l0s}
+    archs = {"init": ["topk"], "dead": a.dead_archs, "trainer": ["standard"]}
+    l0s = {"init": a.init_l0s, "dead": a.dead_l0s, "trainer": a.trainer_l0s}
     if not a.render_only:
-        bench = Bench(Path(a.out), results, a.steps, flags={**INIT, **DEAD})
+        every = {v: f for variants, _ in STUDIES.values() for v, f in variants.items()}
+        bench = Bench(Path(a.out), results, a.steps, flags=every)
         for study in a.study:
             p = Protocol(lrs=tuple(a.lrs), target_l0s=tuple(l0s[study]), seeds=tuple(a.seeds))
             for arch in archs[study]:
@@ -195,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p = Protocol(lrs=tuple(a.lrs), target_l0s=tuple(a.init_l0s), seeds=tuple(a.seeds))
     cmd = (f"python scripts/reproduce/methods_synthetic.py --seeds {' '.join(map(str, a.seeds))} --steps {a.steps} "
            f"--init-l0s {' '.join(f'{x:g}' for x in a.init_l0s)} --dead-l0s {' '.join(f'{x:g}' for x in a.dead_l0s)} "
-           f"--dead-archs {' '.join(a.dead_archs)}")
+           f"--dead-archs {' '.join(a.dead_archs)} --trainer-l0s {' '.join(f'{x:g}' for x in a.trainer_l0s)}")
     (docs / "methods-synthetic.md").write_text(render(rows, p, a.steps, cmd, archs))
     plot(rows, docs / "methods-synthetic.png", archs)
     print(f"wrote {docs / 'methods-synthetic.md'}")

@@ -357,6 +357,12 @@ def test_toy_defaults_shrink_to_a_short_budget_but_never_override_the_user(tmp_p
     # asked for explicitly, the same settings are an error, not silently dropped
     assert main(["toy", *small, "--steps", "40", "--resample", "clustered", "--out", str(tmp_path / "bad")]) == 2
     assert "no resampling step falls inside" in capsys.readouterr().err
+    # on synthetic data auto is off (clustered resampling lost there: docs/methods-synthetic.md); asked for, it runs
+    cfg = ToyConfig(out="x", d_model=16, n_features=32, batch_size=64, data="synthetic")
+    assert cfg.resolved(600, 16).resample == "none"
+    assert replace(cfg, synthetic_model="m", data="seed").resolved(600, 16).resample == "none"
+    assert replace(cfg, data="seed").resolved(600, 16).resample == "clustered"
+    assert replace(cfg, resample="clustered").resolved(600, 16).resample == "clustered"
 
 
 def test_a_misshapen_stream_pool_in_a_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -197,7 +197,10 @@ class ToyConfig(TrainConfig):
     tokens: int = inherit(TrainConfig, "tokens", 0)
     init: str = inherit(TrainConfig, "init", "mod")
     center_init: bool = inherit(TrainConfig, "center_init", False)
-    resample: str = inherit(TrainConfig, "resample", AUTO)
+    resample: str = inherit(TrainConfig, "resample", AUTO, help=(
+        "dead-feature resampling, one of none, anthropic, clustered (auto: clustered on the seed's toy data when a "
+        "resampling step fits in the budget and AuxK is off; none on synthetic data, where clustered resampling "
+        "lost to none under the protocol: docs/methods-synthetic.md)"))
     resample_every: int = inherit(TrainConfig, "resample_every", 250)
     resample_sample: int | None = inherit(TrainConfig, "resample_sample", None)
     resample_pool: str = inherit(TrainConfig, "resample_pool", "stream")
@@ -240,6 +243,13 @@ class ToyConfig(TrainConfig):
     def default_dict_size(self, d_in: int) -> int:
         """--dict-size 0: one latent per true feature."""
         return self.n_features
+
+    def resolved(self, steps: int, d_in: int):
+        """As TrainConfig's, with `--resample auto` off on synthetic data (--data synthetic or a SAELens
+        synthetic model): there it lowered F1 and never raised MCC (docs/methods-synthetic.md)."""
+        synthetic = self.data == "synthetic" or bool(self.synthetic_model)
+        base = replace(self, resample="none") if self.resample == AUTO and synthetic else self
+        return TrainConfig.resolved(base, steps, d_in)
 
     def validate(self) -> None:
         super().validate()

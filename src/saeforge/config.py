@@ -165,10 +165,15 @@ class TrainConfig(ResampleConfig, RunConfig):
             # 2M inputs found the features that 524,288 missed; docs/toy.md)
             resample_sample=self.resample_sample or max(131072, 2 * d_sae ** 2))
         if cfg.resample == AUTO:  # off where AuxK revives dead latents; both may be asked for explicitly
-            on = cfg.resample_steps() and not sae.revives_dead_latents() and cfg.feature_shards == 1
+            on = (cfg.auto_resamples() and cfg.resample_steps() and not sae.revives_dead_latents()
+                  and cfg.feature_shards == 1)
             cfg = replace(cfg, resample="clustered" if on else "none")
         check_settings(cfg)
         return cfg
+
+    def auto_resamples(self) -> bool:
+        """Whether `--resample auto` may turn resampling on for this command's data (a command overrides)."""
+        return True
 
     @staticmethod
     def shardable_architectures() -> list[str]:
@@ -244,12 +249,10 @@ class ToyConfig(TrainConfig):
         """--dict-size 0: one latent per true feature."""
         return self.n_features
 
-    def resolved(self, steps: int, d_in: int):
-        """As TrainConfig's, with `--resample auto` off on synthetic data (--data synthetic or a SAELens
-        synthetic model): there it lowered F1 and never raised MCC (docs/methods-synthetic.md)."""
-        synthetic = self.data == "synthetic" or bool(self.synthetic_model)
-        base = replace(self, resample="none") if self.resample == AUTO and synthetic else self
-        return TrainConfig.resolved(base, steps, d_in)
+    def auto_resamples(self) -> bool:
+        """`--resample auto` is off on synthetic data (--data synthetic or a SAELens synthetic model):
+        there it lowered F1 and never raised MCC (docs/methods-synthetic.md)."""
+        return not (self.data == "synthetic" or self.synthetic_model)
 
     def validate(self) -> None:
         super().validate()

@@ -125,8 +125,8 @@ def datapoint_blend(X: torch.Tensor, k: int, g: torch.Generator, p: float = DATA
     x_KD = _random_rows(X, k, g) - X.mean(0)
     r_KD = torch.empty(k, X.shape[1])
     torch.nn.init.kaiming_uniform_(r_KD, a=5 ** 0.5, generator=g)
-    unit = lambda v: v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa: E731
-    return p * unit(x_KD) + (1 - p) * unit(r_KD)
+    unit = torch.nn.functional.normalize
+    return p * unit(x_KD, dim=1) + (1 - p) * unit(r_KD, dim=1)
 
 
 def spherical_kmeans(X: torch.Tensor, k: int, g: torch.Generator, iters: int = KMEANS_ITERS,

@@ -343,11 +343,11 @@ def recovery(sae: Any, data: SyntheticData, n_samples: int = 100_000, batch_size
     the true features themselves (`mixture_chance`: how many would count as mixtures if the
     dictionary were the features exactly, since the features overlap)."""
     W_GD, F_FD = sae.W_dec.detach().float(), data.features_FD.float()
-    cos_GF = torch.nn.functional.normalize(W_GD, dim=1) @ torch.nn.functional.normalize(F_FD, dim=1).T
+    Fn_FD = torch.nn.functional.normalize(F_FD, dim=1)
+    cos_GF = torch.nn.functional.normalize(W_GD, dim=1) @ Fn_FD.T
     best_G = cos_GF.abs().argmax(1)
     score, latent_of_F = metrics.mcc(cos_GF)
     mixtures = int(((cos_GF.abs() >= MIXTURE_COS).sum(1) >= 2).sum())
-    Fn_FD = torch.nn.functional.normalize(F_FD, dim=1)
     chance = int(((Fn_FD @ Fn_FD.T).abs() >= MIXTURE_COS).sum(1).ge(2).sum())
     G = W_GD.shape[0]
     tp, fp, fn = (torch.zeros(G, dtype=torch.float64, device=W_GD.device) for _ in range(3))

@@ -4,6 +4,13 @@
                               fields) + saeforge's metadata
     sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]
                               and the architecture's extra tensors
+
+A transcoder is saved as SAELens saves one: `d_out` in cfg.json, W_dec [d_sae, d_out], b_dec
+[d_out], W_skip [d_out, d_in] (SAELens's orientation), `apply_b_dec_to_input` false, and the
+architecture `transcoder` / `skip_transcoder` (ReLU), `jumprelu_transcoder` /
+`jumprelu_skip_transcoder` (JumpReLU, and BatchTopK and Matryoshka, whose inference is a
+threshold); TopK has no SAELens transcoder class, so a TopK transcoder is `topk_transcoder` /
+`topk_skip_transcoder`, which saeforge (and circuit-tracer's format, formats.py) reads.
     sparsity.safetensors      "sparsity": log10 firing frequency per feature (optional on load)
 
 Files are written atomically (runtime.py). Only JSON and safetensors are read.
@@ -29,20 +36,31 @@ SAVE_ID = "saeforge_save_id"  # the safetensors header key that ties a file to i
 SAELENS_FORMAT = "6.0.0"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # SAELens metadata keys that saeforge fills from its own metadata when it knows them.
-SAELENS_METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos",
+SAELENS_METADATA_KEYS = ("model_name", "hook_name", "hook_name_out", "hook_head_index", "context_size", "prepend_bos",
                          "dataset_path", "model_from_pretrained_kwargs")
+# a transcoder's cfg.json architecture: (saved name of its architecture, skip) <-> SAELens's transcoder names
+TRANSCODERS = {("standard", False): "transcoder", ("standard", True): "skip_transcoder",
+               ("jumprelu", False): "jumprelu_transcoder", ("jumprelu", True): "jumprelu_skip_transcoder",
+               ("topk", False): "topk_transcoder", ("topk", True): "topk_skip_transcoder"}
+TRANSCODER_OF = {name: key for key, name in TRANSCODERS.items()}
 
 
-def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, input_scale: float = 1.0) -> Path:
+def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, input_scale: float = 1.0,
+         output_scale: float | None = None) -> Path:
     """Write the dictionary directory. `input_scale` s is the factor training inputs were
-    multiplied by; it is folded in (`SAE.folded`) so the saved dictionary acts on raw activations."""
+    multiplied by (`output_scale` a transcoder's targets'); it is folded in (`SAE.folded`) so the
+    saved dictionary acts on raw activations."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(input_scale)
-    weights = sae.folded(s)
+    weights = sae.folded(s, output_scale)
+    if "W_skip" in weights:
+        weights["W_skip"] = weights["W_skip"].t().contiguous()  # SAELens's [d_out, d_in]
     dtype = next(k for k, v in DTYPES.items() if v == sae.W_enc.dtype)
     meta = {k: v for k, v in sae.metadata.items()}
     meta["input_scale_folded"] = s
+    if sae.transcoder:
+        meta["output_scale_folded"] = s if output_scale is None else float(output_scale)
     # every file of one save carries its id, cfg.json (written last) too: load() refuses a mix of two saves
     save_id = meta["save_id"] = uuid.uuid4().hex
     sl_meta = {"sae_lens_version": SAELENS_FORMAT, "sae_lens_training_version": SAELENS_FORMAT}
@@ -53,12 +71,15 @@ def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, 
         "d_sae": sae.d_sae,
         "dtype": dtype,
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not sae.transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": sl_meta,
         "saeforge": meta,
     }
+    if sae.transcoder:
+        cfg["architecture"] = TRANSCODERS[cfg["architecture"], sae.W_skip is not None]
+        cfg["d_out"] = sae.d_out
     atomic_save_tensors(path / WEIGHTS, weights, metadata={SAVE_ID: save_id})
     if sparsity_F is not None:
         atomic_save_tensors(path / SPARSITY, {"sparsity": sparsity_F.float()}, metadata={SAVE_ID: save_id})
@@ -75,15 +96,18 @@ def check_one_save(path: Path, cfg: dict[str, Any], file: str) -> None:
                         "rerun the run with --resume to save its dictionary whole")
 
 
-CFG_FIELDS = {"d_in": (int, True), "d_sae": (int, True), "architecture": (str, False), "dtype": (str, False),
+CFG_FIELDS = {"d_in": (int, True), "d_sae": (int, True), "d_out": (int, False), "architecture": (str, False),
+              "dtype": (str, False),
               "apply_b_dec_to_input": (bool, False), "normalize_activations": (str, False),
               "activation_fn": (str, False), "activation_fn_str": (str, False), "metadata": (dict, False),
               "saeforge": (dict, False), "model_name": (str, False), "hook_name": (str, False),
-              "hook_point": (str, False), "context_size": (int, False), "k": (int, False),
+              "hook_point": (str, False), "hook_name_out": (str, False), "context_size": (int, False),
+              "k": (int, False),
               "rescale_acts_by_decoder_norm": (bool, False)}
 # metadata fields saeforge reads back (analysis, eval, inspect): in `metadata`, `saeforge` or at the top level
-META_FIELDS = {"model_name": (str, False), "hook_name": (str, False), "dataset_path": (str, False),
-               "context_size": (int, False), "input_scale_folded": (float, False), "save_id": (str, False)}
+META_FIELDS = {"model_name": (str, False), "hook_name": (str, False), "hook_name_out": (str, False),
+               "dataset_path": (str, False), "context_size": (int, False), "input_scale_folded": (float, False),
+               "output_scale_folded": (float, False), "save_id": (str, False)}
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:
@@ -93,13 +117,18 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     cfg = check_json(read_json(cfg_path, "the file is corrupt or truncated"), str(cfg_path), CFG_FIELDS)
     for key in ("metadata", "saeforge"):
         check_json(cfg.get(key) or {}, f"{cfg_path} ({key})", META_FIELDS)
-    for key in ("d_in", "d_sae"):
-        if cfg[key] < 1:
+    for key in ("d_in", "d_sae", "d_out"):
+        if key in cfg and cfg[key] < 1:
             raise UserError(f"{cfg_path}: {key} must be a positive integer, got {cfg[key]!r}")
     arch = cfg.get("architecture") or "standard"
-    if arch not in SAVED:
+    if arch not in SAVED and arch not in TRANSCODER_OF:
         raise UserError(f"{cfg_path}: architecture {arch!r} is not supported; saeforge loads "
-                        f"{', '.join(map(repr, SAVED))} dictionaries")
+                        f"{', '.join(map(repr, [*SAVED, *TRANSCODER_OF]))} dictionaries")
+    if arch in TRANSCODER_OF:
+        if "d_out" not in cfg:
+            raise UserError(f"{cfg_path}: a {arch} needs d_out (the width of the activations it writes)")
+        if cfg.get("apply_b_dec_to_input"):
+            raise UserError(f"{cfg_path}: a {arch} does not centre its input: apply_b_dec_to_input must be false")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise UserError(f"{cfg_path}: normalize_activations={norm!r} is not supported; re-save it with the "
@@ -113,11 +142,16 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     if not path.is_dir():
         raise UserError(f"dictionary directory {path} does not exist")
     cfg = _read_cfg(path)
-    cls = SAVED[cfg.get("architecture") or "standard"]
+    arch = cfg.get("architecture") or "standard"
+    base, skip = TRANSCODER_OF.get(arch, (arch, False))
+    tc = {"d_out": cfg["d_out"], "skip": skip} if arch in TRANSCODER_OF else {}  # a transcoder's shape
+    cls = SAVED[base]
     settings = cls.from_saved_config(cfg, str(path / CFG))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     tensors = read_tensors(path / WEIGHTS, "the dictionary weights")
-    expected = {k: tuple(v.shape) for k, v in cls(d_in, d_sae, settings, device="meta").state_dict().items()}
+    if skip and "W_skip" in tensors:
+        tensors["W_skip"] = tensors["W_skip"].t()  # SAELens's [d_out, d_in] to x @ W_skip's [d_in, d_out]
+    expected = {k: tuple(v.shape) for k, v in cls(d_in, d_sae, settings, device="meta", **tc).state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise UserError(f"{path / WEIGHTS}: missing tensor(s) {', '.join(missing)}; expected {', '.join(expected)}")
@@ -128,8 +162,12 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     for name, shape in expected.items():
         t = tensors[name]
         if tuple(t.shape) != shape:
-            raise UserError(f"{path / WEIGHTS}: {name} has shape {list(t.shape)}, but cfg.json "
-                            f"(d_in={d_in}, d_sae={d_sae}) needs {list(shape)}")
+            dims = f"d_in={d_in}, d_sae={d_sae}" + (f", d_out={cfg['d_out']}" if "d_out" in cfg else "")
+            if name == "W_skip":
+                shape = shape[::-1]  # as the file holds it
+                t = t.t()
+            raise UserError(f"{path / WEIGHTS}: {name} has shape {list(t.shape)}, but cfg.json ({dims}) needs "
+                            f"{list(shape)}")
         if not t.is_floating_point():
             raise UserError(f"{path / WEIGHTS}: {name} has dtype {t.dtype}; weights must be floating point")
         if not torch.isfinite(t).all():
@@ -140,9 +178,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
         if cfg_dtype.removeprefix("torch.") not in DTYPES:
             raise UserError(f"{path / CFG}: dtype {cfg_dtype!r} is unknown; use one of {', '.join(DTYPES)}")
         dtype = DTYPES[cfg_dtype.removeprefix("torch.")]
-    sae = cls(d_in, d_sae, settings, device=device, dtype=dtype)
+    sae = cls(d_in, d_sae, settings, device=device, dtype=dtype, **tc)
     cls.fold_saved(cfg, tensors)
-    if cfg.get("apply_b_dec_to_input", True) is False:
+    if cfg.get("apply_b_dec_to_input", True) is False and not sae.transcoder:
         # (x W + b) == ((x - b_dec) W + b + b_dec W): fold, so encode() stays one formula.
         tensors["b_enc"] = tensors["b_enc"].double() + tensors["b_dec"].double() @ tensors["W_enc"].double()
     with torch.no_grad():
@@ -151,7 +189,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     meta = dict(cfg.get("saeforge") or {})
     for k, v in (cfg.get("metadata") or {}).items():
         meta.setdefault(k, v)
-    for k in ("model_name", "hook_name", "context_size"):  # pre-6.0 SAELens keeps these at top level
+    for k in ("model_name", "hook_name", "hook_name_out", "context_size"):  # SAELens keeps some at top level
         if k in cfg:
             meta.setdefault(k, cfg[k])
     if "hook_point" in cfg:

@@ -1,11 +1,13 @@
 """The SAE interface: what an architecture provides, and all the rest of saeforge relies on.
 
-Every architecture keeps SAELens's four tensors W_enc_DF, b_enc_F, W_dec_FD, b_dec_D (B batch,
-D d_in, F d_sae) and the decoder x̂ = f @ W_dec + b_dec; it defines
+Every architecture keeps SAELens's four tensors W_enc_DF, b_enc_F, W_dec_FE, b_dec_E (B batch,
+D d_in, F d_sae, E d_out: d_in for an autoencoder) and the decoder x̂ = f @ W_dec + b_dec; a
+transcoder (d_out given) reconstructs a target y_BE of another hook from x_BD, does not centre its
+input, and may add a skip connection x @ W_skip_DE. An architecture defines
 
     encode(x_BD) -> f_BF                 its activation function (inference)
-    loss(x_BD, coefficient, dead_F) -> Loss   total, mse and sparsity terms, with autograd
-    step(x_BD, coefficient, dead_F) -> StepOutput   loss + gradients in .grad (default: autograd
+    loss(x_BD, coefficient, dead_F, y_BE) -> Loss   total, mse and sparsity terms, with autograd
+    step(x_BD, coefficient, dead_F, y_BE) -> StepOutput   loss + gradients in .grad (default: autograd
                                          on `loss`; an architecture overrides it with a fast step)
     architecture                         its name (`--architecture`)
     Config                               its settings (an `ArchitectureConfig`: k, thresholds, its
@@ -106,11 +108,18 @@ class SAE(nn.Module):
     # Parameters indexed by feature, and the axis of the feature index (resampling renews slices).
     feature_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
-    def __init__(self, d_in: int, d_sae: int, cfg: ArchitectureConfig | None = None, *, device: Any = None,
-                 dtype: torch.dtype = torch.float32, **settings: Any):
-        """`cfg`: the architecture's settings (or given as keywords, `settings`), resolved for this shape."""
+    def __init__(self, d_in: int, d_sae: int, cfg: ArchitectureConfig | None = None, *, d_out: int | None = None,
+                 skip: bool = False, device: Any = None, dtype: torch.dtype = torch.float32, **settings: Any):
+        """`cfg`: the architecture's settings (or given as keywords, `settings`), resolved for this shape.
+        `d_out`: a transcoder, reading inputs of width d_in and reconstructing targets of width d_out (its
+        input is not centred by b_dec, as SAELens's transcoders); `skip`: a transcoder with a linear skip
+        connection W_skip [d_in, d_out] added to its output."""
         super().__init__()
         self.d_in, self.d_sae = d_in, d_sae
+        self.transcoder = d_out is not None
+        self.d_out = d_in if d_out is None else d_out
+        if skip and not self.transcoder:
+            raise UserError("a skip connection needs a transcoder (give d_out)")
         if cfg is None:
             cfg = self.Config(**settings)
             cfg.validate()
@@ -120,8 +129,9 @@ class SAE(nn.Module):
         kw = dict(device=device, dtype=dtype)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, self.d_out, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_out, **kw))
+        self.W_skip = nn.Parameter(torch.zeros(d_in, self.d_out, **kw)) if skip else None
         # Free-form facts about the dictionary (model, hook, init, tokens seen…), saved in cfg.json.
         self.metadata: dict[str, Any] = {}
 
@@ -129,7 +139,9 @@ class SAE(nn.Module):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
+    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> Loss:
+        """`y_BE`: a transcoder's targets (None: the input is the target)."""
         raise NotImplementedError
 
     def renewed(self, idx_K: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,26 +168,49 @@ class SAE(nn.Module):
     shards: Any = None  # feature_shards.FeatureShards when this instance holds one shard of the features
 
     def centered(self, x_BD: torch.Tensor) -> torch.Tensor:
-        """x − b_dec, the encoder's input (sharded: its b_dec gradient is summed over the shards)."""
+        """x − b_dec, the encoder's input (sharded: its b_dec gradient is summed over the shards); a
+        transcoder's input as it is."""
+        if self.transcoder:
+            return x_BD if self.shards is None else self.shards.copy(x_BD)
         return x_BD - self.b_dec if self.shards is None else self.shards.copy(x_BD - self.b_dec)
+
+    def target(self, x_BD: torch.Tensor, y_BE: torch.Tensor | None) -> torch.Tensor:
+        """What the output should match: a transcoder's targets, an autoencoder's input."""
+        if y_BE is None:
+            if self.transcoder:
+                raise ValueError("a transcoder's loss needs its targets y_BE")
+            return x_BD
+        return y_BE
+
+    def skip_term(self, x_BD: torch.Tensor) -> torch.Tensor | None:
+        """x @ W_skip for a skip transcoder, else None."""
+        return None if self.W_skip is None else x_BD @ self.W_skip
 
     def across(self, t: torch.Tensor) -> torch.Tensor:
         """A per-feature sum (a partial reconstruction, a penalty) completed over the shards."""
         return t if self.shards is None else self.shards.sum(t)
 
-    def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
-        return self.across(f_BF @ self.W_dec) + self.b_dec
+    def decode(self, f_BF: torch.Tensor, x_BD: torch.Tensor | None = None) -> torch.Tensor:
+        """f @ W_dec + b_dec, plus x @ W_skip for a skip transcoder (which then needs its input x)."""
+        out = self.across(f_BF @ self.W_dec) + self.b_dec
+        if self.W_skip is not None:
+            if x_BD is None:
+                raise ValueError("a skip transcoder decodes with its input: decode(f, x)")
+            out = out + x_BD @ self.W_skip
+        return out
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x_BD))
+        return self.decode(self.encode(x_BD), x_BD)
 
-    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
+    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> StepOutput:
         """Loss and gradients (written to .grad) by autograd; architectures may override it."""
         for p in self.parameters():
             p.grad = None
         x_BD = x_BD.to(self.W_enc.dtype)
+        y_BE = None if y_BE is None else y_BE.to(self.W_enc.dtype)
         with torch.enable_grad():
-            out = self.loss(x_BD, coefficient, dead_F)
+            out = self.loss(x_BD, coefficient, dead_F, y_BE)
             out.total.backward()
         f_BF = out.f_BF.detach()
         return StepOutput(out.total.detach(), out.mse.detach(), out.sparsity.detach(), f_BF, out.err_BD.detach(),
@@ -186,12 +221,16 @@ class SAE(nn.Module):
         """Rewrite loaded tensors (in place in the dict) for settings of cfg.json that saeforge
         folds into the weights; none here."""
 
-    def folded(self, input_scale: float) -> dict[str, torch.Tensor]:
-        """The weights for raw inputs when training saw inputs × s: W_enc·s, W_dec/s, b_dec/s
-        (encode(s·x) and decode(f)/s are unchanged); other tensors as they are."""
+    def folded(self, input_scale: float, output_scale: float | None = None) -> dict[str, torch.Tensor]:
+        """The weights for raw inputs when training saw inputs × s (and a transcoder's targets × t;
+        t = s otherwise): W_enc·s, W_dec/t, b_dec/t, W_skip·s/t (encode(s·x) and decode(f)/t are
+        unchanged); other tensors as they are."""
         s = float(input_scale)
+        t = s if output_scale is None else float(output_scale)
         w = {k: v.detach() for k, v in self.state_dict().items()}
-        w["W_enc"], w["W_dec"], w["b_dec"] = w["W_enc"] * s, w["W_dec"] / s, w["b_dec"] / s
+        w["W_enc"], w["W_dec"], w["b_dec"] = w["W_enc"] * s, w["W_dec"] / t, w["b_dec"] / t
+        if "W_skip" in w:
+            w["W_skip"] = w["W_skip"] * (s / t)
         return w
 
     @torch.no_grad()
@@ -207,7 +246,10 @@ class SAE(nn.Module):
             g_FD.sub_((g_FD * w_FD).sum(-1, keepdim=True) * w_FD)
 
     def extra_repr(self) -> str:
-        return f"architecture={self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}"
+        out = f"architecture={self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}"
+        if self.transcoder:
+            out += f", d_out={self.d_out}, skip={self.W_skip is not None}"
+        return out
 
 
 def set_grads(pairs) -> None:
@@ -217,6 +259,25 @@ def set_grads(pairs) -> None:
             p.grad = g.to(p.dtype).contiguous()
         else:
             p.grad.copy_(g)
+
+
+# ---- shared by the fast steps: where a transcoder differs from an autoencoder
+def output(sae: SAE, recon_BE: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
+    """The decoder's output from f @ W_dec (in place): + b_dec, + x @ W_skip for a skip transcoder."""
+    recon_BE.add_(sae.b_dec)
+    return recon_BE if sae.W_skip is None else recon_BE.addmm_(x_BD, sae.W_skip)
+
+
+def g_b_dec(sae: SAE, gx_BE: torch.Tensor, g_b_enc_F: torch.Tensor) -> torch.Tensor:
+    """b_dec's gradient: Σ_b d/dx̂, minus what flows back through the encoder's input x − b_dec
+    (g_b_enc @ W_encᵀ: b_dec is broadcast over the batch) unless the input is not centred (a transcoder)."""
+    g = gx_BE.sum(0)
+    return g if sae.transcoder else g.sub_(sae.W_enc @ g_b_enc_F)
+
+
+def skip_grad(sae: SAE, x_BD: torch.Tensor, gx_BE: torch.Tensor) -> tuple:
+    """(W_skip, xᵀ @ d/dx̂) for a skip transcoder, nothing otherwise: to add to set_grads' pairs."""
+    return () if sae.W_skip is None else ((sae.W_skip, x_BD.t() @ gx_BE),)
 
 
 def exact(device_type: str):

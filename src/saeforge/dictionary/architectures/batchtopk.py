@@ -66,7 +66,7 @@ class BatchTopKSAE(TopKSAE):
     def saved_config(self) -> dict[str, Any]:
         return {"architecture": self.saved_as}
 
-    def folded(self, input_scale: float) -> dict[str, torch.Tensor]:
-        w = super().folded(input_scale)
+    def folded(self, input_scale: float, output_scale: float | None = None) -> dict[str, torch.Tensor]:
+        w = super().folded(input_scale, output_scale)
         w["threshold"] = torch.full_like(w["b_enc"], float(w.pop("topk_threshold")))
         return w

@@ -22,7 +22,8 @@ import torch
 
 from saeforge.dictionary import kernels
 from saeforge.dictionary.architectures.standard import sparse_enough
-from saeforge.dictionary.sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
+                                     skip_grad)
 from saeforge.dictionary.sparse import Transposed, csr_of, sampled
 from saeforge.options import opt
 
@@ -92,10 +93,11 @@ class JumpReLUSAE(SAE):
         pre_BF = self.pre(x_BD)
         return pre_BF.relu() * (pre_BF > self.threshold)
 
-    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
+    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> Loss:
         pre_BF = self.pre(x_BD)
         f_BF = _JumpReLU.apply(pre_BF, self.threshold, self.bandwidth)
-        err_BD = self.decode(f_BF) - x_BD
+        err_BD = self.decode(f_BF, x_BD) - self.target(x_BD, y_BE)
         mse = err_BD.pow(2).sum(-1).mean()
         if self.sparsity_loss == "tanh":
             sparsity = self.across(torch.tanh(TANH_SCALE * f_BF * self.W_dec.norm(dim=-1)).sum(-1)).mean()
@@ -104,7 +106,7 @@ class JumpReLUSAE(SAE):
         return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
 
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
-             sparse: bool | None = None) -> StepOutput:
+             y_BE: torch.Tensor | None = None, sparse: bool | None = None) -> StepOutput:
         """`sparse`: None decides from the share of firing codes (SPARSE_BELOW); True / False force."""
         with torch.no_grad():
             self.threshold.clamp_(min=0.0)  # θ < 0 would let negative pre-activations through
@@ -115,8 +117,9 @@ class JumpReLUSAE(SAE):
                 low_F = self.threshold - self.bandwidth / 2
                 if sparse or sparse_enough(pre_BF, low_F):
                     with exact(x_BD.device.type):  # after the encoder product (bfloat16 under autocast)
-                        return sparse_step(self, x_BD, kernels.firing(pre_BF, low_F), coefficient)
-        return super().step(x_BD, coefficient, dead_F)
+                        y = self.target(x_BD, None if y_BE is None else y_BE.to(self.W_enc.dtype))
+                        return sparse_step(self, x_BD, kernels.firing(pre_BF, low_F), coefficient, y)
+        return super().step(x_BD, coefficient, dead_F, y_BE)
 
 
 # ---------------------------------------------------------------- the sparse step
@@ -124,19 +127,20 @@ class JumpReLUSAE(SAE):
 # both CSR: the decoder and the weight gradients touch A's entries only, and θ's estimator needs
 # the codes' gradient at K's entries only (two sampled products instead of one dense one).
 @torch.no_grad()
-def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float) -> StepOutput:
-    """`seen`: (rows, latents, pre-activations) of the entries with pre > θ − bandwidth/2, row-major."""
+def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float, y_BE: torch.Tensor) -> StepOutput:
+    """`seen`: (rows, latents, pre-activations) of the entries with pre > θ − bandwidth/2, row-major;
+    `y_BE`: the targets."""
     W_enc, b_enc, W_dec, b_dec, theta_F = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold
     B, D = x_BD.shape
     F, bw = sae.d_sae, sae.bandwidth
-    xc_BD = x_BD - b_dec
+    xc_BD = x_BD if sae.transcoder else x_BD - b_dec
     rows_S, cols_S, pre_S = seen
     pre_S = pre_S.to(x_BD.dtype)
     fire_S = pre_S > theta_F[cols_S]
     rows_A = rows_S[fire_S]
     A = csr_of(rows_A, cols_S[fire_S], pre_S[fire_S], (B, F))
     cols, vals = A.col_indices(), A.values()
-    err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
+    err_BD = output(sae, A @ W_dec, x_BD).sub_(y_BE)
     mse = err_BD.pow(2).sum() / B
     gx_BD = err_BD * (2.0 / B)
     norms_F = W_dec.norm(dim=-1)
@@ -168,8 +172,7 @@ def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float) -> StepOu
             0, cols_K, g_K * theta_F[cols_K] + l0 / B, alpha=-1.0 / bw)
 
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, g_N)
-    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
     # the JumpReLU passes f's gradient to pre where it fires
-    set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec),
-               (theta_F, g_theta_F)))
+    set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec),
+               (b_dec, g_b_dec(sae, gx_BD, g_b_enc)), (theta_F, g_theta_F), *skip_grad(sae, x_BD, gx_BD)))
     return StepOutput(mse + l0 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)

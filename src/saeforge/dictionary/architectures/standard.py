@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from saeforge.dictionary import kernels
-from saeforge.dictionary.sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
+                                     skip_grad)
 from saeforge.dictionary.sparse import Transposed, csr_of, sampled
 from saeforge.errors import UserError
 from saeforge.options import opt
@@ -47,9 +48,10 @@ class StandardSAE(SAE):
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.centered(x_BD) @ self.W_enc + self.b_enc)
 
-    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
+    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> Loss:
         f_BF = self.encode(x_BD)
-        err_BD = self.decode(f_BF) - x_BD
+        err_BD = self.decode(f_BF, x_BD) - self.target(x_BD, y_BE)
         mse = err_BD.pow(2).sum(-1).mean()
         sparsity = self.across((f_BF * self.W_dec.norm(dim=-1)).sum(-1)).mean()
         return Loss(mse + coefficient * sparsity, mse, sparsity, f_BF, err_BD)
@@ -62,8 +64,9 @@ class StandardSAE(SAE):
         return super().from_saved_config(cfg, where)
 
     @torch.no_grad()
-    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
-        return fast_step(self, x_BD, coefficient)
+    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> StepOutput:
+        return fast_step(self, x_BD, coefficient, y_BE=y_BE)
 
 
 # ---------------------------------------------------------------- the fast step
@@ -83,16 +86,23 @@ class StandardSAE(SAE):
 # g_b_enc @ W_encᵀ because b_dec is broadcast over the batch. The firing sums fall out of
 # product 5 for free and feed the dead-feature statistics.
 @torch.no_grad()
-def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | None = None) -> StepOutput:
-    """Compute the loss and write the gradients into `.grad` of the four parameters.
+def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | None = None,
+              y_BE: torch.Tensor | None = None) -> StepOutput:
+    """Compute the loss and write the gradients into `.grad` of the parameters.
     `sparse`: None decides from the share of codes that fire (SPARSE_BELOW); True / False force.
-    Under autocast the [B, F] products run in bfloat16; the rest in the parameters' dtype."""
+    `y_BE`: a transcoder's targets. Under autocast the [B, F] products run in bfloat16; the rest in
+    the parameters' dtype."""
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
+    E = sae.d_out
     x_BD = x_BD.to(W_enc.dtype)
+    y_BE = sae.target(x_BD, None if y_BE is None else y_BE.to(W_enc.dtype))
 
     xc_BD1 = torch.empty(B, D + 1, dtype=x_BD.dtype, device=x_BD.device)
-    torch.sub(x_BD, b_dec, out=xc_BD1[:, :D])
+    if sae.transcoder:
+        xc_BD1[:, :D] = x_BD
+    else:
+        torch.sub(x_BD, b_dec, out=xc_BD1[:, :D])
     xc_BD1[:, D] = 1.0
     xc_BD = xc_BD1[:, :D]
 
@@ -100,34 +110,33 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
     norms_F = W_dec.norm(dim=-1)
     if sparse or (sparse is None and sparse_enough(pre_BF, -b_enc)):
         with exact(x_BD.device.type):
-            return sparse_relu_step(sae, x_BD, xc_BD, kernels.firing(pre_BF, -b_enc, b_enc), norms_F, l1)
+            return sparse_relu_step(sae, x_BD, xc_BD, kernels.firing(pre_BF, -b_enc, b_enc), norms_F, l1, y_BE)
     dtype = x_BD.dtype
     f_BF = pre_BF.add_(b_enc).relu_()
-    dec_FD1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
-    out_BD1 = (f_BF @ dec_FD1).to(dtype)
-    err_BD = out_BD1[:, :D].add_(b_dec).sub_(x_BD)
-    mse = err_BD.pow(2).sum() / B
-    sparsity = out_BD1[:, D].sum() / B
+    dec_FE1 = torch.cat([W_dec, norms_F[:, None]], dim=1)
+    out_BE1 = (f_BF @ dec_FE1).to(dtype)
+    err_BE = output(sae, out_BE1[:, :E], x_BD).sub_(y_BE)
+    mse = err_BE.pow(2).sum() / B
+    sparsity = out_BE1[:, E].sum() / B
 
     # d mse / d x̂ = 2 err / B; last column carries the penalty's d/dW_dec and the firing sums.
-    gx_BD1 = torch.empty(B, D + 1, dtype=x_BD.dtype, device=x_BD.device)
-    torch.mul(err_BD, 2.0 / B, out=gx_BD1[:, :D])
-    gx_BD1[:, D] = 1.0
-    gx_BD = gx_BD1[:, :D]
+    gx_BE1 = torch.empty(B, E + 1, dtype=x_BD.dtype, device=x_BD.device)
+    torch.mul(err_BE, 2.0 / B, out=gx_BE1[:, :E])
+    gx_BE1[:, E] = 1.0
+    gx_BE = gx_BE1[:, :E]
 
-    g_BF = torch.addmm(norms_F * (l1 / B), gx_BD, W_dec.t())
+    g_BF = torch.addmm(norms_F * (l1 / B), gx_BE, W_dec.t())
     g_BF = torch.ops.aten.threshold_backward(g_BF, f_BF, 0.0)
 
     g_enc_D1F = (xc_BD1.t() @ g_BF).to(dtype)
-    g_dec_FD1 = (f_BF.t() @ gx_BD1).to(dtype)
-    feature_sums_F = g_dec_FD1[:, D]
+    g_dec_FE1 = (f_BF.t() @ gx_BE1).to(dtype)
+    feature_sums_F = g_dec_FE1[:, E]
 
-    g_W_dec = g_dec_FD1[:, :D].addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
+    g_W_dec = g_dec_FE1[:, :E].addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
     g_b_enc = g_enc_D1F[D]
-    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
-
-    set_grads(((W_enc, g_enc_D1F[:D]), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
-    return StepOutput(mse + l1 * sparsity, mse, sparsity, f_BF, err_BD, feature_sums_F)
+    set_grads(((W_enc, g_enc_D1F[:D]), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec(sae, gx_BE, g_b_enc)),
+               *skip_grad(sae, x_BD, gx_BE)))
+    return StepOutput(mse + l1 * sparsity, mse, sparsity, f_BF, err_BE, feature_sums_F)
 
 
 # ---------------------------------------------------------------- the sparse step
@@ -139,23 +148,23 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
 #   g_W_enc = (Gᵀ @ x_c)ᵀ,  g_W_dec = Aᵀ @ g_x̂ + penalty term,  g_b_enc = Σ by latent
 @torch.no_grad()
 def sparse_relu_step(sae: StandardSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, firing, norms_F: torch.Tensor,
-                     l1: float) -> StepOutput:
-    """`firing`: (rows, latents, values) of the codes that fire, row-major."""
+                     l1: float, y_BE: torch.Tensor) -> StepOutput:
+    """`firing`: (rows, latents, values) of the codes that fire, row-major; `y_BE`: the targets."""
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     F = sae.d_sae
     rows, cols, vals = firing
     vals = vals.to(x_BD.dtype)  # bfloat16 when the encoder product ran under autocast
     A = csr_of(rows, cols, vals, (B, F))
-    err_BD = (A @ W_dec).add_(b_dec).sub_(x_BD)
-    mse = err_BD.pow(2).sum() / B
+    err_BE = output(sae, A @ W_dec, x_BD).sub_(y_BE)
+    mse = err_BE.pow(2).sum() / B
     sparsity = (vals * norms_F[cols]).sum() / B
-    gx_BD = err_BD * (2.0 / B)
-    g_N = sampled(A, gx_BD, W_dec).add_(norms_F[cols], alpha=l1 / B)
+    gx_BE = err_BE * (2.0 / B)
+    g_N = sampled(A, gx_BE, W_dec).add_(norms_F[cols], alpha=l1 / B)
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, g_N)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
     T = Transposed(rows, cols, F)
-    g_W_dec = T.matmul(vals, gx_BD).addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
-    g_b_dec = gx_BD.sum(0).sub_(W_enc @ g_b_enc)
-    set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
-    return StepOutput(mse + l1 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)
+    g_W_dec = T.matmul(vals, gx_BE).addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
+    set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec),
+               (b_dec, g_b_dec(sae, gx_BE, g_b_enc)), *skip_grad(sae, x_BD, gx_BE)))
+    return StepOutput(mse + l1 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BE, feature_sums_F)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from saeforge.dictionary import kernels
-from saeforge.dictionary.sae import SAE, ArchitectureConfig, Loss, StepOutput, exact, set_grads
+from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
+                                     skip_grad)
 from saeforge.dictionary.sparse import Transposed, crow_of, csr, row_of, sampled
 from saeforge.errors import UserError
 from saeforge.options import opt
@@ -99,8 +100,11 @@ class TopKSAE(SAE):
         """Nested prefix sizes whose reconstructions are each scored (Matryoshka); one level here."""
         return [self.d_sae]
 
-    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> Loss:
+    def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> Loss:
         """The autograd reference of `step`."""
+        y_BE = self.target(x_BD, y_BE)
+        skip_BE = self.skip_term(x_BD)
         pre_BF = self.pre(x_BD)
         crow, cols, _ = self.select(pre_BF)
         rows = row_of(crow, len(cols))
@@ -108,10 +112,12 @@ class TopKSAE(SAE):
         f_BF = torch.zeros_like(pre_BF).index_put((rows, cols), vals)
         total = 0.0
         for size in self.levels():
-            err_BD = self.across(f_BF[:, :size] @ self.W_dec[:size]) + self.b_dec - x_BD
+            err_BD = self.across(f_BF[:, :size] @ self.W_dec[:size]) + self.b_dec - y_BE
+            if skip_BE is not None:
+                err_BD = err_BD + skip_BE
             total = total + err_BD.pow(2).sum(-1).mean()
         mse = err_BD.pow(2).sum(-1).mean()
-        aux = x_BD.new_zeros(())
+        aux = x_BD.new_zeros(())  # AuxK reconstructs the residual of the target
         n_dead = 0 if dead_F is None else int(dead_F.sum())
         n_dead = n_dead if self.shards is None else self.shards.count(n_dead)
         if n_dead and self.aux_k_coefficient:
@@ -128,26 +134,30 @@ class TopKSAE(SAE):
         return Loss(total + aux, mse, aux, f_BF, err_BD)
 
     @torch.no_grad()
-    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None) -> StepOutput:
-        return sparse_step(self, x_BD, dead_F)
+    def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
+             y_BE: torch.Tensor | None = None) -> StepOutput:
+        return sparse_step(self, x_BD, dead_F, y_BE)
 
 
 @torch.no_grad()
-def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None) -> StepOutput:
+def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y_BE: torch.Tensor | None = None
+                ) -> StepOutput:
     """Loss and gradients of `TopKSAE.loss` (and its subclasses') with the codes as CSR matrices:
     the decoder, the codes' gradients and both weight gradients are sparse products (MKL)."""
     x_BD = x_BD.to(sae.W_enc.dtype)
-    xc_BD = x_BD - sae.b_dec
+    y_BE = sae.target(x_BD, None if y_BE is None else y_BE.to(sae.W_enc.dtype))
+    xc_BD = x_BD if sae.transcoder else x_BD - sae.b_dec
     pre_BF = torch.addmm(sae.b_enc, xc_BD, sae.W_enc)  # the one dense product (bfloat16 under autocast)
     with exact(x_BD.device.type):
-        return sparse_rest(sae, x_BD, xc_BD, pre_BF, dead_F)
+        return sparse_rest(sae, x_BD, xc_BD, pre_BF, dead_F, y_BE)
 
 
 def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: torch.Tensor,
-                dead_F: torch.Tensor | None) -> StepOutput:
+                dead_F: torch.Tensor | None, y_BE: torch.Tensor) -> StepOutput:
     """`sparse_step` after the encoder product: selection, sparse products, gradients."""
     W_enc, W_dec, b_dec = sae.W_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
+    E = sae.d_out
     F = sae.d_sae
     crow, cols, vals = sae.select(pre_BF)
     vals = vals.to(x_BD.dtype)
@@ -164,11 +174,11 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
             sel = level_N == lvl
             parts.append((crow_of(torch.bincount(rows[sel], minlength=B)), cols[sel], vals[sel]))
     A = [csr(c, j, v, (B, F)) for c, j, v in parts]
-    x_hat_BD = b_dec.expand(B, D).clone()
+    x_hat_BE = output(sae, torch.zeros(B, E, dtype=x_BD.dtype, device=x_BD.device), x_BD)
     g_levels, total = [], x_BD.new_zeros(())
     for A_l in A:
-        x_hat_BD += A_l @ W_dec
-        err_BD = x_hat_BD - x_BD
+        x_hat_BE += A_l @ W_dec
+        err_BD = x_hat_BE - y_BE
         total += err_BD.pow(2).sum() / B
         g_levels.append(err_BD * (2.0 / B))
     mse = err_BD.pow(2).sum() / B
@@ -192,10 +202,10 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
     for T, cols_N, g in enc:
         g_enc_FD += T.matmul(g, xc_BD)
         g_b_enc.index_add_(0, cols_N, g)
-    g_b_dec = suffix[0].sum(0).sub_(W_enc @ g_b_enc)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
 
-    set_grads(((W_enc, g_enc_FD.t()), (sae.b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec)))
+    set_grads(((W_enc, g_enc_FD.t()), (sae.b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec(sae, suffix[0], g_b_enc)),
+               *skip_grad(sae, x_BD, suffix[0])))
     sae.after_step(vals)
     return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)).to_dense(), err_BD,
                       feature_sums_F)

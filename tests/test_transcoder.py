@@ -171,3 +171,206 @@ def test_a_transcoder_directory_whose_d_out_disagrees_is_one_clear_error(tmp_pat
     (out / "cfg.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "d_out"}))
     with pytest.raises(UserError, match="needs d_out"):
         saeforge.load(out)
+
+
+def _pairs(n=4000, k=24, seed=0):
+    """One active feature per row: input x = a·e_i (input dictionary), target y = a·d_i (output dictionary)."""
+    g = torch.Generator().manual_seed(seed)
+    e_KD = torch.nn.functional.normalize(torch.randn(k, D, generator=g), dim=1)
+    d_KE = torch.nn.functional.normalize(torch.randn(k, E, generator=g), dim=1)
+    i = torch.randint(0, k, (n,), generator=g)
+    a = torch.rand(n, generator=g)[:, None] + 0.5
+    return torch.cat([a * e_KD[i], a * d_KE[i]], 1), e_KD, d_KE
+
+
+@pytest.mark.parametrize("method, k", [("data", 24), ("kmeans", 24)])  # mod, svd, …: kmeans's encoder path
+def test_informed_init_of_a_transcoder_pairs_each_atom_with_the_inputs_that_lead_to_it(method, k):
+    from saeforge.dictionary.init import initialize
+
+    sample, e_KD, d_KE = _pairs(k=k)
+    sae = ARCHITECTURES["topk"](D, k, d_out=E, k=2)
+    initialize(sae, method, seed=0, sample=sample, encoder_scale=0.5)
+    W_FE, W_DF = sae.W_dec, sae.W_enc
+    assert torch.allclose(W_FE.norm(dim=1), torch.ones(k)) and torch.allclose(W_DF.norm(dim=0), torch.full((k,), 0.5))
+    atom = (W_FE @ d_KE.T).argmax(1)  # the output feature each atom writes
+    hit = (W_FE @ d_KE.T).max(1).values > 0.99
+    assert hit.sum() >= (k // 2 if method == "data" else k - 2)  # clustering finds (nearly) every output feature
+    # and fires most on the inputs that lead to it: per atom, the mean pre-activation over each feature's rows
+    x, y = sample[:, :D], sample[:, D:]
+    feature_N = (y @ d_KE.T).argmax(1)
+    pre_NF = x @ W_DF + sae.b_enc
+    mean_KF = torch.stack([pre_NF[feature_N == j].mean(0) for j in range(k)])
+    assert (mean_KF.argmax(0)[hit] == atom[hit]).all()
+
+
+def test_a_transcoder_baseline_init_draws_its_own_encoder():
+    from saeforge.dictionary.init import initialize
+
+    sae = ARCHITECTURES["standard"](D, F, d_out=D, skip=True)  # same widths: still not tied
+    with torch.no_grad():
+        sae.W_skip.fill_(1.0)
+    initialize(sae, "orthogonal", seed=0)
+    assert not torch.allclose(sae.W_enc, sae.W_dec.T) and torch.allclose(sae.W_enc.norm(dim=0), torch.ones(F))
+    assert sae.W_skip.abs().sum() == 0  # SAELens's skip starts at 0
+
+
+@pytest.mark.parametrize("method", ["clustered", "anthropic"])
+def test_resampling_a_transcoder_writes_the_missing_target_and_reads_the_input_behind_it(method):
+    """A transcoder that knows every (input → output) feature of the pairs but one: the renewed latent's
+    decoder row is that output feature and its encoder column the input feature that leads to it."""
+    from saeforge.training.resample import anthropic_directions, clustered_directions, new_parameters
+
+    k = 8
+    sample, e_KD, d_KE = _pairs(n=3000, k=k, seed=1)
+    sae = ARCHITECTURES["standard"](D, k, d_out=E)
+    with torch.no_grad():
+        sae.W_dec.copy_(d_KE)
+        sae.W_enc.copy_(e_KD.T)
+        sae.W_dec[5] = 0  # feature 5 is dead: nothing writes d_5
+        sae.W_enc[:, 5] = -e_KD[5]
+    g = torch.Generator().manual_seed(0)
+    if method == "clustered":
+        dirs = clustered_directions(sae, sample, 1, g, worst=256, clusters=8, direction="residual", seed=0)
+    else:
+        dirs = anthropic_directions(sae, sample, 1, g)
+    new = new_parameters(sae, torch.tensor([5]), dirs, "alive")
+    assert new["W_dec"].shape == (1, E) and new["W_enc"].shape == (D, 1)
+    assert float(new["W_dec"][0] @ d_KE[5]) > 0.95
+    assert float(torch.nn.functional.normalize(new["W_enc"][:, 0], dim=0) @ e_KD[5]) > 0.95
+
+
+def test_a_transcoder_trains_from_one_forward_with_clustered_resampling(model_dir, text_dir, tmp_path, capsys):
+    import json
+
+    import saeforge
+    from saeforge.cli import main
+
+    args = ["--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "25600", "--batch-size", "128",
+            "--contexts-per-pass", "4", "--buffer-mb", "1", "--eval-tokens", "1024", "--no-progress",
+            "--resample", "clustered", "--resample-every", "20", "--dead-window", "256", "--lr-decay-steps", "40",
+            "--hook", "blocks.1.ln2.hook_normalized", "--target-hook", "blocks.1.hook_mlp_out", "--dict-size", "64",
+            "--architecture", "standard", "--skip-connection", "--init", "mod"]
+    assert main(["train", *args, "--out", str(tmp_path / "tc")]) == 0
+    s = json.loads((tmp_path / "tc" / "summary.json").read_text())
+    assert s["target_hook"] == "blocks.1.hook_mlp_out" and s["d_out"] == 32 and s["skip_connection"]
+    # the saved transcoder (scales folded in) spliced into the model reproduces its training figures
+    assert s["resample_events"] > 0 and s["explained_variance"] > 0.5
+    assert abs(s["explained_variance"] - s["train_explained_variance"]) < 0.1
+    assert s["ce_clean"] <= s["ce_spliced"] + 0.05 and s["kl_divergence"] > 0
+    tc = saeforge.load(tmp_path / "tc")
+    assert tc.transcoder and tc.W_skip is not None and tc.metadata["hook_name_out"] == "blocks.1.hook_mlp_out"
+    # wrong order, and a cache: one line each, nothing written
+    for extra, says in ((["--hook", "blocks.1.hook_mlp_out", "--target-hook", "blocks.1.ln2.hook_normalized"],
+                         "runs before --hook"),
+                        (["--target-hook", "blocks.1.hook_mlp_out", "--cache", str(tmp_path)], "not --cache"),
+                        (["--skip-connection", "--hook", "blocks.1.hook_resid_post"], "transcoder's")):
+        out = tmp_path / "bad"
+        base = [a for a in args if a not in ("--skip-connection",)]
+        i = base.index("--hook")
+        base = base[:i] + base[i + 4:]  # without the input and target hooks
+        assert main(["train", *base, *extra, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("saeforge: error:") and says in err[0], err
+        assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def layer_set(model_dir, text_dir, tmp_path_factory):
+    """A transcoder per layer of the tiny model, from one pass (BatchTopK, with a skip connection)."""
+    from saeforge.cli import main
+
+    out = tmp_path_factory.mktemp("tcset") / "set"
+    assert main(["train", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "6144", "--batch-size", "128",
+                 "--contexts-per-pass", "4", "--buffer-mb", "1", "--eval-tokens", "512", "--no-progress",
+                 "--hooks", "blocks.0.ln2.hook_normalized,blocks.1.ln2.hook_normalized",
+                 "--target-hooks", "blocks.0.hook_mlp_out,blocks.1.hook_mlp_out",
+                 "--dictionaries", "architecture=batchtopk,k=8,dict_size=64,skip_connection=true",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_circuit_tracer_loads_our_set_with_our_feature_activations(layer_set, tmp_path):
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+    import saeforge
+    from saeforge.dictionary.formats import read_circuit_tracer
+
+    dirs = sorted(p.parent for p in layer_set.glob("*/cfg.json"))
+    ours = [saeforge.load(d) for d in dirs]
+    assert [s.metadata["hook_name"] for s in ours] == ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"]
+    from saeforge.cli import main
+
+    ct = tmp_path / "ct"
+    assert main(["export", str(layer_set), "--out", str(ct)]) == 0
+    assert main(["export", str(layer_set), "--out", str(ct)]) == 2  # nothing good overwritten
+    import yaml
+
+    cfg = yaml.safe_load((ct / "config.yaml").read_text())
+    assert cfg["feature_input_hook"] == "ln2.hook_normalized" and cfg["feature_output_hook"] == "hook_mlp_out"
+    theirs = load_transcoder_set({i: str(ct / f) for i, f in enumerate(cfg["transcoders"])}, scan=cfg["scan"],
+                                 feature_input_hook=cfg["feature_input_hook"],
+                                 feature_output_hook=cfg["feature_output_hook"], device=torch.device("cpu"),
+                                 lazy_encoder=False, lazy_decoder=False)
+    x = torch.randn(64, ours[0].d_in, generator=torch.Generator().manual_seed(0))
+    back = read_circuit_tracer(ct)
+    with torch.no_grad():
+        for layer, (mine, again) in enumerate(zip(ours, back)):
+            acts = mine.encode(x)
+            assert (acts > 0).any()
+            torch.testing.assert_close(theirs[layer].encode(x), acts, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(theirs[layer](x), mine(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(again(x), mine(x), rtol=1e-5, atol=1e-5)
+            assert again.metadata["hook_name_out"] == f"blocks.{layer}.hook_mlp_out"
+
+
+def test_a_set_from_one_pass_equals_its_layers_trained_alone_and_splices_as_a_replacement_model(
+        layer_set, model_dir, text_dir, tmp_path, capsys):
+    import json
+
+    import saeforge
+    from saeforge.cli import main
+
+    capsys.readouterr()
+    name = "blocks.1.ln2.hook_normalized-architecturebatchtopk-k8-dict_size64-skip_connectionTrue"
+    assert (layer_set / name / "cfg.json").exists()
+    assert main(["train", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "6144", "--batch-size", "128",
+                 "--contexts-per-pass", "4", "--buffer-mb", "1", "--eval-tokens", "0", "--no-progress",
+                 "--hook", "blocks.1.ln2.hook_normalized", "--target-hook", "blocks.1.hook_mlp_out",
+                 "--architecture", "batchtopk", "--k", "8", "--dict-size", "64", "--skip-connection",
+                 "--out", str(tmp_path / "alone")]) == 0
+    together, alone = saeforge.load(layer_set / name), saeforge.load(tmp_path / "alone")
+    for p in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip"):
+        torch.testing.assert_close(getattr(together, p), getattr(alone, p), rtol=1e-4, atol=1e-5, msg=p)
+    capsys.readouterr()
+    dirs = sorted(str(p.parent) for p in layer_set.glob("*/cfg.json"))
+    assert main(["eval", *dirs, "--together", "--model", str(model_dir), "--dataset", str(text_dir),
+                 "--tokens", "512", "--no-progress"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert [d["target_hook"] for d in ev["dictionaries"]] == ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
+    assert ev["kl_divergence"] > 0 and ev["ce_spliced"] > 0
+    # each dictionary's own figures are on the clean activations: as when it is evaluated alone
+    assert main(["eval", dirs[0], "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "512",
+                 "--no-progress"]) == 0
+    alone_ev = json.loads(capsys.readouterr().out)
+    assert alone_ev["explained_variance"] == pytest.approx(ev["dictionaries"][0]["explained_variance"], abs=1e-5)
+
+
+def test_what_circuit_tracer_cannot_hold_is_refused_in_one_line(tmp_path, capsys):
+    from saeforge.cli import main
+    from saeforge.dictionary.io import save
+
+    def saved(name, arch, layer, d_out=D, target="hook_mlp_out"):
+        sae = ARCHITECTURES[arch](D, F, d_out=d_out, **SETTINGS[arch])
+        sae.metadata = {"hook_name": f"blocks.{layer}.ln2.hook_normalized", "hook_name_out": f"blocks.{layer}.{target}"}
+        return str(save(sae, tmp_path / name))
+
+    cases = [([saved("topk", "topk", 0, D)], "TopK transcoder"),
+             ([saved("wide", "standard", 0, E)], "12 → 7"),
+             ([saved("l1", "standard", 1, D)], "every layer from 0"),
+             ([saved("a", "standard", 0, D), saved("b", "standard", 1, D, "hook_resid_post")], "one hook")]
+    for paths, says in cases:
+        out = tmp_path / "out"
+        assert main(["export", *paths, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("saeforge: error:") and says in err[0], err
+        assert not out.exists()

@@ -11,8 +11,8 @@ import os
 import sys
 
 from saeforge import __version__
-from saeforge.config import (ActivationTrainConfig, EvalConfig, HarvestConfig, InspectConfig, SweepConfig, ToyConfig,
-                             add_config_flags, build_config)
+from saeforge.config import (ActivationTrainConfig, EvalConfig, ExportConfig, HarvestConfig, InspectConfig,
+                             SweepConfig, ToyConfig, add_config_flags, build_config)
 from saeforge.errors import UserError
 
 
@@ -73,7 +73,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from saeforge.evaluation.analysis import load_others, load_with_model
+    from saeforge.evaluation.analysis import load_others, load_with_model, target_hook
     from saeforge.evaluation.evals import evaluate
     from saeforge.runtime import check_out_dir, pick_device
     from saeforge.sources import data
@@ -81,8 +81,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = build_config(EvalConfig, args)
     if cfg.out:
         check_out_dir(cfg.out, outputs=("interp.json", "interp.png"))
+    if cfg.together and (cfg.interp or cfg.stability):
+        raise UserError("--together evaluates a replacement model; --interp and --stability compare dictionaries of "
+                        "one hook: run them separately")
     device = pick_device(cfg.device)
     sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
+    if cfg.together:
+        return _eval_together(cfg, sae, model, hook, device)
     saes = [sae, *load_others(sae, cfg.more, hook, device=str(device))]
     meta = sae.metadata
     model_spec = cfg.model or meta.get("model_name")
@@ -90,7 +95,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rows = []
     for path, one in zip((cfg.path, *cfg.more), saes):
         held = data.contexts(model, dataset, "test", batch=cfg.contexts_per_pass, loop=False)
-        ev = evaluate(model, one, hook, held, cfg.tokens, progress=cfg.progress)
+        ev = evaluate(model, one, hook, held, cfg.tokens, progress=cfg.progress, target_hook=target_hook(one, path))
         ev.pop("firing_frequency")
         rows.append({"path": str(path), "d_sae": one.d_sae, **ev})
     out: dict = {"model": model_spec, "hook": hook, "dataset": dataset}
@@ -109,6 +114,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         out["stability"] = stability(saes)
     print(json.dumps(out))
+    return 0
+
+
+def _eval_together(cfg, first, model, hook: str, device) -> int:
+    """`saeforge eval A B … --together`: every dictionary spliced at once, each at its own hooks."""
+    from saeforge.evaluation.analysis import load_with_model, target_hook
+    from saeforge.evaluation.evals import evaluate_splices
+    from saeforge.sources import data
+
+    saes, hooks = [first], [hook]
+    for path in cfg.more:
+        one, _, h = load_with_model(path, model, None, device=str(device))
+        saes.append(one)
+        hooks.append(h)
+    splices = [(one, h, target_hook(one, path)) for one, h, path in zip(saes, hooks, (cfg.path, *cfg.more))]
+    written = [t or h for _, h, t in splices]
+    if len(set(written)) < len(written):
+        raise UserError("--together: two dictionaries write the same hook; give one per hook")
+    dataset = cfg.dataset or first.metadata.get("dataset_path") or "embedded"
+    held = data.contexts(model, dataset, "test", batch=cfg.contexts_per_pass, loop=False)
+    ev = evaluate_splices(model, splices, held, cfg.tokens, progress=cfg.progress)
+    for path, (one, h, t), row in zip((cfg.path, *cfg.more), splices, ev["dictionaries"]):
+        row.pop("firing_frequency")
+        row |= {"path": str(path), "hook": h, "target_hook": t, "d_sae": one.d_sae}
+    print(json.dumps({"model": cfg.model or first.metadata.get("model_name"), "dataset": dataset, **ev}))
     return 0
 
 
@@ -145,6 +175,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saeforge.dictionary.formats import write_circuit_tracer
+    from saeforge.dictionary.io import load
+    from saeforge.runtime import check_out_dir
+
+    cfg = build_config(ExportConfig, args)
+    if not cfg.paths or not cfg.out:
+        raise UserError("export needs the transcoder directories (or a pass's --out) and --out")
+    dirs = []
+    for p in map(Path, cfg.paths):
+        if (p / "cfg.json").is_file():
+            dirs.append(p)
+        elif p.is_dir() and sorted(p.glob("*/cfg.json")):
+            dirs += [c.parent for c in sorted(p.glob("*/cfg.json"))]
+        else:
+            raise UserError(f"{p} is neither a dictionary directory nor a directory of them")
+    check_out_dir(cfg.out, outputs=("config.yaml",))
+    if (Path(cfg.out) / "config.yaml").exists():
+        raise UserError(f"--out {cfg.out} already holds a transcoder set (config.yaml); choose another --out")
+    saes = [load(d) for d in dirs]
+    out = write_circuit_tracer(saes, cfg.out, scan=cfg.scan or None, where=[str(d) for d in dirs])
+    print(json.dumps({"format": cfg.format, "out": str(out), "layers": len(saes)}))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from saeforge.dictionary.io import load, load_sparsity
 
@@ -152,6 +209,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     sp = load_sparsity(args.path)
     info = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
             "metadata": sae.metadata}
+    if sae.transcoder:
+        info |= {"d_out": sae.d_out, "skip_connection": sae.W_skip is not None}
     if sp is not None:
         info["dead_features"] = int((sp <= -9.99).sum())
     print(json.dumps(info, indent=2, default=str))
@@ -176,6 +235,9 @@ COMMANDS = [  # name, config class (= its flags), function, help, description
      "Evaluate saeforge or SAELens dictionaries on held-out text of the model they were trained on; with --interp, "
      "the interpretability suite on Python labelled by tokenize / ast (probing, labelled latents, absorption, and "
      "stability across several dictionaries)."),
+    ("export", ExportConfig, _cmd_export, "write transcoders in circuit-tracer's layout (a per-layer transcoder set)",
+     "Write saved transcoders, one per layer, as a circuit-tracer transcoder set (config.yaml and "
+     "layer_{i}.safetensors) that circuit-tracer's load_transcoder_set reads."),
     ("inspect", InspectConfig, _cmd_inspect, "HTML feature browser of a dictionary (contexts, histograms, token effects)",
      "Run the dictionary's model on held-out text and write a self-contained HTML feature browser (index.html) "
      "plus PNG plots to --out."),

@@ -293,6 +293,28 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
                             "comma-separated key=value settings of that dictionary, e.g. 'dict_size=1024; "
                             "dict_size=4096,k=64' (in a config file also a list of tables); with --hooks, "
                             "every spec at every hook")
+    target_hook: str = opt("", "train a transcoder: reconstruct this hook's activations from --hook's (e.g. --hook "
+                           "blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out); one forward reads both")
+    target_hooks: str = opt("", "with --hooks: a transcoder for each pair, the i-th of --hooks read and the i-th of "
+                            "these written (comma-separated, as many as --hooks)")
+    skip_connection: bool = opt(False, "transcoder: add a linear skip connection x @ W_skip to its output "
+                                "(SAELens's skip_transcoder)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.target_hooks and not self.hooks:
+            raise UserError("--target-hooks pairs with --hooks (for one transcoder: --hook and --target-hook)")
+        if self.target_hook and self.hooks:
+            raise UserError("--target-hook pairs with --hook; with --hooks give --target-hooks")
+        if self.target_hook or self.target_hooks:
+            if self.cache:
+                raise UserError("a transcoder reads two hooks of one forward: train it from the model, not --cache "
+                                "(a cache holds one hook)")
+            if self.feature_shards > 1:
+                raise UserError("--feature-shards: transcoders are not sharded yet; train them on one device's "
+                                "latents (torchrun data parallelism works)")
+        elif self.skip_connection and not self.dictionaries:
+            raise UserError("--skip-connection is a transcoder's: give --target-hook (or --target-hooks)")
 
 
 @dataclass(frozen=True)
@@ -388,6 +410,9 @@ class EvalConfig(HeldOutConfig):
                        "model and an untrained control, per-latent labels; stability across several dictionaries)")
     interp_tokens: int = opt(32768, "labelled held-out tokens for --interp", ge=256)
     stability: bool = opt(False, "require several dictionaries and report their stability across seeds (PW-MCC)")
+    together: bool = opt(False, "splice every dictionary given into the model at once, each at its own hooks (a "
+                         "replacement model: e.g. a transcoder per layer): its CE loss recovered and KL, and each "
+                         "dictionary's own figures")
     out: str = opt("", "with --interp: write interp.json (every figure, each latent's label) and interp.png here")
     seed: int = opt(0, "seed of --interp's document windows, probe samples and control", ge=0)
 
@@ -421,3 +446,16 @@ def changed_defaults(cls: type, base: type = TrainConfig) -> dict[str, Any]:
     """The defaults `cls` gives its inherited options that differ from `base`'s (docs print them)."""
     ours, theirs = cls.options(), base.options()
     return {k: show(o.default) for k, o in ours.items() if k in theirs and o.default != theirs[k].default}
+
+
+@dataclass(frozen=True)
+class ExportConfig(Config):
+    """`saeforge export`: saved transcoders written in another library's layout (dictionary/formats.py)."""
+
+    paths: tuple[str, ...] = opt((), "transcoder directories, one per layer, or the --out of a pass that trained "
+                                 "them (its dictionaries are read)", positional=True)
+    out: str = opt("", "directory to write: config.yaml and layer_{i}.safetensors")
+    format: str = opt("circuit-tracer", "the layout: circuit-tracer (its per-layer transcoder set)",
+                      choices=("circuit-tracer",))
+    scan: str = opt("", "circuit-tracer's scan name (default: the model name the transcoders record)")
+

@@ -20,6 +20,17 @@ b_dec is left to the caller (real activations: the sample mean; toy data: 0, as 
 - mod (saeforge's): kmeans, then rounds of the method of optimal directions (Engan et al.
   1999): top-k projection codes, then the least-squares decoder for them.
 
+A transcoder (reading x, writing y) cannot start W_enc = W_decᵀ: its atoms live in the target
+space. Its decoder comes from the targets by the same method, and its encoder from the pairs:
+- orthogonal, xavier: an encoder of its own, drawn the same way (unit columns);
+- data, datapoint: the inputs of the very pairs whose targets became atoms (blended alike);
+- the others: each atom's encoder column is the mean input of the sample rows whose target
+  projects most on it (weighted by the projection; a spherical k-means assignment): a latent
+  starts by detecting the inputs that lead to what it writes.
+The informed encoders read inputs minus the sample mean (b_enc = −mean @ W_enc), as an SAE's
+encoder reads x − b_dec: a transcoder's input is not centred, and its mean would make every
+latent fire at once.
+
 scikit-learn sees at most `max_sample` rows (LOF is quadratic). Deterministic from the seed.
 docs/design.md ("Initialization") gives the details, docs/informed-init.md the measurements.
 """
@@ -58,40 +69,92 @@ def sample_size(method: str, d_sae: int, rare_ratio: float, max_sample: int = 40
 @torch.no_grad()
 def initialize(sae: SAE, method: str, *, seed: int = 0, sample: torch.Tensor | None = None,
                rare_ratio: float = 0.0, max_sample: int = 4096, encoder_scale: float = 1.0) -> None:
-    """Set the dictionary's atoms and encoder by `method` (see the module docstring)."""
+    """Set the dictionary's atoms and encoder by `method` (see the module docstring). A transcoder's
+    sample rows are its (input, target) pairs side by side (`SAE.split`)."""
     if method not in METHODS:
         raise UserError(f"unknown init {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 <= rare_ratio <= 1.0:
         raise UserError(f"--rare-ratio must be in [0, 1], got {rare_ratio}")
     g = torch.Generator().manual_seed(seed)
-    F, D = sae.d_sae, sae.d_in
+    F, E = sae.d_sae, sae.d_out
+    X_in = None
     if method in BASELINES:
-        W_FD = torch.empty(F, D, dtype=torch.float32)
-        if method == "orthogonal":
-            torch.nn.init.orthogonal_(W_FD, generator=g)
-        else:
-            torch.nn.init.xavier_uniform_(W_FD, generator=g)
+        W_FE = _baseline(method, F, E, g)
     else:
         if sample is None:
             raise UserError(f"--init {method} needs a sample of the activations")
-        X = sample.detach().to("cpu", torch.float32)
-        if X.ndim != 2 or X.shape[1] != D:
-            raise UserError(f"--init {method}: the sample has shape {list(X.shape)}, expected [n, {D}]")
-        need = F if method != "svd" else max(F - D, 0) + D
+        S = sample.detach().to("cpu", torch.float32)
+        width = sae.d_in + (E if sae.transcoder else 0)
+        if S.ndim != 2 or S.shape[1] != width:
+            raise UserError(f"--init {method}: the sample has shape {list(S.shape)}, expected [n, {width}]")
+        X_in, X = sae.split(S)
+        X = X if X is not None else X_in
+        need = F if method != "svd" else max(F - E, 0) + E
         if method in RARE_METHODS:
             need = max(F, LOF_NEIGHBORS + 1 if method == "outlier" else 1)
         if len(X) < need:
             raise UserError(f"--init {method} needs at least {need} sampled activations, got {len(X)}")
-        W_FD = _informed(X, method, F, rare_ratio, g, max_sample, seed)
-    W_FD = W_FD / W_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    sae.W_dec.copy_(W_FD)
-    sae.W_enc.copy_(W_FD.T * encoder_scale)
+        pick = torch.Generator().manual_seed(seed + 1)  # the pairs' draw (data, datapoint)
+        if sae.transcoder and method in ("data", "datapoint"):
+            rows = torch.randperm(len(X), generator=pick)[:F]
+            W_FE = X[rows] if method == "data" else datapoint_blend(X, F, g, rows=rows)
+        else:
+            W_FE = _informed(X, method, F, rare_ratio, g, max_sample, seed)
+    W_FE = W_FE / W_FE.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sae.W_dec.copy_(W_FE)
+    if not sae.transcoder:
+        W_DF = W_FE.T
+    elif method in BASELINES:
+        W_DF = _baseline(method, F, sae.d_in, g).T
+    else:  # from centred inputs, the mean folded into b_enc below (a transcoder's input is not centred)
+        Xc = X_in - X_in.mean(0)
+        if method == "data":
+            W_DF = Xc[rows].T
+        elif method == "datapoint":
+            W_DF = datapoint_blend(X_in, F, g, rows=rows).T
+        else:
+            W_DF = coded_inputs(Xc, X, W_FE, g)
+    if sae.transcoder:  # its own encoder directions, unit columns
+        W_DF = W_DF / W_DF.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    sae.W_enc.copy_(W_DF * encoder_scale)
     sae.b_enc.zero_()
+    if X_in is not None and sae.transcoder:  # pre = (x − mean) @ W_enc: an informed encoder reads deviations
+        sae.b_enc.copy_(-(X_in.mean(0) @ sae.W_enc))
     sae.b_dec.zero_()
+    if sae.W_skip is not None:
+        sae.W_skip.zero_()
     sae.metadata["init"] = method
     sae.metadata["encoder_scale"] = encoder_scale
     if method in RARE_METHODS:
         sae.metadata["rare_ratio"] = rare_ratio
+
+
+def _baseline(method: str, F: int, D: int, g: torch.Generator) -> torch.Tensor:
+    W_FD = torch.empty(F, D, dtype=torch.float32)
+    if method == "orthogonal":
+        torch.nn.init.orthogonal_(W_FD, generator=g)
+    else:
+        torch.nn.init.xavier_uniform_(W_FD, generator=g)
+    return W_FD
+
+
+def coded_inputs(X_in: torch.Tensor, Y: torch.Tensor, W_FE: torch.Tensor, g: torch.Generator,
+                 topk: int = 1, chunk: int = 8192) -> torch.Tensor:
+    """A transcoder's encoder [d_in, F] from (input, target) pairs: column k is the mean input of the
+    rows whose target projects most on atom k (weighted by the projection; `topk` atoms per row); an
+    atom no row reaches gets a random row's input. (Top-8 projection codes, as `mod` uses, credit
+    an atom with rows of its neighbours wherever atoms crowd the target space.)"""
+    F = len(W_FE)
+    topk = min(topk, F)
+    S_DF = torch.zeros(X_in.shape[1], F)
+    for i in range(0, len(Y), chunk):
+        v, idx = (Y[i:i + chunk] @ W_FE.T).topk(topk, dim=1)
+        A_NF = torch.zeros(len(v), F).scatter_(1, idx, v.clamp_min(0))
+        S_DF += X_in[i:i + chunk].T @ A_NF
+    unused = S_DF.norm(dim=0) < 1e-12
+    if unused.any():
+        S_DF[:, unused] = _random_rows(X_in, int(unused.sum()), g).T
+    return S_DF
 
 
 def _random_rows(X: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -120,9 +183,11 @@ def _informed(X: torch.Tensor, method: str, F: int, rare_ratio: float, g: torch.
     return torch.cat([rare, _random_rows(X, F - len(rare), g)])
 
 
-def datapoint_blend(X: torch.Tensor, k: int, g: torch.Generator, p: float = DATAPOINT_BLEND) -> torch.Tensor:
-    """k rows: random sample rows minus the sample mean, blended with Kaiming-uniform directions."""
-    x_KD = _random_rows(X, k, g) - X.mean(0)
+def datapoint_blend(X: torch.Tensor, k: int, g: torch.Generator, p: float = DATAPOINT_BLEND,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+    """k rows: random sample rows (or `rows` of X) minus the sample mean, blended with Kaiming-uniform
+    directions."""
+    x_KD = (_random_rows(X, k, g) if rows is None else X[rows]) - X.mean(0)
     r_KD = torch.empty(k, X.shape[1])
     torch.nn.init.kaiming_uniform_(r_KD, a=5 ** 0.5, generator=g)
     unit = torch.nn.functional.normalize

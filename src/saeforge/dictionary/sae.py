@@ -174,6 +174,13 @@ class SAE(nn.Module):
             return x_BD if self.shards is None else self.shards.copy(x_BD)
         return x_BD - self.b_dec if self.shards is None else self.shards.copy(x_BD - self.b_dec)
 
+    def split(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training batch's inputs and targets: an autoencoder's rows are its inputs (no separate
+        target); a transcoder's hold input and target side by side, [x_BD | y_BE]."""
+        if not self.transcoder:
+            return batch, None
+        return batch[..., :self.d_in], batch[..., self.d_in:]
+
     def target(self, x_BD: torch.Tensor, y_BE: torch.Tensor | None) -> torch.Tensor:
         """What the output should match: a transcoder's targets, an autoencoder's input."""
         if y_BE is None:

@@ -58,7 +58,24 @@ def load_with_model(path: str | Path, model: Any = None, hook: str | None = None
     if width != sae.d_in:
         raise UserError(f"dictionary d_in {sae.d_in} does not match {hook} of the model (width {width}); "
                         "is this the model it was trained on?")
+    target = target_hook(sae, path)
+    if target:
+        resolve_hook(model, target)
+        if hook_width(model, target) != sae.d_out:
+            raise UserError(f"transcoder d_out {sae.d_out} does not match {target} of the model (width "
+                            f"{hook_width(model, target)}); is this the model it was trained on?")
     return sae.to(next(model.parameters()).device), model, hook
+
+
+def target_hook(sae: SAE, path: Any = "") -> str | None:
+    """The hook a transcoder writes (its cfg.json's hook_name_out); None for an SAE."""
+    if not sae.transcoder:
+        return None
+    out = sae.metadata.get("hook_name_out")
+    if not out:
+        raise UserError(f"{path}: the transcoder does not record the hook it writes (hook_name_out in cfg.json's "
+                        "metadata)")
+    return out
 
 
 def load_others(first: SAE, paths: tuple[str, ...] | list[str], hook: str, device: str = "cpu") -> list[SAE]:

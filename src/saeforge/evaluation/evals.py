@@ -2,7 +2,9 @@
 
 For each held-out context the model runs three times, with the hook's activation at
 positions 1.. (position 0 is BOS, never trained on; see data.py) left alone (clean),
-replaced by the dictionary's reconstruction (spliced), and replaced by zeros (zero-ablated):
+replaced by the dictionary's reconstruction (spliced), and replaced by zeros (zero-ablated).
+A transcoder replaces the activation of the hook it writes with its output from the hook it
+reads; several dictionaries can be spliced at once (`evaluate_splices`: a replacement model):
 
     CE-loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)
 
@@ -29,37 +31,59 @@ from saeforge.evaluation.metrics import Reconstruction
 
 @torch.no_grad()
 def evaluate(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tokens: int,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, target_hook: str | None = None) -> dict[str, Any]:
+    """One dictionary spliced in: an SAE at `hook`, or a transcoder reading `hook` and writing
+    `target_hook` (its output replaces that hook's activation; zero-ablation zeroes it)."""
+    out = evaluate_splices(model, [(sae, hook, target_hook)], contexts, n_tokens, progress)
+    return {k: v for k, v in out.items() if k != "dictionaries"} | out["dictionaries"][0]
+
+
+@torch.no_grad()
+def evaluate_splices(model, splices: list[tuple[SAE, str, str | None]], contexts: Iterator[torch.Tensor],
+                     n_tokens: int, progress: bool = False) -> dict[str, Any]:
+    """Several dictionaries spliced in at once (a replacement model: a transcoder per layer, each
+    reading the stream the ones before it changed): the CE loss and KL of that model, and each
+    dictionary's own figures on the clean activations (`dictionaries`, in the order given).
+    `splices`: (dictionary, the hook it reads, the hook it writes or None for the same)."""
     device = next(model.parameters()).device
-    sae = sae.to(device)
+    splices = [(sae.to(device), hook, target or hook) for sae, hook, target in splices]
     ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
     kl = 0.0  # KL(clean ‖ spliced) of the next-token distributions, summed over predicted positions
-    rec = Reconstruction(sae.d_sae, device)
+    recs = [Reconstruction(sae.d_sae, device) for sae, _, _ in splices]
     n_pred = 0  # predicted positions: logits at 1..n_ctx-2 (the last position has no next token)
     bar = tqdm(total=n_tokens, disable=not progress, file=sys.stderr, desc="eval", unit="tok", dynamic_ncols=True)
-    while rec.n < n_tokens:
+    while recs[0].n < n_tokens:
         try:
             tokens = next(contexts).to(device)
         except StopIteration:
             break
-        seen: dict[str, torch.Tensor] = {}
+        seen: dict[tuple[int, str], torch.Tensor] = {}
 
-        def record(act, hook):
-            seen["x"] = act[:, 1:].float()
-            return act
+        def record(i, part):
+            def fn(act, hook):
+                seen[i, part] = act[:, 1:].float()
+                return act
+            return fn
 
-        def splice(act, hook):
-            x = act[:, 1:]
-            act[:, 1:] = sae(x.to(sae.W_enc.dtype)).to(act.dtype)
-            return act
+        def splice(i, sae):
+            def fn(act, hook):  # at the target hook, after the input hook has run (or at the same one)
+                x = seen.pop((i, "in"), act[:, 1:])
+                act[:, 1:] = sae(x.to(sae.W_enc.dtype)).to(act.dtype)
+                return act
+            return fn
 
         def zero(act, hook):
             act[:, 1:] = 0
             return act
 
+        runs = {"clean": [h for i, (_, hook, target) in enumerate(splices)
+                          for h in ((hook, record(i, "x")), (target, record(i, "y")))],
+                "spliced": [h for i, (sae, hook, target) in enumerate(splices)
+                            for h in ([] if hook == target else [(hook, record(i, "in"))]) + [(target, splice(i, sae))]],
+                "zero": [(target, zero) for _, _, target in splices]}
         clean_logp = None
-        for name, fn in (("clean", record), ("spliced", splice), ("zero", zero)):
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)], return_type="logits")
+        for name, hooks in runs.items():
+            logits = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
             logp = logits[:, 1:-1].float().log_softmax(-1)  # predictions made at positions 1..n_ctx-2
             ce[name] += -logp.gather(-1, tokens[:, 2:, None]).sum().item()
             if name == "clean":
@@ -67,20 +91,24 @@ def evaluate(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_tok
             elif name == "spliced":
                 kl += (clean_logp.exp() * (clean_logp - logp)).sum().item()
         n_pred += tokens[:, 2:].numel()
-        x = seen["x"].reshape(-1, sae.d_in)
-        f = sae.encode(x)
-        rec.add(x, f, sae.decode(f) - x)
+        for i, (sae, _, _) in enumerate(splices):
+            x = seen[i, "x"].reshape(-1, sae.d_in)
+            y = seen[i, "y"].reshape(-1, sae.d_out)
+            f = sae.encode(x)
+            recs[i].add(y, f, sae.decode(f, x) - y)
         bar.update(x.shape[0])
     bar.close()
-    if rec.n == 0:
+    if recs[0].n == 0:
         raise UserError("the held-out split gave no context to evaluate on")
     ce = {k: v / n_pred for k, v in ce.items()}
     recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else float("nan")
-    figures = rec.result()
-    figures.pop("sparsity")
+    per = []
+    for rec in recs:
+        figures = rec.result()
+        figures.pop("sparsity")
+        per.append(figures | {"firing_frequency": rec.firing_frequency()})
     return {
-        "eval_tokens": rec.n,
+        "eval_tokens": recs[0].n,
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
-        "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred, **figures,
-        "firing_frequency": rec.firing_frequency(),
+        "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred, "dictionaries": per,
     }

@@ -101,12 +101,14 @@ def resolve(run: Run, d_in: int) -> None:
     run.cfg = run.cfg.resolved(run.steps, d_in)
 
 
-def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor]) -> SAE:
+def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor], d_out: int | None = None) -> SAE:
     """The dictionary, initialized by --init from `sample(n)` (fresh inputs of the training
-    distribution); with --center-init, b_dec = the mean of a sample. A resumed run skips the init."""
+    distribution; a transcoder's: its (input, target) rows side by side, d_out wide targets); with
+    --center-init, b_dec = the mean of a sample (of the targets). A resumed run skips the init."""
     cfg = run.cfg
     d_sae = cfg.dict_size
-    sae = create(cfg.architecture, d_in, d_sae, cfg.sae, device=run.device)
+    shape = {} if d_out is None else {"d_out": d_out, "skip": bool(getattr(cfg, "skip_connection", False))}
+    sae = create(cfg.architecture, d_in, d_sae, cfg.sae, device=run.device, **shape)
     t0 = time.perf_counter()
     if run.checkpoint is None:
         if distributed.is_main():
@@ -115,7 +117,8 @@ def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor]) -> SAE
                        encoder_scale=cfg.encoder_scale)
             if cfg.center_init:
                 with torch.no_grad():
-                    sae.b_dec.copy_(sample(16384).mean(0))
+                    x_BD, y_BE = sae.split(sample(16384))
+                    sae.b_dec.copy_((x_BD if y_BE is None else y_BE).mean(0))
         for p in sae.parameters():  # every replica starts from rank 0's dictionary
             distributed.broadcast_(p.data)
     if cfg.feature_shards > 1:  # this rank's slice of the initialized dictionary (b_dec replicated)
@@ -126,10 +129,13 @@ def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor]) -> SAE
     return sae
 
 
-def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0) -> Trainer:
-    """The trainer, with a resampler drawing `sampler(n, step, part)` when --resample is on."""
+def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0,
+                 output_scale: float | None = None) -> Trainer:
+    """The trainer, with a resampler drawing `sampler(n, step, part)` when --resample is on
+    (`output_scale`: a transcoder's targets' scale)."""
     resampler = Resampler(run.cfg, sampler) if run.cfg.resample != "none" else None
-    trainer = Trainer(sae, run.cfg, run.out, state=TrainState(input_scale=input_scale), resampler=resampler)
+    trainer = Trainer(sae, run.cfg, run.out, state=TrainState(input_scale=input_scale, output_scale=output_scale),
+                      resampler=resampler)
     if run.checkpoint is not None:
         trainer.restore(run.checkpoint)
     if run.out:
@@ -176,12 +182,14 @@ def context_stream(model, cfg: Any, rank: int, world: int) -> Callable[[int], An
     return stream_from
 
 
-def held_out_evals(model, run: Run, dataset: str, hook: str) -> dict[str, Any]:
-    """The saved dictionary spliced into the model on the dataset's held-out split (`eval_tokens`)."""
+def held_out_evals(model, run: Run, dataset: str, hook: str, target_hook: str | None = None) -> dict[str, Any]:
+    """The saved dictionary spliced into the model on the dataset's held-out split (`eval_tokens`);
+    a transcoder's output in place of its target hook's activation."""
     cfg = run.cfg
     held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass, text_column=cfg.text_column,
                          loop=False)
-    ev = evaluate(model, load(run.out, device=run.device), hook, held, cfg.eval_tokens, progress=cfg.progress)
+    ev = evaluate(model, load(run.out, device=run.device), hook, held, cfg.eval_tokens, progress=cfg.progress,
+                  target_hook=target_hook)
     ev.pop("firing_frequency")
     return ev
 

@@ -21,18 +21,25 @@ from saeforge.runtime import CHECKPOINT, RUN_FILES
 # what every dictionary of a pass shares (the data, the budget, the buffer, the output root)
 SHARED = {"out", "steps", "tokens", "batch_size", "device", "progress", "resume", "model", "dataset", "text_column",
           "contexts_per_pass", "cache", "buffer_mb", "buffer_dtype", "eval_tokens", "hooks", "dictionaries",
-          "log_every", "checkpoint_every", "wandb"}
+          "target_hooks", "log_every", "checkpoint_every", "wandb"}
 
 
 def specs(cfg: ActivationTrainConfig, default_hook_name: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, hook, settings) of every dictionary: each spec of --dictionaries at each hook."""
+    """(name, hook, settings) of every dictionary: each spec of --dictionaries at each hook (with
+    --target-hooks, at each pair of hooks: a transcoder each)."""
     hooks = [h.strip() for h in cfg.hooks.split(",") if h.strip()] or [cfg.hook or default_hook_name]
+    targets = [h.strip() for h in cfg.target_hooks.split(",") if h.strip()]
+    if targets and len(targets) != len(hooks):
+        raise UserError(f"--target-hooks names {len(targets)} hook(s) and --hooks {len(hooks)}: give one target per hook")
     parsed = [parse_spec(s) for s in cfg.dictionaries.split(";") if s.strip()] or [{}]
     out = []
-    for hook, spec in itertools.product(hooks, parsed):
+    for (hook, target), spec in itertools.product(zip(hooks, targets or [None] * len(hooks)), parsed):
         spec = dict(spec)
+        if target and "target_hook" not in spec:
+            spec["target_hook"] = target
         h = spec.pop("hook", hook)
-        parts = ([h] if len(hooks) > 1 or h != hook else []) + [f"{k}{v}" for k, v in spec.items()]
+        parts = ([h] if len(hooks) > 1 or h != hook else []) + [f"{k}{v}" for k, v in spec.items()
+                                                                 if not (k == "target_hook" and v == target)]
         name = re.sub(r"[^A-Za-z0-9_.=-]", "_", "-".join(parts) or h)
         out.append((name, h, spec))
     names = [n for n, _, _ in out]
@@ -104,7 +111,8 @@ def configs(cfg: ActivationTrainConfig, default_hook_name: str) -> list[tuple[st
         return [("", cfg.hook or default_hook_name, cfg)]
     out = []
     for name, hook, spec in specs(cfg, default_hook_name):
-        sub = cfg.with_values(out=str(Path(cfg.out) / name), hooks="", dictionaries="", hook=hook, **spec)
+        sub = cfg.with_values(out=str(Path(cfg.out) / name), hooks="", dictionaries="", target_hooks="", hook=hook,
+                              **spec)
         sub.validate()
         out.append((name, hook, sub))
     return out

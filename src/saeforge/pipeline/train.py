@@ -40,7 +40,7 @@ from saeforge.pipeline.dictionaries import check_root, configs, several, specs
 from saeforge.runtime import atomic_write_json, make_out_dir, pick_device
 from saeforge.sources.buffer import DTYPES, ActivationBuffer, ModelSource, sample_generator
 from saeforge.sources.cache import CacheSource, read_manifest
-from saeforge.sources.language_model import default_hook, hook_width, load_model, resolve_hook
+from saeforge.sources.language_model import default_hook, hook_order, hook_width, load_model, resolve_hook
 from saeforge.training.checkpoint import read_checkpoint
 from saeforge.training.trainer import Trainer
 
@@ -48,14 +48,24 @@ from saeforge.training.trainer import Trainer
 @dataclass
 class Dictionary:
     """One dictionary of the pass: its name (its directory under --out; "" for a single one), hook,
-    run, columns of the batch, sample generator and trainer."""
+    the hook a transcoder writes (None: an SAE), run, columns of the batch, sample generator and trainer."""
 
     name: str
     hook: str | None
     run: common.Run
+    target: str | None = None
     cols: slice | None = None
+    out_cols: slice | None = None
     gen: torch.Generator | None = None
     trainer: Trainer | None = None
+
+    def take(self, batch: torch.Tensor) -> torch.Tensor:
+        """Its rows of a batch of the pass: its hook's columns (a transcoder's: input and target side by side)."""
+        if self.cols is None:
+            return batch
+        if self.out_cols is None:
+            return batch[:, self.cols].contiguous()
+        return torch.cat([batch[:, self.cols], batch[:, self.out_cols]], 1)
 
 
 @dataclass
@@ -140,12 +150,18 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
     else:
         model = load_model(cfg.model, device, progress=cfg.progress) if model is None else model
         model_spec, dataset, first_hook, n_ctx = cfg.model, cfg.dataset, default_hook(model), model.cfg.n_ctx
-    dicts = [Dictionary(name, hook if activations is None else None, first or common.start(sub))
+    dicts = [Dictionary(name, hook if activations is None else None, first or common.start(sub),
+                        target=(sub.target_hook or None) if activations is None else None)
              for name, hook, sub in configs(cfg, first_hook)]
-    hooks = list(dict.fromkeys(d.hook for d in dicts))
+    if activations is not None and (cfg.target_hook or cfg.target_hooks):
+        raise UserError("a transcoder reads two hooks of a model's forward: train it from a model, not from given "
+                        "activations")
+    hooks = list(dict.fromkeys([d.hook for d in dicts] + [d.target for d in dicts if d.target]))
     if manifest and hooks != [first_hook]:
         raise UserError(f"--cache {cfg.cache} holds {first_hook} only; --hooks / hook= name {', '.join(hooks)}")
     stops = [resolve_hook(model, h) for h in hooks] if model is not None and not manifest else []  # checks each hook
+    if stops:
+        check_transcoders(model, dicts)
     widths = ([activations.d_in] if activations is not None else [int(manifest["d_in"])] if manifest
               else [hook_width(model, h) for h in hooks])
     p = Pass(cfg, device, model, activations, model_spec, dataset, n_ctx, dicts, hooks, widths,
@@ -153,11 +169,26 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
     for d in dicts:
         i = hooks.index(d.hook)
         d.cols = slice(sum(widths[:i]), sum(widths[:i + 1])) if len(hooks) > 1 else None
+        if d.target:
+            j = hooks.index(d.target)
+            d.out_cols = slice(sum(widths[:j]), sum(widths[:j + 1]))
         common.check_same_run(d.run, {"model": model_spec, "hook": d.hook, "dataset": dataset, "cache": cfg.cache,
                                       "text_column": cfg.text_column, "seed": d.run.cfg.seed,
-                                      "architecture": d.run.cfg.architecture})
+                                      "architecture": d.run.cfg.architecture, "target_hook": d.run.cfg.target_hook,
+                                      "skip_connection": d.run.cfg.skip_connection})
         common.resolve(d.run, widths[i])
     return p
+
+
+def check_transcoders(model, dicts: list[Dictionary]) -> None:
+    """A transcoder's target hook comes after its input hook in the forward (it predicts what the model
+    computes next from what it has read)."""
+    order = hook_order(model)
+    for d in dicts:
+        if d.target and order[d.target] <= order[d.hook]:
+            raise UserError(f"--target-hook {d.target} runs {'as' if d.target == d.hook else 'before'} --hook {d.hook} "
+                            "in the forward: a transcoder reads a hook and writes a later one (e.g. --hook "
+                            "blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out)")
 
 
 def open_data(p: Pass) -> bool:
@@ -209,15 +240,16 @@ def build(p: Pass, d: Dictionary, restored: bool) -> None:
         rng = saved.get("sample_rng", saved.get("buffer.sample_rng"))  # (a single run before: the buffer's)
         if rng is not None:
             d.gen.set_state(rng)
-    sample = lambda n: p.buffer.sample(n, d.gen)[:, d.cols or slice(None)].contiguous()  # noqa: E731
-    sae = common.build_sae(d.run, p.width(d), sample)
+    sample = lambda n: d.take(p.buffer.sample(n, d.gen)).contiguous()  # noqa: E731
+    sae = common.build_sae(d.run, p.width(d), sample, d_out=p.widths[p.hooks.index(d.target)] if d.target else None)
     meta = dict(model_name=p.model_spec, hook_name=d.hook, context_size=p.n_ctx, prepend_bos=True,
-                dataset_path=p.dataset)
+                dataset_path=p.dataset) | ({"hook_name_out": d.target} if d.target else {})
     sae.metadata.update({k: v for k, v in meta.items() if p.activations is None}, seed=d.run.cfg.seed,
                         dict_size=sae.d_sae,
                         source="activations" if p.activations is not None else "cache" if p.cfg.cache else "model")
     d.trainer = common.make_trainer(d.run, sae, lambda n, step, part: sample(n),
-                                    input_scale=p.scales[p.hooks.index(d.hook)])
+                                    input_scale=p.scales[p.hooks.index(d.hook)],
+                                    output_scale=p.scales[p.hooks.index(d.target)] if d.target else None)
     d.trainer.keep_previous_checkpoint = several(p.cfg)
 
 
@@ -296,7 +328,7 @@ def run_steps(cfg, dicts: list[Dictionary], buffer: ActivationBuffer, steps: int
             data_s = (time.perf_counter() - t0) / len(dicts)  # the batch's cost, shared
             for d, callback in zip(dicts, callbacks):
                 d.trainer.timing["data_s"] += data_s
-                d.trainer.advance(x_BD if d.cols is None else x_BD[:, d.cols].contiguous(), callback)
+                d.trainer.advance(d.take(x_BD), callback)
             row = first.last_log
             if len(dicts) == 1 and row.get("step") == first.step:
                 bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{row['l0']:.1f}", ev=f"{row['explained_variance']:.3f}")
@@ -314,6 +346,8 @@ def finish_dictionary(p: Pass, d: Dictionary) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": p.model_spec, "hook": d.hook, "dataset": p.dataset, "cache": cfg.cache or None, "d_in": p.width(d),
         **common.finish(run, tr), "input_scale": p.scales[p.hooks.index(d.hook)], "buffer_rows": len(p.buffer.storage),
+        **({"target_hook": d.target, "d_out": tr.sae.d_out, "skip_connection": tr.sae.W_skip is not None,
+            "output_scale": p.scales[p.hooks.index(d.target)]} if d.target else {}),
         "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),
         "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
         "time_breakdown": breakdown(tr, p.source, p.first_fill),
@@ -322,7 +356,7 @@ def finish_dictionary(p: Pass, d: Dictionary) -> dict[str, Any]:
         summary["trained_with"] = [x.name for x in p.dicts]
     t_eval = time.perf_counter()
     if cfg.eval_tokens and distributed.is_main() and p.activations is None:
-        summary.update(common.held_out_evals(p.the_model(), run, p.dataset, d.hook))
+        summary.update(common.held_out_evals(p.the_model(), run, p.dataset, d.hook, d.target))
     summary["eval_s"] = round(time.perf_counter() - t_eval, 3)
     return common.write_summary(run, tr, summary)
 

@@ -478,6 +478,11 @@ def usable_hooks(model) -> list[str]:
     return [n for n in model.hook_dict if n in hook_widths(model)]
 
 
+def hook_order(model) -> dict[str, int]:
+    """Every usable hook's place in the forward (0 first), as the probe of `hook_widths` saw them run."""
+    return {name: i for i, name in enumerate(hook_widths(model))}
+
+
 def hook_width(model, hook: str) -> int:
     """d_in of a hook point (d_model for resid/out hooks, d_mlp for mlp.hook_pre/post, ...)."""
     widths = hook_widths(model)

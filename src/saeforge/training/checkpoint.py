@@ -32,6 +32,7 @@ class TrainState:
     step: int = 0
     tokens: int = 0  # training inputs seen, all ranks together
     input_scale: float = 1.0  # s with E‖s·x‖² = d_in; the trainer sees s·x
+    output_scale: float | None = None  # a transcoder's t with E‖t·y‖² = d_out for its targets y
     data_position: dict[str, Any] = field(default_factory=dict)  # the source's resumable position
     train_seconds: float = 0.0
     firing_tokens: int = 0  # inputs behind firing_counts_F (logging steps only)
@@ -69,6 +70,7 @@ class Checkpoint:
 
 
 STATE_FIELDS = {"format": (int, False), "step": (int, True), "tokens": (int, True), "input_scale": (float, False),
+                "output_scale": (float, False),
                 "data_position": (dict, False), "train_seconds": (float, False), "firing_tokens": (int, False),
                 "resample_events": (list, False), "mmcs_trace": (list, False), "adam_steps": (dict, False),
                 "metadata": (dict, False), "config": (dict, False), "extra": (dict, False),
@@ -113,9 +115,9 @@ def _read(cand: Path) -> Checkpoint:
         raise UserError(f"{where}: the field 'adam_steps' must map parameter names to numbers")
     check_json(raw.get("data_position") or {}, f"{where} (data_position)",
                {k: (int, False) for k in ("contexts_read", "epoch", "cursor", "offset", "world", "rows_read")})
-    scale = raw.get("input_scale")
-    if raw["step"] < 0 or raw["tokens"] < 0 or (scale is not None and not (scale > 0 and math.isfinite(scale))):
-        raise UserError(f"{where}: step and tokens must be >= 0 and input_scale > 0; {fix}")
+    scales = [raw.get(k) for k in ("input_scale", "output_scale") if raw.get(k) is not None]
+    if raw["step"] < 0 or raw["tokens"] < 0 or not all(s > 0 and math.isfinite(s) for s in scales):
+        raise UserError(f"{where}: step and tokens must be >= 0 and input_scale (output_scale) > 0; {fix}")
     tensors = read_tensors(cand / "state.safetensors", "the checkpoint tensors")
     missing = sorted({"tokens_since_fired", "firing_counts", "rng.cpu"} - set(tensors))
     if missing:

@@ -197,7 +197,7 @@ class Resampler:
             event["dead"], event["duplicates"] = int((mask_F == 1).sum()), int((mask_F == 2).sum())
             if len(idx):
                 if dirs_KD is None:
-                    dirs_KD = torch.empty(len(idx), sae.d_in, device=dev)
+                    dirs_KD = torch.empty(len(idx), row_width(sae), device=dev)
                 distributed.broadcast_(dirs_KD)
                 tr.renew_features(idx, new_parameters(sae, idx, dirs_KD, cfg.resample_encoder))
         if self.stream:  # the next interval starts empty; what is still unexplained stays a candidate
@@ -236,7 +236,7 @@ class Resampler:
         duplicates is rarer): the interval's batches each feature fired in."""
         parts = ([self.carry] if self.carry is not None else []) + self.rows
         dev = sae.W_dec.device
-        X_ND = torch.cat(parts) if parts else torch.empty(0, sae.d_in, device=dev)
+        X_ND = torch.cat(parts) if parts else torch.empty(0, row_width(sae), device=dev)
         self.scored = len(X_ND)
         X_ND, loss_N = worst(X_ND, score(sae, X_ND)[0], self.candidates())
         self.carry = X_ND
@@ -260,7 +260,7 @@ class Resampler:
         """Take back what `state_tensors` saved (a resumed run's stream pool), checked."""
         if not self.stream:
             return
-        d_in, d_sae, dev = sae.d_in, sae.d_sae, sae.W_dec.device
+        d_in, d_sae, dev = row_width(sae), sae.d_sae, sae.W_dec.device
         for key, want in (("rows", None), ("carry", None), ("fired", (d_sae,))):
             t = tensors.get(key)
             if t is None or (key == "rows" and t.numel() == 0):
@@ -281,6 +281,11 @@ class Resampler:
                                     seed=self.cfg.seed * 1_000_003 + tr.step, loss_N=loss_N)
 
 
+def row_width(sae) -> int:
+    """The width of a pool row: an SAE's input, or a transcoder's input and target side by side."""
+    return sae.d_in + (sae.d_out if sae.transcoder else 0)
+
+
 def worst(X_ND: torch.Tensor, loss_N: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The `keep` inputs with the largest losses, in their original order (as an unchunked pool)."""
     if len(loss_N) <= keep:
@@ -291,11 +296,13 @@ def worst(X_ND: torch.Tensor, loss_N: torch.Tensor, keep: int) -> tuple[torch.Te
 
 @torch.no_grad()
 def score(sae, X_ND: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared reconstruction error per input [N], number of inputs each feature fires on [F])."""
+    """(squared reconstruction error per input [N], number of inputs each feature fires on [F]); a
+    transcoder's rows are (input, target) pairs, its error the target's."""
     errs, fires_F = [], torch.zeros(sae.d_sae, dtype=torch.long, device=X_ND.device)
     for i in range(0, len(X_ND), chunk):
-        f_BF = sae.encode(X_ND[i:i + chunk])
-        errs.append(squared_error(sae.decode(f_BF) - X_ND[i:i + chunk]))
+        x_BD, y_BE = sae.split(X_ND[i:i + chunk])
+        f_BF = sae.encode(x_BD)
+        errs.append(squared_error(sae.decode(f_BF, x_BD) - sae.target(x_BD, y_BE)))
         fires_F += (f_BF > 0).sum(0)
     return torch.cat(errs), fires_F
 
@@ -326,7 +333,8 @@ def anthropic_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator,
     if not torch.isfinite(p).all() or p.sum() <= 0:
         p = torch.ones_like(p)
     pick = torch.multinomial(p / p.sum(), k, replacement=len(p) < k, generator=g)
-    return X_ND[pick.to(X_ND.device)]
+    x_KD, y_KE = sae.split(X_ND[pick.to(X_ND.device)])
+    return x_KD if y_KE is None else torch.cat([y_KE, x_KD], 1)  # a transcoder writes the target, reads the input
 
 
 @torch.no_grad()
@@ -334,14 +342,17 @@ def unexplained(sae, X_ND: torch.Tensor, active: int = 64, chunk: int = 2048, ri
     """x − b_dec minus its least-squares fit on the decoder rows of the features firing on x
     (at most `active` of them, the largest): what no firing feature can explain, whatever its
     code. The plain residual x − x̂ also holds the L1 penalty's shrinkage of well-learned
-    features, which on toy data outweighs a missing rare feature on most inputs."""
+    features, which on toy data outweighs a missing rare feature on most inputs. (A transcoder:
+    its target minus b_dec and the skip connection's part, fit the same way.)"""
     out = []
     for i in range(0, len(X_ND), chunk):
-        x_BD = X_ND[i:i + chunk]
+        x_BD, t_BE = sae.split(X_ND[i:i + chunk])
         f_BF = sae.encode(x_BD)
         v_BA, i_BA = f_BF.topk(min(active, f_BF.shape[1]), dim=1)
         Wa_BAD = sae.W_dec[i_BA] * (v_BA > 0)[..., None]  # rows of silent features zeroed
-        y_BD = x_BD - sae.b_dec
+        y_BD = sae.target(x_BD, t_BE) - sae.b_dec
+        if sae.W_skip is not None:
+            y_BD = y_BD - x_BD @ sae.W_skip
         G_BAA = Wa_BAD @ Wa_BAD.transpose(1, 2) + ridge * torch.eye(Wa_BAD.shape[1], device=X_ND.device)
         coef_BA1 = torch.linalg.solve(G_BAA, Wa_BAD @ y_BD[..., None])
         out.append(y_BD - (Wa_BAD.transpose(1, 2) @ coef_BA1)[..., 0])
@@ -358,7 +369,8 @@ def clustered_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator, *,
     if direction == "residual":
         return residual_directions(sae, X_ND, loss_N, k, n_worst, clusters, seed)
     top = torch.topk(loss_N, n_worst).indices.sort().values  # input order: not the fp order of near-tied errors
-    Xw_ND = X_ND[top]
+    x_ND, y_NE = sae.split(X_ND[top])
+    Xw_ND = sae.target(x_ND, y_NE)  # a transcoder clusters its targets
     C = max(1, min(clusters, n_worst))
     km = MiniBatchKMeans(n_clusters=C, random_state=seed % 2**31, n_init=1, batch_size=min(1024, n_worst))
     labels = km.fit_predict(Xw_ND.cpu().numpy())
@@ -371,7 +383,8 @@ def clustered_directions(sae, X_ND: torch.Tensor, k: int, g: torch.Generator, *,
     for j in range(k):
         c = ranked[j % len(ranked)]
         i = pools[c].pop() if pools[c] else int(rs.choice(np.flatnonzero(labels == c)))
-        rows.append(Xw_ND[i] - torch.from_numpy(km.cluster_centers_[c]).to(Xw_ND))
+        row = Xw_ND[i] - torch.from_numpy(km.cluster_centers_[c]).to(Xw_ND)
+        rows.append(torch.cat([row, x_ND[i]]) if sae.transcoder else row)  # a transcoder reads that input
     return torch.stack(rows)
 
 
@@ -394,8 +407,8 @@ def residual_directions(sae, X_ND: torch.Tensor, loss_N: torch.Tensor, k: int, n
     cand = torch.topk(loss_N, n_cand).indices.sort().values  # input order: not the fp order of near-tied errors
     u_N = unexplained(sae, X_ND[cand]).pow(2).sum(-1)
     keep = cand[torch.topk(u_N, n_worst).indices.sort().values]
-    Xk_ND = X_ND[keep]
-    R_ND = Xk_ND - sae(Xk_ND)
+    x_ND, y_NE = sae.split(X_ND[keep])
+    R_ND = sae.target(x_ND, y_NE) - sae(x_ND)
     U_ND = R_ND / R_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
     C = max(1, min(max(clusters, CLUSTERS_PER_FEATURE * k), n_worst))
     km = MiniBatchKMeans(n_clusters=C, random_state=seed % 2**31, n_init=1, batch_size=min(1024, n_worst))
@@ -415,12 +428,23 @@ def residual_directions(sae, X_ND: torch.Tensor, loss_N: torch.Tensor, k: int, n
         if not picked or float((dirs_CD[picked] @ dirs_CD[c]).max()) < SAME_DIRECTION:
             picked.append(c)
     picked += [c for c in order.tolist() if c not in picked][: k - len(picked)]  # fewer distinct than k
-    return sumR_CD[torch.tensor(picked, device=R_ND.device)[torch.arange(k, device=R_ND.device) % len(picked)]]
+    chosen = torch.tensor(picked, device=R_ND.device)[torch.arange(k, device=R_ND.device) % len(picked)]
+    if not sae.transcoder:
+        return sumR_CD[chosen]
+    # a transcoder's new latent reads the inputs whose targets miss that direction: their sum
+    sumX_CD = torch.zeros(C, x_ND.shape[1], device=R_ND.device).index_add_(0, labels_N, x_ND)
+    return torch.cat([sumR_CD[chosen], sumX_CD[chosen]], 1)
 
 
 @torch.no_grad()
 def new_parameters(sae, idx_K: torch.Tensor, dirs_KD: torch.Tensor, encoder: str = "anthropic") -> dict[str, torch.Tensor]:
-    """Decoder rows (the unit directions), encoder columns and biases for renewed features idx_K."""
+    """Decoder rows (the unit directions), encoder columns and biases for renewed features idx_K.
+    A transcoder's directions are [decoder direction | encoder direction] rows (its pool rows are
+    input-target pairs, so anthropic's draw writes the target and reads the input)."""
+    enc_KD = None
+    if sae.transcoder:
+        dirs_KD, enc_KD = dirs_KD[:, :sae.d_out], dirs_KD[:, sae.d_out:]
+        enc_KD = enc_KD / enc_KD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     dirs_KD = dirs_KD / dirs_KD.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive_F = torch.ones(sae.d_sae, dtype=torch.bool, device=idx_K.device)
     alive_F[idx_K] = False
@@ -432,4 +456,4 @@ def new_parameters(sae, idx_K: torch.Tensor, dirs_KD: torch.Tensor, encoder: str
         scale, bias = enc_norms_F[alive_F].median(), sae.b_enc[alive_F].median()
     else:
         scale = ENCODER_SCALE * enc_norms_F[alive_F].mean()
-    return {"W_dec": dirs_KD, "W_enc": dirs_KD.T * scale, "b_enc": bias.expand(len(idx_K))}
+    return {"W_dec": dirs_KD, "W_enc": (dirs_KD if enc_KD is None else enc_KD).T * scale, "b_enc": bias.expand(len(idx_K))}

@@ -100,14 +100,17 @@ class Trainer:
         return cfg.lr * scale
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, x_BD: torch.Tensor) -> StepOutput:
+    def train_step(self, batch: torch.Tensor) -> StepOutput:
+        """One step on a batch: its rows are inputs x_BD, or a transcoder's inputs and targets side by
+        side [x_BD | y_BE] (`SAE.split`)."""
         sae, st = self.sae, self.state
+        x_BD, y_BE = sae.split(batch)
         dead_F = st.tokens_since_fired_F >= self.dead_window if sae.uses_dead_mask else None
         with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
             if sae.shards is None:
-                out = sae.step(x_BD, self.coefficient_now(), dead_F)
+                out = sae.step(x_BD, self.coefficient_now(), dead_F, y_BE)
             else:  # one shard of the features: the autograd step, with its collectives (feature_shards.py)
-                out = SAE.step(sae, x_BD, self.coefficient_now(), dead_F)
+                out = SAE.step(sae, x_BD, self.coefficient_now(), dead_F, y_BE)
         if self.data_world > 1:  # one all-reduce: mean gradient of the global batch + firing sums
             distributed.all_reduce_step(list(sae.parameters()), out.feature_sums_F,
                                         group=None if sae.shards is None else sae.shards.data_group)
@@ -224,7 +227,8 @@ class Trainer:
         # means over ranks (equal local batches; a feature group's ranks agree, dead: equal shares)
         loss, mse, sparsity, l0, ev, dead = distributed.all_reduce_mean(
             [out.loss.item(), out.mse.item(), out.sparsity.item(), l0.item(),
-             metrics.explained_variance(x_BD.to(out.err_BD.dtype), out.err_BD).item(), dead], x_BD.device)
+             metrics.explained_variance(self.sae.target(*self.sae.split(x_BD)).to(out.err_BD.dtype),
+                                        out.err_BD).item(), dead], x_BD.device)
         row = {
             "step": self.step, "tokens": st.tokens, "loss": loss, "mse": mse, "sparsity": sparsity, "l0": l0,
             "explained_variance": ev,
@@ -271,8 +275,10 @@ class Trainer:
             return target
         sae.metadata.update(tokens_seen=st.tokens, steps=st.step, architecture=self.sae.architecture,
                             resample=self.cfg.resample, input_scale=st.input_scale, **sae.cfg.values())
+        if st.output_scale is not None:
+            sae.metadata["output_scale"] = st.output_scale
         sparsity = log_sparsity(counts_F, st.firing_tokens) if st.firing_tokens else None
-        return save(sae, target, sparsity_F=sparsity, input_scale=st.input_scale)
+        return save(sae, target, sparsity_F=sparsity, input_scale=st.input_scale, output_scale=st.output_scale)
 
     def unshard(self) -> None:
         """After training: hold the whole dictionary and its counters on every rank (a collective),

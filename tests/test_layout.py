@@ -17,7 +17,7 @@ LAYERS = [
     ["dictionary.sae"],
     ["dictionary.architectures.topk", "dictionary.architectures.standard", "dictionary.architectures.batchtopk",
      "dictionary.architectures.matryoshka", "dictionary.architectures.jumprelu", "dictionary.architectures"],
-    ["dictionary.io", "dictionary.formats", "dictionary.init", "training.resample", "config", "training.checkpoint", "sources.language_model",
+    ["dictionary.init", "dictionary.crosslayer", "dictionary.io", "dictionary.formats", "training.resample", "config", "training.checkpoint", "sources.language_model",
      "sources.toy", "sources.sampler", "sources.synthetic", "sources.data", "sources.buffer", "sources.cache",
      "evaluation.scaling"],
     ["training.wandb_log", "training.trainer", "evaluation.evals", "evaluation.analysis", "evaluation.report",

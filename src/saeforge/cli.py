@@ -85,6 +85,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--together evaluates a replacement model; --interp and --stability compare dictionaries of "
                         "one hook: run them separately")
     device = pick_device(cfg.device)
+    from saeforge.dictionary.crosslayer import is_clt
+
+    if is_clt(cfg.path):
+        return _eval_clt(cfg, device)
     sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
     if cfg.together:
         return _eval_together(cfg, sae, model, hook, device)
@@ -114,6 +118,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         out["stability"] = stability(saes)
     print(json.dumps(out))
+    return 0
+
+
+def _eval_clt(cfg, device) -> int:
+    """`saeforge eval CLT_DIR`: the cross-layer transcoder spliced in at every layer."""
+    from saeforge.dictionary.io import load
+    from saeforge.evaluation.evals import evaluate_clt
+    from saeforge.sources import data
+    from saeforge.sources.language_model import hook_width, load_model
+
+    if cfg.more or cfg.interp or cfg.stability or cfg.together:
+        raise UserError("a cross-layer transcoder is evaluated alone (no more dictionaries, --interp, --stability or "
+                        "--together)")
+    clt = load(cfg.path, device=str(device))
+    meta = clt.metadata
+    spec = cfg.model or meta.get("model_name")
+    if not spec or not meta.get("hook_names"):
+        raise UserError(f"{cfg.path} does not record its model and hooks; pass --model")
+    model = load_model(spec, str(device))
+    hooks, targets = meta["hook_names"], meta["hook_names_out"]
+    for h, width in [*((h, clt.layer_in) for h in hooks), *((t, clt.layer_out) for t in targets)]:
+        if hook_width(model, h) != width:
+            raise UserError(f"{cfg.path}: {h} of the model is {hook_width(model, h)} wide, the transcoder's {width}")
+    dataset = cfg.dataset or meta.get("dataset_path") or "embedded"
+    held = data.contexts(model, dataset, "test", batch=cfg.contexts_per_pass, loop=False)
+    ev = evaluate_clt(model, clt, hooks, targets, held, cfg.tokens, progress=cfg.progress)
+    for row in ev["layers"]:
+        row.pop("firing_frequency")
+    print(json.dumps({"model": spec, "dataset": dataset, "path": str(cfg.path), **ev}))
     return 0
 
 

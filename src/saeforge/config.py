@@ -299,6 +299,9 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
                             "these written (comma-separated, as many as --hooks)")
     skip_connection: bool = opt(False, "transcoder: add a linear skip connection x @ W_skip to its output "
                                 "(SAELens's skip_transcoder)")
+    cross_layer: bool = opt(False, "with --hooks and --target-hooks naming one pair per layer (every layer from 0): "
+                            "one cross-layer transcoder, whose layer-i features write into layer i's and every later "
+                            "layer's target (--architecture topk, standard or jumprelu; --dict-size per layer)")
 
     def validate(self) -> None:
         super().validate()
@@ -315,6 +318,23 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
                                 "latents (torchrun data parallelism works)")
         elif self.skip_connection and not self.dictionaries:
             raise UserError("--skip-connection is a transcoder's: give --target-hook (or --target-hooks)")
+        if self.cross_layer:
+            if not (self.hooks and self.target_hooks) or self.dictionaries:
+                raise UserError("--cross-layer trains one transcoder over every layer: give --hooks and --target-hooks "
+                                "(one pair per layer), without --dictionaries")
+            if self.architecture not in ("topk", "standard", "jumprelu"):
+                raise UserError(f"--cross-layer: the architecture is topk, standard or jumprelu, not {self.architecture!r}")
+            if self.skip_connection or self.unit_norm_decoder or self.resample not in (AUTO, "none"):
+                raise UserError("--cross-layer trains without --skip-connection, --unit-norm-decoder and --resample "
+                                "(TopK's AuxK revives its dead latents)")
+
+    def auto_resamples(self) -> bool:
+        """A cross-layer transcoder is not resampled (`--resample auto` is none for it)."""
+        return not self.cross_layer
+
+    def resolved(self, steps: int, d_in: int):
+        cfg = super().resolved(steps, d_in)
+        return replace(cfg, unit_norm_decoder=False) if self.cross_layer else cfg  # its sparsity term weighs the norm
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from saeforge.dictionary.architectures import SAVED
+from saeforge.dictionary.crosslayer import CrossLayerTranscoder, is_clt, load_clt, save_clt
 from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
 from saeforge.runtime import (atomic_save_tensors, atomic_write_json, check_json, read_json, read_tensor_metadata,
@@ -50,6 +51,8 @@ def save(sae: SAE, path: str | Path, *, sparsity_F: torch.Tensor | None = None, 
     """Write the dictionary directory. `input_scale` s is the factor training inputs were
     multiplied by (`output_scale` a transcoder's targets'); it is folded in (`SAE.folded`) so the
     saved dictionary acts on raw activations."""
+    if isinstance(sae, CrossLayerTranscoder):  # its own layout (crosslayer.py)
+        return save_clt(sae, path, input_scale=input_scale, output_scale=output_scale)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     s = float(input_scale)
@@ -141,6 +144,8 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"dictionary directory {path} does not exist")
+    if is_clt(path):
+        return load_clt(path, device=device)
     cfg = _read_cfg(path)
     arch = cfg.get("architecture") or "standard"
     base, skip = TRANSCODER_OF.get(arch, (arch, False))

@@ -112,3 +112,83 @@ def evaluate_splices(model, splices: list[tuple[SAE, str, str | None]], contexts
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
         "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred, "dictionaries": per,
     }
+
+
+@torch.no_grad()
+def evaluate_clt(model, clt, hooks: list[str], targets: list[str], contexts: Iterator[torch.Tensor], n_tokens: int,
+                 progress: bool = False) -> dict[str, Any]:
+    """A cross-layer transcoder spliced in at every layer (a replacement model): layer j's target
+    replaced by Σ_{i ≤ j} of the features read from layers 0 … j of the spliced stream. The CE loss
+    and KL of that model, and per layer the figures of its output on the clean activations (L0:
+    that layer's own latents)."""
+    device = next(model.parameters()).device
+    clt = clt.to(device)
+    L = clt.n_layers
+    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    kl = 0.0
+    recs = [Reconstruction(clt.layer_sae, device) for _ in range(L)]
+    n_pred = 0
+    bar = tqdm(total=n_tokens, disable=not progress, file=sys.stderr, desc="eval", unit="tok", dynamic_ncols=True)
+    while recs[0].n < n_tokens:
+        try:
+            tokens = next(contexts).to(device)
+        except StopIteration:
+            break
+        seen: dict[tuple[str, int], torch.Tensor] = {}
+        codes: list[torch.Tensor] = []
+
+        def record(part, i):
+            def fn(act, hook):
+                seen[part, i] = act[:, 1:].float()
+                return act
+            return fn
+
+        def read(i):  # the spliced stream's layer-i input: layer i's features
+            def fn(act, hook):
+                codes.append(clt.encode_layer(act[:, 1:].to(clt.W_enc.dtype), i))
+                return act
+            return fn
+
+        def write(j):
+            def fn(act, hook):
+                act[:, 1:] = clt.layer_output(codes, j).to(act.dtype)
+                return act
+            return fn
+
+        def zero(act, hook):
+            act[:, 1:] = 0
+            return act
+
+        runs = {"clean": [(h, record("x", i)) for i, h in enumerate(hooks)]
+                + [(t, record("y", j)) for j, t in enumerate(targets)],
+                "spliced": [h for i in range(L) for h in ((hooks[i], read(i)), (targets[i], write(i)))],
+                "zero": [(t, zero) for t in targets]}
+        clean_logp = None
+        for name, fwd in runs.items():
+            logits = model.run_with_hooks(tokens, fwd_hooks=fwd, return_type="logits")
+            logp = logits[:, 1:-1].float().log_softmax(-1)
+            ce[name] += -logp.gather(-1, tokens[:, 2:, None]).sum().item()
+            if name == "clean":
+                clean_logp = logp
+            elif name == "spliced":
+                kl += (clean_logp.exp() * (clean_logp - logp)).sum().item()
+        n_pred += tokens[:, 2:].numel()
+        f = [clt.encode_layer(seen["x", i].reshape(-1, clt.layer_in), i) for i in range(L)]
+        for j in range(L):
+            y = seen["y", j].reshape(-1, clt.layer_out)
+            recs[j].add(y, f[j], clt.layer_output(f, j) - y)
+        bar.update(f[0].shape[0])
+    bar.close()
+    if recs[0].n == 0:
+        raise UserError("the held-out split gave no context to evaluate on")
+    ce = {k: v / n_pred for k, v in ce.items()}
+    recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else float("nan")
+    per = []
+    for rec in recs:
+        figures = rec.result()
+        figures.pop("sparsity")
+        per.append(figures | {"firing_frequency": rec.firing_frequency()})
+    return {"eval_tokens": recs[0].n, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"],
+            "ce_zero_ablated": ce["zero"], "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred,
+            "explained_variance": sum(r["explained_variance"] for r in per) / L, "l0": sum(r["l0"] for r in per),
+            "dead_fraction": sum(r["dead_fraction"] for r in per) / L, "layers": per}

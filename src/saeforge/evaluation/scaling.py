@@ -14,8 +14,11 @@ grid (F·S constant) is one FLOP budget C. On each budget with at least 3 runs, 
 in log F through log loss gives the compute-optimal size F*(C) (its vertex, kept inside the
 sizes run) and loss L*(C); S*(C) = C / (12·d·B·F*). A budget whose vertex falls on the
 smallest or largest size only bounds its optimum and is left out of the fits. Power laws y = k·C^e are least-squares
-lines in log-log space; their confidence intervals come from a bootstrap over the budgets'
-points (pairs resampled with replacement, 2,000 times, 2.5 and 97.5 percentiles).
+lines in log-log space. With several seeds per cell a cell's loss is their mean, and the 95%
+intervals come from a bootstrap (2,000 replicates, 2.5 and 97.5 percentiles) that first resamples
+each cell's seeds and refits every budget's parabola (the vertices' own uncertainty), then
+resamples the budgets' optima in pairs and refits the lines; with one seed only the second part
+is left.
 
 Losses (held-out, in the trainer's normalized units, E‖x‖² = d_in):
 - "l1": MSE + λ·L1 (`loss_l1`) with the λ the run was trained with (the seed's MSE + 5·L1); for a
@@ -117,7 +120,8 @@ def frontier(runs: list[dict], loss_key: str) -> list[dict]:
 
 
 def l0_choice(runs: list[dict], alpha: float) -> list[dict]:
-    """Per (F, S), the run (λ) minimizing MSE + α·L0, with that loss as 'loss_l0'."""
+    """Per (F, S), the run (λ) minimizing MSE + α·L0, with that loss as 'loss_l0' (one seed's
+    rows; `analyze` makes the same choice on the seed-mean)."""
     cells: dict[tuple[int, int], dict] = {}
     for r in runs:
         r = dict(r, loss_l0=r["mse"] + alpha * r["l0"])
@@ -127,28 +131,101 @@ def l0_choice(runs: list[dict], alpha: float) -> list[dict]:
     return list(cells.values())
 
 
+# A loss table: (F, S) -> (FLOPs, losses [options, seeds]). A cell's loss is the mean over its
+# seeds, minimized over its options (one option for an L1 loss; the λ values for the L0 loss).
+Table = dict[tuple[float, float], tuple[float, np.ndarray]]
+
+
+def loss_tables(runs: list[dict], alpha: float) -> tuple[dict[float, Table], Table]:
+    """Per sparsity value, the table of the held-out L1 loss; and the table of MSE + α·L0 whose
+    options are the sparsity values (the seeds every value of a cell has, in seed order)."""
+    by: dict[tuple[float, float], dict[float, dict[int, dict]]] = {}
+    for r in runs:
+        by.setdefault((r["d_sae"], r["steps"]), {}).setdefault(sparsity_value(r), {})[int(r.get("seed", 0))] = r
+    l1: dict[float, Table] = {}
+    l0: Table = {}
+    for cell, per in by.items():
+        for lam, seeds in per.items():
+            rs = [seeds[s] for s in sorted(seeds)]
+            l1.setdefault(lam, {})[cell] = (float(np.median([r["flops"] for r in rs])), np.array([[r["loss_l1"] for r in rs]]))
+        common = sorted(set.intersection(*(set(seeds) for seeds in per.values())))
+        lams = sorted(per)
+        l0[cell] = (float(np.median([per[lams[0]][s]["flops"] for s in common])),
+                    np.array([[per[lam][s]["mse"] + alpha * per[lam][s]["l0"] for s in common] for lam in lams]))
+    return dict(sorted(l1.items())), l0
+
+
+def _optima(table: Table, d_in: int, batch: int, rs: np.random.Generator | None = None) -> list[dict]:
+    """IsoFLOP optima of a table; with `rs`, each cell's seeds are resampled with replacement first."""
+    rows = []
+    for (F, S), (C, M) in table.items():
+        if rs is not None and M.shape[1] > 1:
+            M = M[:, rs.integers(0, M.shape[1], M.shape[1])]
+        rows.append({"d_sae": F, "steps": S, "flops": C, "loss": float(M.mean(1).min())})
+    return isoflop_optima(rows, "loss", d_in, batch)
+
+
+LAWS = {"loss_vs_flops": ("flops", "loss"), "features_vs_flops": ("flops", "d_sae"),
+        "steps_vs_flops": ("flops", "steps"), "steps_vs_features": ("d_sae", "steps")}
+
+
 def analyze(runs: list[dict], d_in: int, batch: int, alpha: float, n_boot: int = 2000) -> dict[str, Any]:
-    """Fits for every λ of the grid (L1 loss) and for the L0 loss; see the module docstring."""
-    res: dict[str, Any] = {"l1": {}, "l0": None}
-    for lam in sorted({sparsity_value(r) for r in runs}):
-        rs = [r for r in runs if sparsity_value(r) == lam]
-        res["l1"][lam] = fits(rs, "loss_l1", d_in, batch, n_boot)
-    res["l0"] = fits(l0_choice(runs, alpha), "loss_l0", d_in, batch, n_boot)
+    """Fits for every λ of the grid (L1 loss) and for the L0 loss; see the module docstring.
+    With several seeds per cell, a cell's loss is their mean, and the bootstrap resamples each
+    cell's seeds before refitting the parabolas (the vertices' own uncertainty) and then the
+    budgets' optima (the power laws' points). `pivot` is the geometric mean budget and `pivot_features`
+    the geometric mean size: `boot["log_steps_at_pivot"]` holds each replicate's predicted log S*
+    there, `boot["log_steps_at_features"]` its log S* at that many features."""
+    l1, l0 = loss_tables(runs, alpha)
+    budgets = {round(math.log2(F * S) * 4): C for t in l1.values() for (F, S), (C, _) in t.items()}
+    pivot = float(np.exp(np.mean(np.log(list(budgets.values()))))) if budgets else 0.0
+    sizes = {F for t in l1.values() for F, _ in t}
+    pivot_f = float(np.exp(np.mean(np.log(list(sizes))))) if sizes else 0.0
+    res: dict[str, Any] = {"l1": {}, "l0": None, "pivot": pivot, "pivot_features": pivot_f}
+    for lam, table in l1.items():
+        res["l1"][lam] = fits(table, d_in, batch, n_boot, pivot, pivot_f)
+        res["l1"][lam]["frontier"] = frontier([r for r in runs if sparsity_value(r) == lam], "loss_l1")
+    res["l0"] = fits(l0, d_in, batch, n_boot, pivot, pivot_f)
+    res["l0"]["frontier"] = frontier(l0_choice(runs, alpha), "loss_l0")
     return res
 
 
-def fits(rs: list[dict], key: str, d_in: int, batch: int, n_boot: int) -> dict[str, Any]:
-    everything = isoflop_optima(rs, key, d_in, batch)
+def fits(table: Table, d_in: int, batch: int, n_boot: int, pivot: float, pivot_f: float, seed: int = 0) -> dict[str, Any]:
+    everything = _optima(table, d_in, batch)
     # an optimum pinned to the smallest or largest size only bounds the true one: left out of the fits
     opt = [o for o in everything if o["interior"]]
-    out: dict[str, Any] = {"optima": opt, "edge_optima": [o for o in everything if not o["interior"]],
-                           "frontier": frontier(rs, key)}
-    if len(opt) >= 2:
-        C = [o["flops"] for o in opt]
-        out["loss_vs_flops"] = bootstrap_power_law(C, [o["loss"] for o in opt], n_boot)
-        out["features_vs_flops"] = bootstrap_power_law(C, [o["d_sae"] for o in opt], n_boot)
-        out["steps_vs_flops"] = bootstrap_power_law(C, [o["steps"] for o in opt], n_boot)
-        out["steps_vs_features"] = bootstrap_power_law([o["d_sae"] for o in opt], [o["steps"] for o in opt], n_boot)
+    out: dict[str, Any] = {"optima": opt, "edge_optima": [o for o in everything if not o["interior"]]}
+    if len(opt) < 2:
+        return out
+    for name, (xk, yk) in LAWS.items():
+        k, e = fit_power_law([o[xk] for o in opt], [o[yk] for o in opt])
+        out[name] = {"k": k, "e": e, "n": len(opt)}
+    rs = np.random.default_rng(seed)
+    boot: dict[str, list[float]] = {name: [] for name in LAWS} | {f"k_{name}": [] for name in LAWS}
+    at_pivot, at_features = [], []
+    for _ in range(n_boot):
+        o = [x for x in _optima(table, d_in, batch, rs) if x["interior"]]
+        if len(o) < 2:
+            continue
+        o = [o[i] for i in rs.integers(0, len(o), len(o))]  # the budgets' points, pairs resampled
+        if len({x["flops"] for x in o}) < 2 or len({x["d_sae"] for x in o}) < 2:
+            continue
+        for name, (xk, yk) in LAWS.items():
+            kb, eb = fit_power_law([x[xk] for x in o], [x[yk] for x in o])
+            boot[name].append(eb)
+            boot[f"k_{name}"].append(kb)
+        at_pivot.append(math.log(boot["k_steps_vs_flops"][-1]) + boot["steps_vs_flops"][-1] * math.log(pivot))
+        at_features.append(math.log(boot["k_steps_vs_features"][-1]) + boot["steps_vs_features"][-1] * math.log(pivot_f))
+    for name in LAWS:
+        if boot[name]:
+            lo, hi = np.percentile(boot[name], [2.5, 97.5])
+            klo, khi = np.percentile(boot[f"k_{name}"], [2.5, 97.5])
+        else:
+            lo = hi = klo = khi = float("nan")
+        out[name] |= {"e_lo": float(lo), "e_hi": float(hi), "k_lo": float(klo), "k_hi": float(khi)}
+    out["boot"] = {"log_steps_at_pivot": np.array(at_pivot), "log_steps_at_features": np.array(at_features),
+                   "features_e": np.array(boot["features_vs_flops"]),
+                   "steps_e": np.array(boot["steps_vs_flops"])}
     return out
 
 
@@ -232,8 +309,9 @@ def read_results(path: Path) -> list[dict]:
 
 
 def jsonable(o):
+    """Plain JSON of an analysis (the bootstrap replicates left out)."""
     if isinstance(o, dict):
-        return {str(k): jsonable(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items() if k != "boot"}
     if isinstance(o, (list, tuple)):
         return [jsonable(v) for v in o]
     if isinstance(o, (np.floating, np.integer)):

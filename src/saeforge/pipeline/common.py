@@ -26,11 +26,12 @@ import torch
 from saeforge import distributed
 from saeforge.config import TrainConfig
 from saeforge.dictionary.architectures import create
+from saeforge.dictionary.crosslayer import CrossLayerTranscoder, initialize_clt
 from saeforge.dictionary.init import initialize, sample_size
 from saeforge.dictionary.io import load
 from saeforge.dictionary.sae import SAE
 from saeforge.errors import UserError
-from saeforge.evaluation.evals import evaluate
+from saeforge.evaluation.evals import evaluate, evaluate_clt
 from saeforge.runtime import (atomic_write_json, check_run_dir, lock_run_dir, make_out_dir, pick_device,
                               release_run_dirs)
 from saeforge.sources import data
@@ -129,6 +130,27 @@ def build_sae(run: Run, d_in: int, sample: Callable[[int], torch.Tensor], d_out:
     return sae
 
 
+def build_clt(run: Run, d_in: int, d_out: int, n_layers: int, sample: Callable[[int], torch.Tensor]):
+    """A cross-layer transcoder of `n_layers` (crosslayer.py), initialized by --init layer by layer from
+    `sample(n)` (rows: every layer's input, then every layer's target); --center-init: b_dec = the
+    targets' means. A resumed run skips the init."""
+    cfg = run.cfg
+    clt = CrossLayerTranscoder(n_layers, d_in, cfg.dict_size, d_out, cfg.architecture, cfg.sae, device=run.device)
+    t0 = time.perf_counter()
+    if run.checkpoint is None:
+        if distributed.is_main():
+            n = sample_size(cfg.init, cfg.dict_size, cfg.rare_ratio)
+            initialize_clt(clt, cfg.init, seed=cfg.seed, sample=sample(n).cpu() if n else None,
+                           encoder_scale=cfg.encoder_scale)
+            if cfg.center_init:
+                with torch.no_grad():
+                    clt.b_dec.copy_(sample(16384)[:, clt.d_in:].mean(0).reshape(n_layers, d_out))
+        for p in clt.parameters():
+            distributed.broadcast_(p.data)
+    run.init_s = time.perf_counter() - t0
+    return clt
+
+
 def make_trainer(run: Run, sae: SAE, sampler: Callable[[int, int, int], torch.Tensor], input_scale: float = 1.0,
                  output_scale: float | None = None) -> Trainer:
     """The trainer, with a resampler drawing `sampler(n, step, part)` when --resample is on
@@ -182,12 +204,20 @@ def context_stream(model, cfg: Any, rank: int, world: int) -> Callable[[int], An
     return stream_from
 
 
-def held_out_evals(model, run: Run, dataset: str, hook: str, target_hook: str | None = None) -> dict[str, Any]:
+def held_out_evals(model, run: Run, dataset: str, hook: str, target_hook: str | None = None,
+                   layers: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
     """The saved dictionary spliced into the model on the dataset's held-out split (`eval_tokens`);
-    a transcoder's output in place of its target hook's activation."""
+    a transcoder's output in place of its target hook's activation; a cross-layer transcoder's at
+    every layer at once (`layers`: its input and target hooks)."""
     cfg = run.cfg
     held = data.contexts(model, dataset, "test", seed=0, batch=cfg.contexts_per_pass, text_column=cfg.text_column,
                          loop=False)
+    if layers:
+        ev = evaluate_clt(model, load(run.out, device=run.device), *layers, held, cfg.eval_tokens,
+                          progress=cfg.progress)
+        for row in ev["layers"]:
+            row.pop("firing_frequency")
+        return ev
     ev = evaluate(model, load(run.out, device=run.device), hook, held, cfg.eval_tokens, progress=cfg.progress,
                   target_hook=target_hook)
     ev.pop("firing_frequency")

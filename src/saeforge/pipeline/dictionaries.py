@@ -102,7 +102,8 @@ def check_root(cfg: ActivationTrainConfig) -> None:
 
 
 def several(cfg: ActivationTrainConfig) -> bool:
-    return bool(cfg.hooks or cfg.dictionaries)
+    """Whether the pass trains several dictionaries (a cross-layer transcoder over --hooks is one)."""
+    return bool(cfg.hooks or cfg.dictionaries) and not cfg.cross_layer
 
 
 def configs(cfg: ActivationTrainConfig, default_hook_name: str) -> list[tuple[str, str, ActivationTrainConfig]]:

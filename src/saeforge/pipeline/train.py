@@ -58,9 +58,14 @@ class Dictionary:
     out_cols: slice | None = None
     gen: torch.Generator | None = None
     trainer: Trainer | None = None
+    layers: tuple[list[str], list[str]] | None = None  # a cross-layer transcoder's input and target hooks
+    all_cols: list[slice] | None = None  # its columns: every input, then every target
 
     def take(self, batch: torch.Tensor) -> torch.Tensor:
-        """Its rows of a batch of the pass: its hook's columns (a transcoder's: input and target side by side)."""
+        """Its rows of a batch of the pass: its hook's columns (a transcoder's: input and target side by
+        side; a cross-layer transcoder's: every layer's input, then every layer's target)."""
+        if self.all_cols is not None:
+            return torch.cat([batch[:, c] for c in self.all_cols], 1)
         if self.cols is None:
             return batch
         if self.out_cols is None:
@@ -150,18 +155,25 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
     else:
         model = load_model(cfg.model, device, progress=cfg.progress) if model is None else model
         model_spec, dataset, first_hook, n_ctx = cfg.model, cfg.dataset, default_hook(model), model.cfg.n_ctx
-    dicts = [Dictionary(name, hook if activations is None else None, first or common.start(sub),
-                        target=(sub.target_hook or None) if activations is None else None)
-             for name, hook, sub in configs(cfg, first_hook)]
+    if cfg.cross_layer:
+        ins, outs = ([h.strip() for h in text.split(",") if h.strip()] for text in (cfg.hooks, cfg.target_hooks))
+        dicts = [Dictionary("", ins[0], first, target=outs[0], layers=(ins, outs))]
+    else:
+        dicts = [Dictionary(name, hook if activations is None else None, first or common.start(sub),
+                            target=(sub.target_hook or None) if activations is None else None)
+                 for name, hook, sub in configs(cfg, first_hook)]
     if activations is not None and (cfg.target_hook or cfg.target_hooks):
         raise UserError("a transcoder reads two hooks of a model's forward: train it from a model, not from given "
                         "activations")
-    hooks = list(dict.fromkeys([d.hook for d in dicts] + [d.target for d in dicts if d.target]))
+    hooks = list(dict.fromkeys([d.hook for d in dicts] + [d.target for d in dicts if d.target]
+                               + [h for d in dicts if d.layers for h in (*d.layers[0], *d.layers[1])]))
     if manifest and hooks != [first_hook]:
         raise UserError(f"--cache {cfg.cache} holds {first_hook} only; --hooks / hook= name {', '.join(hooks)}")
     stops = [resolve_hook(model, h) for h in hooks] if model is not None and not manifest else []  # checks each hook
     if stops:
         check_transcoders(model, dicts)
+    elif cfg.cross_layer:
+        raise UserError("--cross-layer reads every layer of a model's forward: train it from a model, not --cache")
     widths = ([activations.d_in] if activations is not None else [int(manifest["d_in"])] if manifest
               else [hook_width(model, h) for h in hooks])
     p = Pass(cfg, device, model, activations, model_spec, dataset, n_ctx, dicts, hooks, widths,
@@ -172,9 +184,13 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
         if d.target:
             j = hooks.index(d.target)
             d.out_cols = slice(sum(widths[:j]), sum(widths[:j + 1]))
+        if d.layers:
+            d.all_cols = [slice(sum(widths[:hooks.index(h)]), sum(widths[:hooks.index(h) + 1]))
+                          for h in (*d.layers[0], *d.layers[1])]
         common.check_same_run(d.run, {"model": model_spec, "hook": d.hook, "dataset": dataset, "cache": cfg.cache,
                                       "text_column": cfg.text_column, "seed": d.run.cfg.seed,
-                                      "architecture": d.run.cfg.architecture, "target_hook": d.run.cfg.target_hook,
+                                      "architecture": f"clt/{d.run.cfg.architecture}" if d.layers else d.run.cfg.architecture,
+                                      "target_hook": d.run.cfg.target_hook,
                                       "skip_connection": d.run.cfg.skip_connection})
         common.resolve(d.run, widths[i])
     return p
@@ -182,13 +198,24 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
 
 def check_transcoders(model, dicts: list[Dictionary]) -> None:
     """A transcoder's target hook comes after its input hook in the forward (it predicts what the model
-    computes next from what it has read)."""
+    computes next from what it has read); a cross-layer transcoder has a pair at every layer from 0,
+    each of the same per-block hooks."""
     order = hook_order(model)
     for d in dicts:
-        if d.target and order[d.target] <= order[d.hook]:
-            raise UserError(f"--target-hook {d.target} runs {'as' if d.target == d.hook else 'before'} --hook {d.hook} "
-                            "in the forward: a transcoder reads a hook and writes a later one (e.g. --hook "
-                            "blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out)")
+        pairs = list(zip(*d.layers)) if d.layers else [(d.hook, d.target)] if d.target else []
+        for hook, target in pairs:
+            if order[target] <= order[hook]:
+                raise UserError(f"--target-hook {target} runs {'as' if target == hook else 'before'} --hook {hook} "
+                                "in the forward: a transcoder reads a hook and writes a later one (e.g. --hook "
+                                "blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out)")
+        if d.layers:
+            n = model.cfg.n_layers
+            for names, flag in zip(d.layers, ("--hooks", "--target-hooks")):
+                per_block = {h.split(".", 2)[2] if h.startswith("blocks.") else h for h in names}
+                want = [f"blocks.{i}.{next(iter(per_block))}" for i in range(n)]
+                if len(per_block) > 1 or names != want:
+                    raise UserError(f"--cross-layer: {flag} must name one hook of every block of the model, in order "
+                                    f"({n} layers: {want[0]} … {want[-1]}); got {', '.join(names)}")
 
 
 def open_data(p: Pass) -> bool:
@@ -224,7 +251,13 @@ def open_data(p: Pass) -> bool:
     if resumed:
         by_hook: dict[Any, float] = {}
         for d in dicts:
-            by_hook.setdefault(d.hook, d.run.checkpoint.state.input_scale)
+            st = d.run.checkpoint.state
+            for h, s in (st.hook_scales or {d.hook: st.input_scale}).items():
+                by_hook.setdefault(h, s)
+        missing = [h for h in p.hooks if h not in by_hook]
+        if missing:
+            raise UserError(f"--resume: the checkpoints under {cfg.out} do not record the scale of {', '.join(missing)}; "
+                            "resume with the hooks the run was started with")
         scale = [by_hook[h] for h in p.hooks] if len(p.hooks) > 1 else by_hook[p.hooks[0]]
     snapshot = resumed[0].data_tensors if resumed and p.live and run0.world == 1 else None
     p.buffer, p.first_fill, restored = make_buffer(cfg, run0, p.source, carry, p.widths, scale, position, snapshot)
@@ -241,7 +274,14 @@ def build(p: Pass, d: Dictionary, restored: bool) -> None:
         if rng is not None:
             d.gen.set_state(rng)
     sample = lambda n: d.take(p.buffer.sample(n, d.gen)).contiguous()  # noqa: E731
-    sae = common.build_sae(d.run, p.width(d), sample, d_out=p.widths[p.hooks.index(d.target)] if d.target else None)
+    d_out = p.widths[p.hooks.index(d.target)] if d.target else None
+    if d.layers:
+        sae = common.build_clt(d.run, p.width(d), d_out, len(d.layers[0]), sample)
+        sae.metadata["layer_scales"] = {"inputs": [p.scales[p.hooks.index(h)] for h in d.layers[0]],
+                                        "targets": [p.scales[p.hooks.index(h)] for h in d.layers[1]]}
+        sae.metadata["hook_names"], sae.metadata["hook_names_out"] = list(d.layers[0]), list(d.layers[1])
+    else:
+        sae = common.build_sae(d.run, p.width(d), sample, d_out=d_out)
     meta = dict(model_name=p.model_spec, hook_name=d.hook, context_size=p.n_ctx, prepend_bos=True,
                 dataset_path=p.dataset) | ({"hook_name_out": d.target} if d.target else {})
     sae.metadata.update({k: v for k, v in meta.items() if p.activations is None}, seed=d.run.cfg.seed,
@@ -250,6 +290,8 @@ def build(p: Pass, d: Dictionary, restored: bool) -> None:
     d.trainer = common.make_trainer(d.run, sae, lambda n, step, part: sample(n),
                                     input_scale=p.scales[p.hooks.index(d.hook)],
                                     output_scale=p.scales[p.hooks.index(d.target)] if d.target else None)
+    if d.run.checkpoint is None:
+        d.trainer.state.hook_scales = dict(zip(p.hooks, p.scales))
     d.trainer.keep_previous_checkpoint = several(p.cfg)
 
 
@@ -348,6 +390,8 @@ def finish_dictionary(p: Pass, d: Dictionary) -> dict[str, Any]:
         **common.finish(run, tr), "input_scale": p.scales[p.hooks.index(d.hook)], "buffer_rows": len(p.buffer.storage),
         **({"target_hook": d.target, "d_out": tr.sae.d_out, "skip_connection": tr.sae.W_skip is not None,
             "output_scale": p.scales[p.hooks.index(d.target)]} if d.target else {}),
+        **({"cross_layer": True, "hooks": d.layers[0], "target_hooks": d.layers[1], "n_layers": len(d.layers[0])}
+           if d.layers else {}),
         "train_l0": last.get("l0"), "train_explained_variance": last.get("explained_variance"),
         "train_mse": last.get("mse"), "train_dead_fraction": last.get("dead_fraction"),
         "time_breakdown": breakdown(tr, p.source, p.first_fill),
@@ -356,7 +400,7 @@ def finish_dictionary(p: Pass, d: Dictionary) -> dict[str, Any]:
         summary["trained_with"] = [x.name for x in p.dicts]
     t_eval = time.perf_counter()
     if cfg.eval_tokens and distributed.is_main() and p.activations is None:
-        summary.update(common.held_out_evals(p.the_model(), run, p.dataset, d.hook, d.target))
+        summary.update(common.held_out_evals(p.the_model(), run, p.dataset, d.hook, d.target, d.layers))
     summary["eval_s"] = round(time.perf_counter() - t_eval, 3)
     return common.write_summary(run, tr, summary)
 

@@ -175,7 +175,10 @@ class ActivationBuffer:
         self.widths = widths  # several hooks side by side (ModelSource with hooks): a scale for each
         if restore is not None:
             self._restore(*restore)
-            self.scale = scale
+            if widths is None:
+                self.scale = scale
+            else:  # several hooks: a scale each (a resumed pass of several hooks was refused here before)
+                self.set_scales(scale)
             return
         all_rows = torch.arange(n_rows, device=device)
         self.source.fill(self.storage, all_rows, self.origin_N)

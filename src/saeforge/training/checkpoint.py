@@ -33,6 +33,7 @@ class TrainState:
     tokens: int = 0  # training inputs seen, all ranks together
     input_scale: float = 1.0  # s with E‖s·x‖² = d_in; the trainer sees s·x
     output_scale: float | None = None  # a transcoder's t with E‖t·y‖² = d_out for its targets y
+    hook_scales: dict[str, float] = field(default_factory=dict)  # every hook of the pass: its scale
     data_position: dict[str, Any] = field(default_factory=dict)  # the source's resumable position
     train_seconds: float = 0.0
     firing_tokens: int = 0  # inputs behind firing_counts_F (logging steps only)
@@ -70,7 +71,7 @@ class Checkpoint:
 
 
 STATE_FIELDS = {"format": (int, False), "step": (int, True), "tokens": (int, True), "input_scale": (float, False),
-                "output_scale": (float, False),
+                "output_scale": (float, False), "hook_scales": (dict, False),
                 "data_position": (dict, False), "train_seconds": (float, False), "firing_tokens": (int, False),
                 "resample_events": (list, False), "mmcs_trace": (list, False), "adam_steps": (dict, False),
                 "metadata": (dict, False), "config": (dict, False), "extra": (dict, False),

@@ -81,15 +81,7 @@ def evaluate_splices(model, splices: list[tuple[SAE, str, str | None]], contexts
                 "spliced": [h for i, (sae, hook, target) in enumerate(splices)
                             for h in ([] if hook == target else [(hook, record(i, "in"))]) + [(target, splice(i, sae))]],
                 "zero": [(target, zero) for _, _, target in splices]}
-        clean_logp = None
-        for name, hooks in runs.items():
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
-            logp = logits[:, 1:-1].float().log_softmax(-1)  # predictions made at positions 1..n_ctx-2
-            ce[name] += -logp.gather(-1, tokens[:, 2:, None]).sum().item()
-            if name == "clean":
-                clean_logp = logp
-            elif name == "spliced":
-                kl += (clean_logp.exp() * (clean_logp - logp)).sum().item()
+        kl += three_runs(model, tokens, runs, ce)
         n_pred += tokens[:, 2:].numel()
         for i, (sae, _, _) in enumerate(splices):
             x = seen[i, "x"].reshape(-1, sae.d_in)
@@ -98,20 +90,38 @@ def evaluate_splices(model, splices: list[tuple[SAE, str, str | None]], contexts
             recs[i].add(y, f, sae.decode(f, x) - y)
         bar.update(x.shape[0])
     bar.close()
+    whole, per = figures(ce, kl, n_pred, recs)
+    return whole | {"dictionaries": per}
+
+
+def three_runs(model, tokens: torch.Tensor, runs: dict[str, list], ce: dict[str, float]) -> float:
+    """The model on `tokens` under each run's hooks (clean, spliced, zero): adds each run's summed
+    next-token loss at positions 1..n_ctx−2 to `ce`; returns the summed KL(clean ‖ spliced)."""
+    clean_logp, kl = None, 0.0
+    for name, hooks in runs.items():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
+        logp = logits[:, 1:-1].float().log_softmax(-1)  # predictions made at positions 1..n_ctx-2
+        ce[name] += -logp.gather(-1, tokens[:, 2:, None]).sum().item()
+        if name == "clean":
+            clean_logp = logp
+        elif name == "spliced":
+            kl += (clean_logp.exp() * (clean_logp - logp)).sum().item()
+    return kl
+
+
+def figures(ce: dict[str, float], kl: float, n_pred: int, recs: list[Reconstruction]) -> tuple[dict, list[dict]]:
+    """The spliced model's figures (CE losses per token, CE loss recovered, KL) and each reconstruction's."""
     if recs[0].n == 0:
         raise UserError("the held-out split gave no context to evaluate on")
     ce = {k: v / n_pred for k, v in ce.items()}
     recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else float("nan")
     per = []
     for rec in recs:
-        figures = rec.result()
-        figures.pop("sparsity")
-        per.append(figures | {"firing_frequency": rec.firing_frequency()})
-    return {
-        "eval_tokens": recs[0].n,
-        "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
-        "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred, "dictionaries": per,
-    }
+        out = rec.result()
+        out.pop("sparsity")
+        per.append(out | {"firing_frequency": rec.firing_frequency()})
+    return {"eval_tokens": recs[0].n, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
+            "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred}, per
 
 
 @torch.no_grad()
@@ -163,15 +173,7 @@ def evaluate_clt(model, clt, hooks: list[str], targets: list[str], contexts: Ite
                 + [(t, record("y", j)) for j, t in enumerate(targets)],
                 "spliced": [h for i in range(L) for h in ((hooks[i], read(i)), (targets[i], write(i)))],
                 "zero": [(t, zero) for t in targets]}
-        clean_logp = None
-        for name, fwd in runs.items():
-            logits = model.run_with_hooks(tokens, fwd_hooks=fwd, return_type="logits")
-            logp = logits[:, 1:-1].float().log_softmax(-1)
-            ce[name] += -logp.gather(-1, tokens[:, 2:, None]).sum().item()
-            if name == "clean":
-                clean_logp = logp
-            elif name == "spliced":
-                kl += (clean_logp.exp() * (clean_logp - logp)).sum().item()
+        kl += three_runs(model, tokens, runs, ce)
         n_pred += tokens[:, 2:].numel()
         f = [clt.encode_layer(seen["x", i].reshape(-1, clt.layer_in), i) for i in range(L)]
         for j in range(L):
@@ -179,16 +181,7 @@ def evaluate_clt(model, clt, hooks: list[str], targets: list[str], contexts: Ite
             recs[j].add(y, f[j], clt.layer_output(f, j) - y)
         bar.update(f[0].shape[0])
     bar.close()
-    if recs[0].n == 0:
-        raise UserError("the held-out split gave no context to evaluate on")
-    ce = {k: v / n_pred for k, v in ce.items()}
-    recovered = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]) if ce["zero"] != ce["clean"] else float("nan")
-    per = []
-    for rec in recs:
-        figures = rec.result()
-        figures.pop("sparsity")
-        per.append(figures | {"firing_frequency": rec.firing_frequency()})
-    return {"eval_tokens": recs[0].n, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"],
-            "ce_zero_ablated": ce["zero"], "ce_loss_recovered": recovered, "kl_divergence": kl / n_pred,
-            "explained_variance": sum(r["explained_variance"] for r in per) / L, "l0": sum(r["l0"] for r in per),
-            "dead_fraction": sum(r["dead_fraction"] for r in per) / L, "layers": per}
+    whole, per = figures(ce, kl, n_pred, recs)
+    return whole | {"explained_variance": sum(r["explained_variance"] for r in per) / L,
+                    "l0": sum(r["l0"] for r in per), "dead_fraction": sum(r["dead_fraction"] for r in per) / L,
+                    "layers": per}

@@ -374,3 +374,17 @@ def test_what_circuit_tracer_cannot_hold_is_refused_in_one_line(tmp_path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saeforge: error:") and says in err[0], err
         assert not out.exists()
+
+
+def test_inspect_shows_what_a_transcoders_features_read_and_write(layer_set, model_dir, text_dir, tmp_path, capsys):
+    import json
+
+    from saeforge.cli import main
+
+    d = sorted(p.parent for p in layer_set.glob("*/cfg.json"))[0]
+    assert main(["inspect", str(d), "--out", str(tmp_path / "r"), "--model", str(model_dir), "--dataset", str(text_dir),
+                 "--tokens", "512", "--no-progress"]) == 0
+    html = (tmp_path / "r" / "index.html").read_text()
+    data = json.loads(html.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    assert data["meta"]["hook"] == "blocks.0.ln2.hook_normalized → blocks.0.hook_mlp_out"  # reads → writes
+    assert any(f["promoted"] and f["contexts"] for f in data["features"])  # its contexts, its token effects

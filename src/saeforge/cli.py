@@ -177,7 +177,7 @@ def _eval_together(cfg, first, model, hook: str, device) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from saeforge.evaluation import report
-    from saeforge.evaluation.analysis import collect, load_with_model
+    from saeforge.evaluation.analysis import collect, load_with_model, target_hook
     from saeforge.runtime import check_out_dir, pick_device
     from saeforge.sources import data
 
@@ -191,6 +191,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                   progress=cfg.progress)
     meta = {"dictionary": str(cfg.path), "model": cfg.model or sae.metadata.get("model_name"), "hook": hook,
             "dataset": dataset}
+    if sae.transcoder:  # a transcoder's features read `hook` (their contexts) and write here (their token effects)
+        meta["hook"] = f"{hook} → {target_hook(sae, cfg.path)}"
     if cfg.labels:
         from saeforge.evaluation.interp import latent_labels
 

@@ -197,7 +197,10 @@ def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_toke
     bar.close()
     sizes = [t.shape[0] * (t.shape[1] - 1) for t in batches]
     starts = torch.tensor([0] + sizes).cumsum(0).tolist()
-    effects_KV = (sae.W_dec[idx].float() @ model.W_U.detach().float())  # [K, vocab]
+    # what a feature writes, read through the unembedding: a residual-width decoder only (an SAE on the
+    # residual stream or attn / MLP outputs; a transcoder writing hook_mlp_out); none for other widths
+    writes = sae.W_dec.shape[1] == model.W_U.shape[0]
+    effects_KV = (sae.W_dec[idx].float() @ model.W_U.detach().float()) if writes else None  # [K, vocab]
     reports = {}
     for k, fi in enumerate(feats):
         rep = FeatureReport(fi, float(freq_F[fi]), float(max_F[fi]), histogram=hist[k].tolist(),
@@ -207,6 +210,9 @@ def collect(model, sae: SAE, hook: str, contexts: Iterator[torch.Tensor], n_toke
             if val <= 0:
                 break
             rep.contexts.append(_context(model, batches, starts, int(top_pos[j, k]), val, window))
+        if effects_KV is None:
+            reports[fi] = rep
+            continue
         n_eff = min(n_effects, effects_KV.shape[1])
         for sign, target in ((1, rep.promoted), (-1, rep.suppressed)):
             v, i = (sign * effects_KV[k]).topk(n_eff)

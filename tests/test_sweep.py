@@ -6,7 +6,8 @@ import pytest
 
 from saeforge.cli import main
 from saeforge.errors import UserError
-from saeforge.evaluation.scaling import analyze, bootstrap_power_law, fit_power_law, parse_grid, suggest, train_flops
+from saeforge.evaluation.scaling import (analyze, bootstrap_power_law, fit_power_law, loss_tables, parse_grid, suggest,
+                                         train_flops)
 
 D, B = 128, 512
 
@@ -48,6 +49,41 @@ def test_exponents_survive_noise_and_intervals_cover_them():
     f = res["features_vs_flops"]
     assert f["e_lo"] <= f["e"] <= f["e_hi"]
     assert f["e_lo"] - 0.05 < 0.375 < f["e_hi"] + 0.05, f
+
+
+def test_seeds_average_per_cell_and_their_noise_widens_the_intervals():
+    """Several seeds per cell: the point estimate is the seed-mean's, and the bootstrap that resamples
+    each cell's seeds (refitting every parabola) gives intervals that cover the truth and widen with
+    the seed noise; the L0 loss chooses λ per cell on the seed-mean."""
+    def seeds(noise):
+        runs = []
+        for s in range(4):
+            runs += [dict(r, seed=s) for r in synthetic_runs(noise=noise, seed=10 + s)]
+        return runs
+
+    quiet, noisy = seeds(0.002), seeds(0.02)
+    mean = {}
+    for r in noisy:
+        mean.setdefault((r["d_sae"], r["steps"]), []).append(r["loss_l1"])
+    averaged = [dict(r, loss_l1=float(np.mean(mean[(r["d_sae"], r["steps"])])), seed=0) for r in noisy if r["seed"] == 0]
+    a = analyze(noisy, D, B, alpha=0.1, n_boot=300)["l1"][5.0]
+    assert a["features_vs_flops"]["e"] == pytest.approx(analyze(averaged, D, B, alpha=0.1, n_boot=10)["l1"][5.0]
+                                                         ["features_vs_flops"]["e"])
+    q = analyze(quiet, D, B, alpha=0.1, n_boot=300)["l1"][5.0]
+    width = {name: f["features_vs_flops"]["e_hi"] - f["features_vs_flops"]["e_lo"] for name, f in (("q", q), ("a", a))}
+    assert width["a"] > 2 * width["q"], width
+    assert a["features_vs_flops"]["e_lo"] - 0.02 < 0.375 < a["features_vs_flops"]["e_hi"] + 0.02
+    assert len(a["boot"]["log_steps_at_pivot"]) > 250
+    # L0 loss: two λ whose MSE and L0 trade off; the mean decides, not any one seed
+    rows = []
+    for s, (m1, m2) in enumerate([(10.0, 12.5), (10.0, 11.0), (10.0, 11.0)]):
+        rows += [{"d_sae": 256, "steps": 100, "l1_coefficient": 1.0, "seed": s, "flops": 1.0, "mse": m1, "l0": 6.0,
+                  "loss_l1": m1},
+                 {"d_sae": 256, "steps": 100, "l1_coefficient": 2.0, "seed": s, "flops": 1.0, "mse": m2, "l0": 4.0,
+                  "loss_l1": m2}]
+    _, l0 = loss_tables(rows, alpha=1.0)
+    _, M = l0[(256, 100)]
+    assert M.shape == (2, 3) and M[:, 0].argmin() == 0 and M.mean(1).argmin() == 1  # seed 0 alone: λ 1; mean: λ 2
 
 
 def test_suggest_predicts_on_the_fitted_law():

@@ -388,3 +388,34 @@ def test_inspect_shows_what_a_transcoders_features_read_and_write(layer_set, mod
     data = json.loads(html.split('<script id="data" type="application/json">')[1].split("</script>")[0])
     assert data["meta"]["hook"] == "blocks.0.ln2.hook_normalized → blocks.0.hook_mlp_out"  # reads → writes
     assert any(f["promoted"] and f["contexts"] for f in data["features"])  # its contexts, its token effects
+
+
+def test_a_pairs_cache_trains_transcoders_and_sweeps_their_sizes(model_dir, text_dir, tmp_path, capsys):
+    import json
+
+    import saeforge
+    from saeforge.cli import main
+
+    cache = tmp_path / "pairs"
+    assert main(["harvest", "--model", str(model_dir), "--dataset", str(text_dir), "--tokens", "8000",
+                 "--contexts-per-shard", "16", "--hook", "blocks.1.ln2.hook_normalized",
+                 "--target-hook", "blocks.1.hook_mlp_out", "--out", str(cache), "--no-progress"]) == 0
+    m = json.loads((cache / "manifest.json").read_text())
+    assert (m["d_in"], m["d_out"], m["target_hook"]) == (32, 32, "blocks.1.hook_mlp_out")
+    assert main(["train", "--cache", str(cache), "--target-hook", "blocks.1.hook_mlp_out", "--tokens", "4096",
+                 "--batch-size", "128", "--buffer-mb", "1", "--dict-size", "64", "--k", "8", "--eval-tokens", "512",
+                 "--no-progress", "--out", str(tmp_path / "tc")]) == 0
+    s = json.loads((tmp_path / "tc" / "summary.json").read_text())
+    assert s["target_hook"] == "blocks.1.hook_mlp_out" and saeforge.load(tmp_path / "tc").transcoder
+    capsys.readouterr()
+    assert main(["train", "--cache", str(cache), "--tokens", "4096", "--no-progress", "--out", str(tmp_path / "sae")]) == 2
+    assert "give --target-hook" in capsys.readouterr().err and not (tmp_path / "sae").exists()
+    assert main(["sweep", "--cache", str(cache), "--out", str(tmp_path / "sw"), "--sizes", "32,64,128",
+                 "--steps", "8,16,32", "--ks", "8", "--architecture", "topk", "--batch-size", "64",
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sw" / "runs.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and all(r["d_out"] == 32 and r["explained_variance"] < 1 for r in rows)
+    ev = {(r["d_sae"], r["steps"]): r["explained_variance"] for r in rows}
+    assert all(ev[F, 32] > ev[F, 8] for F in (32, 64, 128))  # the targets' reconstruction improves with training
+    one = [r for r in rows if r["d_sae"] == 64 and r["steps"] == 16][0]
+    assert one["flops_train"] == 12 * 32 * 64 * one["tokens"]  # (d_in + d_out) / 2 = 32

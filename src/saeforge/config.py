@@ -268,6 +268,9 @@ class ModelDataConfig(Config):
 
     model: str = opt("embedded", "model: 'embedded', a local model directory, or a TransformerLens name (e.g. gelu-4l)")
     hook: str = opt("", "hook point (default: blocks.{n_layers//2}.hook_resid_post)")
+    target_hook: str = opt("", "a transcoder's target: this later hook's activations, read beside --hook's in one forward "
+                           "(train: reconstruct them from --hook's, e.g. --hook blocks.1.ln2.hook_normalized "
+                           "--target-hook blocks.1.hook_mlp_out; harvest: a cache of the pairs)")
     dataset: str = opt("embedded", "'embedded' (Python's stdlib sources), local .txt/.jsonl/.parquet file(s) or dir, "
                        "or a hub name")
     text_column: str = opt("text", "dataset column holding text (a 'tokens'/'input_ids' column is used as is)")
@@ -293,8 +296,6 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
                             "comma-separated key=value settings of that dictionary, e.g. 'dict_size=1024; "
                             "dict_size=4096,k=64' (in a config file also a list of tables); with --hooks, "
                             "every spec at every hook")
-    target_hook: str = opt("", "train a transcoder: reconstruct this hook's activations from --hook's (e.g. --hook "
-                           "blocks.1.ln2.hook_normalized --target-hook blocks.1.hook_mlp_out); one forward reads both")
     target_hooks: str = opt("", "with --hooks: a transcoder for each pair, the i-th of --hooks read and the i-th of "
                             "these written (comma-separated, as many as --hooks)")
     skip_connection: bool = opt(False, "transcoder: add a linear skip connection x @ W_skip to its output "
@@ -310,9 +311,9 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
         if self.target_hook and self.hooks:
             raise UserError("--target-hook pairs with --hook; with --hooks give --target-hooks")
         if self.target_hook or self.target_hooks:
-            if self.cache:
-                raise UserError("a transcoder reads two hooks of one forward: train it from the model, not --cache "
-                                "(a cache holds one hook)")
+            if self.cache and self.target_hooks:
+                raise UserError("--target-hooks: a cache holds one pair of hooks (harvest --target-hook); train "
+                                "several transcoders from the model")
             if self.feature_shards > 1:
                 raise UserError("--feature-shards: transcoders are not sharded yet; train them on one device's "
                                 "latents (torchrun data parallelism works)")

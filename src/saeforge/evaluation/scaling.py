@@ -39,7 +39,7 @@ from saeforge.errors import UserError
 from saeforge.runtime import check_json
 
 
-def train_flops(d_in: int, d_sae: int, tokens: int) -> float:
+def train_flops(d_in: float, d_sae: int, tokens: int) -> float:
     return 12.0 * d_in * d_sae * tokens
 
 
@@ -279,6 +279,7 @@ def sparsity_value(row: dict) -> float:
 
 
 RUN_FIELDS = {"d_sae": (int, True), "steps": (int, True), "sparsity_axis": (str, False), "d_in": (int, True),
+              "d_out": (int, False),
               "batch_size": (int, True), "flops": (float, True), "mse": (float, True), "sparsity": (float, True),
               "l0": (float, True), "loss_l1": (float, True)}
 

@@ -39,7 +39,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         rows = read_results(out / "runs.jsonl")
         if not rows:
             raise UserError(f"--suggest: {out / 'runs.jsonl'} holds no finished run; run the sweep first")
-        res = analyze(rows, rows[0]["d_in"], rows[0]["batch_size"], cfg.alpha, n_boot=500)
+        res = analyze(rows, flops_width(rows[0]), rows[0]["batch_size"], cfg.alpha, n_boot=500)
         print(json.dumps(suggest(res, cfg.suggest, l1s[0] if len(l1s) == 1 else None)))
         return rows
     manifest = read_manifest(cfg.cache)
@@ -50,9 +50,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         if n_shards < 2:
             raise UserError(f"--cache {cfg.cache} has {n_shards} shard; hold-out needs 2 or more, or give --eval-cache")
         eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
-    if eval_src.d_in != int(manifest["d_in"]):  # found now, not after every run has trained
-        raise UserError(f"--eval-cache {cfg.eval_cache} holds activations of width {eval_src.d_in}, the training cache "
-                        f"{manifest['d_in']}: harvest both at the same model and hook")
+    train_src = CacheSource(cfg.cache)
+    if (eval_src.d_in, eval_src.widths) != (train_src.d_in, train_src.widths):  # found now, not after every run trained
+        raise UserError(f"--eval-cache {cfg.eval_cache} holds rows of width {eval_src.d_in}, the training cache "
+                        f"{train_src.d_in}: harvest both at the same model and hooks")
     device = pick_device(cfg.device)
     make_out_dir(out)
     X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)
@@ -78,7 +79,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
     bar.close()
     rows = [r for r in read_results(results) if r.get("sparsity_axis", "l1_coefficient") == axis
             and (r["d_sae"], r["steps"], sparsity_value(r)) in set(grid)]
-    res = analyze(rows, int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
+    res = analyze(rows, flops_width(rows[0]) if rows else int(manifest["d_in"]), cfg.batch_size, cfg.alpha)
     (out / "fits.json").write_text(json.dumps(jsonable(res), indent=1))
     plot(res, rows, out, cfg.alpha)
     return rows
@@ -87,20 +88,23 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
 def train_group(cfg: SweepConfig, group: list[tuple[int, float]], S: int, device, train_shards, X_eval) -> list[dict]:
     """The (size, λ) runs of one step budget, trained side by side: one buffer over the cache feeds
     every run each batch; each run keeps its own optimizer, resampling and sample generator, so
-    it ends with the weights of its run alone (tests/test_sweep.py)."""
+    it ends with the weights of its run alone (tests/test_sweep.py). A transcoder cache's runs are
+    transcoders (its rows: input and target, each side with its own scale)."""
     t0 = time.perf_counter()
     source = CacheSource(cfg.cache, seed=cfg.seed, device=device, shards=train_shards)
-    d = source.d_in
-    rows = ActivationBuffer.rows_for(cfg.buffer_mb, d, torch.float32, carry_rows=source.rows_per_chunk)
-    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed)
+    d, d_out = (source.widths[0], source.widths[1]) if source.widths else (source.d_in, None)
+    rows = ActivationBuffer.rows_for(cfg.buffer_mb, source.d_in, torch.float32, carry_rows=source.rows_per_chunk)
+    buffer = ActivationBuffer(source, rows, cfg.batch_size, device, torch.float32, seed=cfg.seed, widths=source.widths)
+    scales = buffer.scales if source.widths else [buffer.scale]
     runs, trainers = [], []
     for F, lam in group:
         run = common.start(cfg.run_config(S, F, lam, str(device)))
         common.resolve(run, d)
         gen = sample_generator(cfg.seed)  # what this run's own buffer would sample with
         sample = (lambda gen: lambda n: buffer.sample(n, gen))(gen)
-        sae = common.build_sae(run, d, sample)
-        trainer = common.make_trainer(run, sae, (lambda s: lambda n, step, part: s(n))(sample), input_scale=buffer.scale)
+        sae = common.build_sae(run, d, sample, d_out=d_out)
+        trainer = common.make_trainer(run, sae, (lambda s: lambda n, step, part: s(n))(sample), input_scale=scales[0],
+                                      output_scale=scales[1] if d_out else None)
         trainer.begin(S)
         runs.append(run)
         trainers.append(trainer)
@@ -116,28 +120,37 @@ def train_group(cfg: SweepConfig, group: list[tuple[int, float]], S: int, device
     out = []
     for run, tr, (F, lam) in zip(runs, trainers, group):
         tr.check_finite()
-        out.append(measure(cfg, tr, F, S, lam, d, buffer.scale, X_eval, device) | {
+        out.append(measure(cfg, tr, F, S, lam, d, scales, X_eval, device) | {
             "init_s": round(run.init_s, 3), "seconds": round(seconds, 3), "trained_with": len(group)})
     return out
 
 
-def measure(cfg: SweepConfig, trainer, F: int, S: int, lam: float, d: int, scale: float, X_eval, device) -> dict:
-    """One finished run's row: held-out reconstruction, FLOPs, settings."""
+def flops_width(row: dict) -> float:
+    """The width in the FLOP count 12·w·F per token: d_in for an SAE, (d_in + d_out) / 2 for a transcoder
+    (its encoder product is 2·d_in·F, its decoder's 2·d_out·F, each tripled by the backward)."""
+    return (row["d_in"] + row.get("d_out", row["d_in"])) / 2
+
+
+def measure(cfg: SweepConfig, trainer, F: int, S: int, lam: float, d: int, scales: list[float], X_eval, device) -> dict:
+    """One finished run's row: held-out reconstruction (a transcoder's: of its targets), FLOPs, settings."""
     sae = trainer.sae
     rec = Reconstruction(F, device)
     with torch.no_grad():
-        x = X_eval * scale
+        x_all = X_eval[:, :d] * scales[0]
+        y_all = X_eval[:, d:] * scales[1] if sae.transcoder else x_all
         norms_F = sae.W_dec.norm(dim=1)
-        for i in range(0, len(x), 8192):
-            f_BF = sae.encode(x[i:i + 8192])
-            rec.add(x[i:i + 8192], f_BF, sae.decode(f_BF) - x[i:i + 8192], sparsity_B=(f_BF * norms_F).sum(-1))
+        for i in range(0, len(x_all), 8192):
+            x, y = x_all[i:i + 8192], y_all[i:i + 8192]
+            f_BF = sae.encode(x)
+            rec.add(y, f_BF, sae.decode(f_BF, x) - y, sparsity_B=(f_BF * norms_F).sum(-1))
     m = rec.result()
     tokens = trainer.state.tokens
-    f_train, f_init = train_flops(d, F, tokens), init_flops(cfg.init, d, F, sample_size(cfg.init, F, 0.0))
+    width = (d + sae.d_out) / 2
+    f_train, f_init = train_flops(width, F, tokens), init_flops(cfg.init, sae.d_out, F, sample_size(cfg.init, F, 0.0))
     axis = cfg.sparsity_axis()
     coefficient = 0.0 if axis == "k" else lam  # a k-run's loss is its MSE
     return {"d_sae": F, "steps": S, "sparsity_axis": axis, axis: lam, "architecture": cfg.architecture, "d_in": d,
-            "batch_size": cfg.batch_size, "tokens": tokens,
+            **({"d_out": sae.d_out} if sae.transcoder else {}), "batch_size": cfg.batch_size, "tokens": tokens,
             "flops": f_train + f_init, "flops_train": f_train, "flops_init": f_init, "init": cfg.init, "lr": trainer.cfg.lr,
             "mse": m["mse"], "sparsity": m["sparsity"], "l0": m["l0"], "loss_l1": m["mse"] + coefficient * (m["l0"] if axis == "l0_coefficient" else m["sparsity"]),
             "explained_variance": m["explained_variance"], "dead_fraction": m["dead_fraction"], "eval_rows": rec.n,

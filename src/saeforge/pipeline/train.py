@@ -167,14 +167,17 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
                         "activations")
     hooks = list(dict.fromkeys([d.hook for d in dicts] + [d.target for d in dicts if d.target]
                                + [h for d in dicts if d.layers for h in (*d.layers[0], *d.layers[1])]))
-    if manifest and hooks != [first_hook]:
-        raise UserError(f"--cache {cfg.cache} holds {first_hook} only; --hooks / hook= name {', '.join(hooks)}")
+    cached = [first_hook, *([manifest["target_hook"]] if manifest and manifest.get("target_hook") else [])]
+    if manifest and hooks != cached:
+        holds = " → ".join(cached) + (" (a transcoder's pairs: give --target-hook)" if len(cached) > 1 else " only")
+        raise UserError(f"--cache {cfg.cache} holds {holds}; this run reads {', '.join(hooks)}")
     stops = [resolve_hook(model, h) for h in hooks] if model is not None and not manifest else []  # checks each hook
     if stops:
         check_transcoders(model, dicts)
     elif cfg.cross_layer:
         raise UserError("--cross-layer reads every layer of a model's forward: train it from a model, not --cache")
-    widths = ([activations.d_in] if activations is not None else [int(manifest["d_in"])] if manifest
+    widths = ([activations.d_in] if activations is not None
+              else [int(manifest["d_in"])] + ([int(manifest["d_out"])] if len(cached) > 1 else []) if manifest
               else [hook_width(model, h) for h in hooks])
     p = Pass(cfg, device, model, activations, model_spec, dataset, n_ctx, dicts, hooks, widths,
              stop_at=None if not stops or None in stops else max(stops))

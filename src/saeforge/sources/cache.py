@@ -2,6 +2,9 @@
 
     <dir>/manifest.json          model, hook, dataset, split, seed, dtype, d_in, n_ctx, shards, checksums
     <dir>/shard_00000.safetensors   "activations" [contexts × (n_ctx−1), d_in] (position 0, BOS, skipped)
+
+A cache for transcoders (harvest --target-hook) also names its target_hook and d_out, and each row
+holds the input and the target side by side: "activations" [rows, d_in + d_out].
                                     "tokens"      [contexts, n_ctx] int32: the contexts they came from;
                                     row r belongs to context r // (n_ctx−1), position 1 + r % (n_ctx−1)
 
@@ -37,11 +40,12 @@ MANIFEST = "manifest.json"
 FORMAT = "saeforge-activation-cache"
 MANIFEST_FIELDS = {"model": (str, True), "hook": (str, True), "dataset": (str, True), "split": (str, False),
                    "seed": (int, False), "dtype": (str, False), "n_ctx": (int, False), "d_in": (int, False),
+                   "target_hook": (str, False), "d_out": (int, False),
                    "contexts_per_shard": (int, False), "shards": (list, True), "complete": (bool, False)}
 SHARD_FIELDS = {"file": (str, True), "contexts": (int, True), "rows": (int, True), "bytes": (int, True),
                 "sha256": (str, True), "sum_sq_norm": (float, False)}
 # Settings that must match for a harvest to resume an existing cache.
-IDENTITY = ("model", "hook", "dataset", "split", "seed", "dtype", "n_ctx", "contexts_per_shard")
+IDENTITY = ("model", "hook", "target_hook", "dataset", "split", "seed", "dtype", "n_ctx", "contexts_per_shard")
 
 
 def sha256(path: Path) -> str:
@@ -74,15 +78,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return m
 
 
-def harvest(model, hook: str, stop_at_layer: int | None, contexts: Iterator[torch.Tensor], out: str | Path,
+def harvest(model, hook: str | list[str], stop_at_layer: int | None, contexts: Iterator[torch.Tensor], out: str | Path,
             settings: dict[str, Any], n_contexts: int, contexts_per_shard: int, dtype: str = "float32",
             progress: bool = True, skip_contexts=None) -> dict[str, Any]:
     """Write `n_contexts` contexts' activations into `out` (resuming what a previous run wrote).
 
     `settings` identifies the harvest (model, hook, dataset, split, seed, n_ctx); `contexts`
     must be the deterministic context stream for them; `skip_contexts(k)` returns that stream
-    starting at context k (used when resuming).
+    starting at context k (used when resuming). Two hooks (a transcoder's input and target): each
+    row holds both, side by side.
     """
+    hooks = [hook] if isinstance(hook, str) else list(hook)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
@@ -119,20 +125,22 @@ def harvest(model, hook: str, stop_at_layer: int | None, contexts: Iterator[torc
                 grabbed: dict[str, torch.Tensor] = {}
 
                 def keep(act, hook):
-                    grabbed["a"] = act[:, 1:].reshape(-1, act.shape[-1]).to(st_dtype)
+                    grabbed[hook.name] = act[:, 1:].reshape(-1, act.shape[-1]).to(st_dtype)
                     return act
 
                 with torch.no_grad():
-                    model.run_with_hooks(t.to(device), fwd_hooks=[(hook, keep)], stop_at_layer=stop_at_layer,
+                    model.run_with_hooks(t.to(device), fwd_hooks=[(h, keep) for h in hooks], stop_at_layer=stop_at_layer,
                                          return_type=None)
                 toks.append(t.to(torch.int32))
-                acts.append(grabbed["a"].cpu())
+                acts.append(torch.cat([grabbed[h] for h in hooks], 1).cpu())
                 have += t.shape[0]
                 bar.update(t.shape[0])
             a = torch.cat(acts)
             name = f"shard_{len(manifest['shards']):05d}.safetensors"
             atomic_save_tensors(out / name, {"activations": a, "tokens": torch.cat(toks)})
-            manifest["d_in"] = a.shape[1]
+            manifest["d_in"] = grabbed[hooks[0]].shape[1]
+            if len(hooks) > 1:
+                manifest["d_out"] = a.shape[1] - manifest["d_in"]
             manifest["shards"].append({"file": name, "contexts": want, "rows": a.shape[0],
                                        "bytes": (out / name).stat().st_size, "sha256": sha256(out / name),
                                        "sum_sq_norm": a.float().pow(2).sum().item()})
@@ -177,7 +185,9 @@ class CacheSource:
             if f.stat().st_size != s["bytes"]:
                 raise UserError(f"--cache {self.dir}: shard {s['file']} is truncated or altered "
                                 f"({f.stat().st_size} bytes, manifest says {s['bytes']}); harvest it again")
-        self.d_in = int(m["d_in"])
+        # a row's width (a transcoder cache's rows: input and target side by side, `widths` the two)
+        self.widths = [int(m["d_in"]), int(m["d_out"])] if m.get("target_hook") else None
+        self.d_in = int(m["d_in"]) + int(m.get("d_out") or 0) if m.get("target_hook") else int(m["d_in"])
         pool = list(range(len(m["shards"]))) if shards is None else shards  # `shards`: a subset (e.g. held out)
         self.mine = [i for i in pool if i % world == rank] or pool
         self.seed, self.device = seed, torch.device(device)

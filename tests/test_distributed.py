@@ -125,6 +125,21 @@ def test_two_ranks_train_from_a_cache_and_from_the_live_model(model_dir, text_di
     assert json.loads((tmp_path / "cached" / "summary.json").read_text())["steps"] == 60
 
 
+def test_two_ranks_train_a_transcoder_set_and_a_cross_layer_transcoder(model_dir, text_dir, tmp_path):
+    """Transcoders go data parallel as any dictionary does: every rank reads its own contexts, the
+    gradients of the global batch are averaged, rank 0 saves and evaluates."""
+    common = ["--model", str(model_dir), "--dataset", str(text_dir), "--dict-size", "32", "--k", "8", "--batch-size", "128",
+              "--steps", "30", "--eval-tokens", "512", "--buffer-mb", "0.5", "--no-progress", "--device", "cpu",
+              "--hooks", "blocks.0.ln2.hook_normalized,blocks.1.ln2.hook_normalized",
+              "--target-hooks", "blocks.0.hook_mlp_out,blocks.1.hook_mlp_out"]
+    for name, extra in (("set", []), ("clt", ["--cross-layer"])):
+        torchrun(2, "train", *common, *extra, "--out", str(tmp_path / name))
+        top = json.loads((tmp_path / name / "summary.json").read_text())
+        one = top if extra else next(iter(top["dictionaries"].values()))
+        assert one["steps"] == 30 and one["tokens"] == 30 * 128 and one["ce_spliced"] > 0
+        assert saeforge.load(tmp_path / name if extra else next((tmp_path / name).glob("blocks.1*"))).transcoder
+
+
 RANKS_THRESHOLD = """
 import torch
 from saeforge import distributed

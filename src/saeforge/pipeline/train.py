@@ -126,8 +126,8 @@ def run_train(cfg: ActivationTrainConfig, *, model=None, activations=None) -> di
         return summaries[""]
     total = {"dictionaries": summaries, "hooks": p.hooks, "steps": p.dicts[0].run.steps,
              "wall_s": round(time.perf_counter() - t_start, 3)}
+    make_out_dir(Path(cfg.out))  # every rank: it ends on a barrier (rank 0 alone waited there for ever before)
     if distributed.is_main():
-        make_out_dir(Path(cfg.out))
         atomic_write_json(Path(cfg.out) / "summary.json", total)
     return total
 

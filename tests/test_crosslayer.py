@@ -150,7 +150,10 @@ def test_a_clt_needs_every_layer_and_a_model(model_dir, text_dir, tmp_path, caps
             (["--hooks", "blocks.0.ln2.hook_normalized,blocks.1.ln2.hook_normalized",
               "--target-hooks", "blocks.0.hook_mlp_out,blocks.1.hook_mlp_out", "--architecture", "batchtopk"], "topk"),
             (["--hooks", "blocks.0.ln2.hook_normalized,blocks.1.ln2.hook_normalized",
-              "--target-hooks", "blocks.0.hook_mlp_out,blocks.1.hook_mlp_out", "--resample", "clustered"], "--resample")):
+              "--target-hooks", "blocks.0.hook_mlp_out,blocks.1.hook_mlp_out", "--resample", "clustered"], "--resample"),
+            (["--hooks", "blocks.0.ln2.hook_normalized,blocks.1.ln2.hook_normalized",
+              "--target-hooks", "blocks.0.hook_mlp_out,blocks.1.hook_mlp_out", "--feature-shards", "2"],
+             "not sharded yet")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saeforge: error:") and says in err[0], err

@@ -185,6 +185,18 @@ def test_two_feature_shards_end_at_the_unsharded_weights(arch, tmp_path):
     assert [r["step"] for r in rows] == [10, 20, 30]  # rank 0 alone logs
 
 
+def test_a_transcoder_split_over_two_feature_shards_ends_at_the_unsharded_weights(model_dir, text_dir, tmp_path):
+    """A skip transcoder's latents over two ranks (W_skip and b_dec replicated) train as on one process."""
+    common = ["--model", str(model_dir), "--dataset", str(text_dir), "--dict-size", "32", "--k", "4", "--batch-size", "64",
+              "--steps", "20", "--eval-tokens", "0", "--buffer-mb", "0.5", "--no-progress", "--device", "cpu",
+              "--architecture", "topk", "--init", "orthogonal", "--lr-decay-steps", "0", "--skip-connection",
+              "--hook", "blocks.1.ln2.hook_normalized", "--target-hook", "blocks.1.hook_mlp_out"]
+    assert main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    torchrun(2, "train", *common, "--feature-shards", "2", "--out", str(tmp_path / "two"))
+    assert_close(weights(tmp_path / "one"), weights(tmp_path / "two"))
+    assert saeforge.load(tmp_path / "two").W_skip is not None
+
+
 def test_a_feature_sharded_checkpoint_resumes_on_another_layout(tmp_path):
     arch = ["--architecture", "topk", "--k", "4"]
     assert main(["toy", *SHARDED, *arch, "--steps", "30", "--out", str(tmp_path / "one")]) == 0

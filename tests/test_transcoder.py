@@ -264,9 +264,7 @@ def test_a_transcoder_trains_from_one_forward_with_clustered_resampling(model_di
                          "runs before --hook"),
                         (["--hook", "blocks.1.ln2.hook_normalized", "--target-hook", "blocks.1.hook_mlp_out",
                           "--cache", str(tmp_path / "none")], "no such"),
-                        (["--skip-connection", "--hook", "blocks.1.hook_resid_post"], "transcoder's"),
-                        (["--hook", "blocks.1.ln2.hook_normalized", "--target-hook", "blocks.1.hook_mlp_out",
-                          "--feature-shards", "2"], "not sharded yet")):
+                        (["--skip-connection", "--hook", "blocks.1.hook_resid_post"], "transcoder's")):
         out = tmp_path / "bad"
         base = [a for a in args if a not in ("--skip-connection",)]
         i = base.index("--hook")

@@ -314,9 +314,6 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
             if self.cache and self.target_hooks:
                 raise UserError("--target-hooks: a cache holds one pair of hooks (harvest --target-hook); train "
                                 "several transcoders from the model")
-            if self.feature_shards > 1:
-                raise UserError("--feature-shards: transcoders are not sharded yet; train them on one device's "
-                                "latents (torchrun data parallelism works)")
         elif self.skip_connection and not self.dictionaries:
             raise UserError("--skip-connection is a transcoder's: give --target-hook (or --target-hooks)")
         if self.cross_layer:
@@ -325,6 +322,9 @@ class ActivationTrainConfig(TrainConfig, ModelDataConfig):
                                 "(one pair per layer), without --dictionaries")
             if self.architecture not in ("topk", "standard", "jumprelu"):
                 raise UserError(f"--cross-layer: the architecture is topk, standard or jumprelu, not {self.architecture!r}")
+            if self.feature_shards > 1:
+                raise UserError("--feature-shards: a cross-layer transcoder is not sharded yet (torchrun data "
+                                "parallelism works); per-layer transcoders are")
             if self.skip_connection or self.unit_norm_decoder or self.resample not in (AUTO, "none"):
                 raise UserError("--cross-layer trains without --skip-connection, --unit-norm-decoder and --resample "
                                 "(TopK's AuxK revives its dead latents)")

@@ -132,7 +132,8 @@ class FeatureShards:
 def rebuilt(sae: Any, d_sae: int, how: Any) -> Any:
     """A new instance of sae's architecture and settings with d_sae features, its feature-indexed
     parameters `how(p, axis)` of sae's (a shard's slice, or the whole gathered), the others copied."""
-    new = type(sae)(sae.d_in, d_sae, sae.cfg, device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+    shape = {"d_out": sae.d_out, "skip": sae.W_skip is not None} if sae.transcoder else {}  # W_skip: replicated
+    new = type(sae)(sae.d_in, d_sae, sae.cfg, device=sae.W_enc.device, dtype=sae.W_enc.dtype, **shape)
     for name, p in sae.named_parameters():
         axis = sae.feature_axes.get(name)
         getattr(new, name).copy_(p if axis is None else how(p.detach(), axis))

@@ -2,8 +2,9 @@
 (docs/protocol.md): which init, and which handling of dead latents; writes docs/methods-synthetic.md
 from docs/methods-synthetic.jsonl.
 
-    python scripts/reproduce/methods_synthetic.py [--study init dead trainer] [--seeds 0 1 2] [--steps 1000]
+    python scripts/reproduce/methods_synthetic.py [--study init dead trainer jumprelu] [--seeds 0 1 2] [--steps 1000]
         [--init-l0s 8 16 32] [--dead-l0s 8] [--dead-archs topk batchtopk matryoshka] [--trainer-l0s 8 16 32]
+        [--jumprelu-l0s 8 16 32]
         [--out runs/benchmark] [--render-only]
 
 The model, the splits, the budget and the tuning are the benchmark's (reproduce_benchmark.py,
@@ -26,6 +27,8 @@ study's reference.
   penalty weighs it), Adam β2 0.999 / ε 1e-8, and b_dec started at the sample mean; and clustered
   resampling (on by default where there is no AuxK) switched off; and the free decoder norm with
   SAELens's Adam together.
+- **jumprelu** (init mod, today's toy defaults: no resampling on synthetic data): the defaults (the
+  reference) against SAELens's choices: a free decoder norm, Adam β2 0.999 / ε 1e-8, and both.
 """
 
 from __future__ import annotations
@@ -70,12 +73,20 @@ TRAINER = {  # variant -> extra flags (standard: where saeforge's F1 trails SAEL
     "saeforge trainer=free norm + Adam 0.999/1e-8": ["--init", "mod", "--resample", "clustered",
                                                      "--no-unit-norm-decoder", "--beta2", "0.999", "--adam-eps", "1e-8"],
 }
+JUMPRELU = {  # variant -> extra flags (jumprelu: where saeforge's MCC trails SAELens's in benchmark.md); SAELens's
+    # trainer leaves the decoder norm free and runs Adam β2 0.999 / ε 1e-8
+    "saeforge jumprelu=defaults": ["--init", "mod"],
+    "saeforge jumprelu=free decoder norm": ["--init", "mod", "--no-unit-norm-decoder"],
+    "saeforge jumprelu=Adam 0.999/1e-8": ["--init", "mod", "--beta2", "0.999", "--adam-eps", "1e-8"],
+    "saeforge jumprelu=free norm + Adam 0.999/1e-8": ["--init", "mod", "--no-unit-norm-decoder", "--beta2", "0.999",
+                                                      "--adam-eps", "1e-8"],
+}
 STUDIES = {"init": (INIT, "saeforge init=orthogonal"), "dead": (DEAD, "saeforge dead=AuxK"),
-           "trainer": (TRAINER, "saeforge trainer=toy defaults")}
+           "trainer": (TRAINER, "saeforge trainer=toy defaults"), "jumprelu": (JUMPRELU, "saeforge jumprelu=defaults")}
 # comparisons besides each variant against the reference: saeforge's init against the field's data-point init, and
 # mean-centring on top of it
 PAIRS = {"init": [("saeforge init=mod", "saeforge init=datapoint centred"), ("saeforge init=mod centred", "saeforge init=mod")],
-         "dead": [], "trainer": []}
+         "dead": [], "trainer": [], "jumprelu": []}
 METRICS = (("mcc", "MCC", True), ("f1", "F1", True), ("absorption", "absorption", False),
            ("mixture_latents", "mixture latents", False), ("dead_latents", "dead", False),
            ("explained_variance", "EV", True), ("l0", "L0", None), ("init_s", "init s", None),
@@ -165,7 +176,7 @@ def render(rows: list[dict], protocol: Protocol, steps: int, cmd: str, archs: di
          "1,024 true features themselves, have |cos| ≥ 0.3 with two features): read them as a comparison, not a "
          "count of failures.", ""]
     for study, title in (("init", "Which init (TopK, AuxK on)"), ("dead", "Which handling of dead latents"),
-                         ("trainer", "Which trainer settings (standard)")):
+                         ("trainer", "Which trainer settings (standard)"), ("jumprelu", "Which trainer settings (JumpReLU)")):
         body = render_study([r for r in rows if r["method"] in STUDIES[study][0]], study, archs[study], protocol)
         if body:
             L += [f"## {title}", "", "In short:", "", *tally(rows, study, archs[study]), "", *body]
@@ -178,7 +189,7 @@ def plot(rows: list[dict], path: Path, archs: dict[str, list[str]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, len(STUDIES), figsize=(4.7 * len(STUDIES), 3.6))
     for ax, (study, (variants, _)) in zip(axes, STUDIES.items()):
         for i, v in enumerate(variants):
             for j, arch in enumerate(archs[study]):
@@ -206,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dead-l0s", type=float, nargs="+", default=[8])
     ap.add_argument("--dead-archs", nargs="+", default=["topk", "batchtopk", "matryoshka"])
     ap.add_argument("--trainer-l0s", type=float, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--jumprelu-l0s", type=float, nargs="+", default=[8, 16, 32])
     ap.add_argument("--out", default="runs/benchmark")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--variants", nargs="+", default=None, help="run only these variants (default: every one)")
@@ -214,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.disable(logging.WARNING)
     docs = Path(a.docs)
     results = Results(docs / "methods-synthetic.jsonl", KEY)
-    archs = {"init": ["topk"], "dead": a.dead_archs, "trainer": ["standard"]}
-    l0s = {"init": a.init_l0s, "dead": a.dead_l0s, "trainer": a.trainer_l0s}
+    archs = {"init": ["topk"], "dead": a.dead_archs, "trainer": ["standard"], "jumprelu": ["jumprelu"]}
+    l0s = {"init": a.init_l0s, "dead": a.dead_l0s, "trainer": a.trainer_l0s, "jumprelu": a.jumprelu_l0s}
     if not a.render_only:
         every = {v: f for variants, _ in STUDIES.values() for v, f in variants.items()}
         bench = Bench(Path(a.out), results, a.steps, flags=every)
@@ -229,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     p = Protocol(lrs=tuple(a.lrs), target_l0s=tuple(a.init_l0s), seeds=tuple(a.seeds))
     cmd = (f"python scripts/reproduce/methods_synthetic.py --seeds {' '.join(map(str, a.seeds))} --steps {a.steps} "
            f"--init-l0s {' '.join(f'{x:g}' for x in a.init_l0s)} --dead-l0s {' '.join(f'{x:g}' for x in a.dead_l0s)} "
-           f"--dead-archs {' '.join(a.dead_archs)} --trainer-l0s {' '.join(f'{x:g}' for x in a.trainer_l0s)}")
+           f"--dead-archs {' '.join(a.dead_archs)} --trainer-l0s {' '.join(f'{x:g}' for x in a.trainer_l0s)}"
+           + (f" --jumprelu-l0s {' '.join(f'{x:g}' for x in a.jumprelu_l0s)}"
+              if any(r["method"] in JUMPRELU for r in rows) else ""))
     (docs / "methods-synthetic.md").write_text(render(rows, p, a.steps, cmd, archs))
     plot(rows, docs / "methods-synthetic.png", archs)
     print(f"wrote {docs / 'methods-synthetic.md'}")

@@ -104,7 +104,7 @@ def _script(name: str):
 @pytest.mark.parametrize("doc, script", [("benchmark", "reproduce_benchmark"), ("evals", "evals"),
                                          ("methods-synthetic", "methods_synthetic"), ("end-to-end", "bench_end_to_end"),
                                          ("scaling-laws", "reproduce_scaling_laws"),
-                                         ("informed-init", "reproduce_informed_init")])
+                                         ("informed-init", "reproduce_informed_init"), ("transcoders", "transcoders")])
 def test_documents_tables_are_what_their_results_file_renders_to(tmp_path, doc, script):
     """The document is exactly what its script renders from the committed results file: no table typed
     by hand, no figure from a run that left no row."""

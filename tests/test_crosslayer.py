@@ -126,6 +126,8 @@ def test_a_clt_trains_on_every_layer_from_one_forward_resumes_and_evaluates(mode
                  "--contexts-per-pass", "4", "--no-progress"]) == 0  # the held-out tokens training's evals read
     ev = json.loads(capsys.readouterr().out)
     assert ev["explained_variance"] == pytest.approx(s["explained_variance"], abs=1e-5)
+    assert main(["inspect", str(tmp_path / "clt"), "--out", str(tmp_path / "pages"), "--no-progress"]) == 2
+    assert "cross-layer transcoder" in capsys.readouterr().err and not (tmp_path / "pages").exists()
     # an interrupted run resumed ends as the uninterrupted one (the buffer rebuilt, the hooks' scales kept)
     args = ("--architecture", "topk", "--k", "8", "--checkpoint-every", "25",
             "--buffer-mb", "0.25", "--lr-decay-steps", "0")  # one buffer size and lr schedule for both budgets
@@ -158,3 +160,27 @@ def test_a_clt_needs_every_layer_and_a_model(model_dir, text_dir, tmp_path, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("saeforge: error:") and says in err[0], err
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("act", ["relu", "jump_relu"])
+def test_we_load_a_clt_circuit_tracer_wrote(tmp_path, act):
+    import saeforge
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder as Theirs
+
+    theirs = Theirs(L, F, D, activation_function=act, lazy_decoder=False, lazy_encoder=False, device=torch.device("cpu"),
+                    dtype=torch.float32)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        if act == "jump_relu":
+            theirs.activation_function.threshold.abs_()
+    theirs.to_safetensors(str(tmp_path / "ct"))
+    ours = saeforge.load(tmp_path / "ct")
+    assert isinstance(ours, CrossLayerTranscoder) and ours.activation == ("jumprelu" if act == "jump_relu" else "standard")
+    x = torch.randn(B, L, D, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x.reshape(B, -1)), theirs.encode(x.transpose(0, 1)).transpose(0, 1)
+                                   .reshape(B, -1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(x.reshape(B, -1)).reshape(B, L, D), theirs(x.transpose(0, 1)).transpose(0, 1),
+                                   rtol=1e-4, atol=1e-4)

@@ -183,6 +183,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     cfg = build_config(InspectConfig, args)
     check_out_dir(cfg.out, outputs=("index.html", "density.png", "features.png"))
+    from saeforge.dictionary.crosslayer import is_clt
+
+    if is_clt(cfg.path):
+        raise UserError(f"{cfg.path} is a cross-layer transcoder: inspect's pages show one dictionary at one hook, "
+                        "and a CLT's features write into several layers (not built yet); `saeforge eval` evaluates it")
     device = pick_device(cfg.device)
     sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
     dataset = cfg.dataset or sae.metadata.get("dataset_path") or "embedded"

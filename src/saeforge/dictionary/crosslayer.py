@@ -249,17 +249,40 @@ CLT_FIELDS = {"architecture": (str, True), "activation": (str, True), "n_layers"
 
 
 def is_clt(path: str | Path) -> bool:
-    p = Path(path) / CFG
-    return p.is_file() and read_json(p, "the file is corrupt or truncated").get("architecture") == "clt"
+    """A saeforge CLT directory, or a circuit-tracer one (its layer files, no cfg.json)."""
+    p = Path(path)
+    if (p / CFG).is_file():
+        return read_json(p / CFG, "the file is corrupt or truncated").get("architecture") == "clt"
+    return (p / "W_enc_0.safetensors").is_file() and (p / "W_dec_0.safetensors").is_file()
+
+
+def _circuit_tracer_cfg(path: Path) -> dict[str, Any]:
+    """What a circuit-tracer CLT directory's files say (it has no cfg.json): layers, widths, activation."""
+    n = len(list(path.glob("W_enc_*.safetensors")))
+    if not all((path / f"W_{kind}_{i}.safetensors").is_file() for i in range(n) for kind in ("enc", "dec")):
+        raise UserError(f"{path}: a cross-layer transcoder needs W_enc_i and W_dec_i files for layers 0 … {n - 1}")
+    enc = read_tensors(path / "W_enc_0.safetensors", "layer 0's encoder")
+    if "W_enc_0" not in enc or "b_dec_0" not in enc:
+        raise UserError(f"{path / 'W_enc_0.safetensors'}: missing W_enc_0 or b_dec_0")
+    F, D = enc["W_enc_0"].shape
+    return {"architecture": "clt", "activation": "jumprelu" if "threshold_0" in enc else "standard", "n_layers": n,
+            "d_in": int(D), "d_sae": int(F), "d_out": int(enc["b_dec_0"].shape[0]),
+            "saeforge": {"source": f"circuit-tracer {path}"}}
 
 
 def load_clt(path: str | Path, *, device: str | torch.device = "cpu") -> CrossLayerTranscoder:
+    """A saeforge CLT directory, or circuit-tracer's CLT layout as it writes it (ReLU, or JumpReLU where
+    the files hold thresholds)."""
     path = Path(path)
-    cfg = check_json(read_json(path / CFG, "the file is corrupt or truncated"), str(path / CFG), CLT_FIELDS)
+    if (path / CFG).is_file():
+        cfg = check_json(read_json(path / CFG, "the file is corrupt or truncated"), str(path / CFG), CLT_FIELDS)
+    else:
+        cfg = _circuit_tracer_cfg(path)
     act = cfg["activation"]
     if act not in ACTIVATIONS:
         raise UserError(f"{path / CFG}: activation {act!r} is not one of {', '.join(ACTIVATIONS)}")
-    settings = ARCHITECTURES[act].from_saved_config(cfg | {"architecture": act}, str(path / CFG))
+    settings = (ARCHITECTURES[act].from_saved_config(cfg | {"architecture": act}, str(path / CFG))
+                if (path / CFG).is_file() else None)
     clt = CrossLayerTranscoder(cfg["n_layers"], cfg["d_in"], cfg["d_sae"], cfg["d_out"], act, settings, device=device)
     L, D, F, E = clt.n_layers, clt.layer_in, clt.layer_sae, clt.layer_out
     with torch.no_grad():

@@ -126,8 +126,18 @@ def test_a_clt_trains_on_every_layer_from_one_forward_resumes_and_evaluates(mode
                  "--contexts-per-pass", "4", "--no-progress"]) == 0  # the held-out tokens training's evals read
     ev = json.loads(capsys.readouterr().out)
     assert ev["explained_variance"] == pytest.approx(s["explained_variance"], abs=1e-5)
-    assert main(["inspect", str(tmp_path / "clt"), "--out", str(tmp_path / "pages"), "--no-progress"]) == 2
-    assert "cross-layer transcoder" in capsys.readouterr().err and not (tmp_path / "pages").exists()
+    # a layer's pages: its features' contexts where they read, token effects of all they write
+    assert main(["inspect", str(tmp_path / "clt"), "--layer", "1", "--out", str(tmp_path / "pages"), "--model",
+                 str(model_dir), "--dataset", str(text_dir), "--tokens", "512", "--no-progress"]) == 0
+    html = (tmp_path / "pages" / "index.html").read_text()
+    data = json.loads(html.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    assert data["meta"]["hook"] == "blocks.1.ln2.hook_normalized → blocks.1.hook_mlp_out … blocks.1.hook_mlp_out"
+    assert any(f["promoted"] and f["contexts"] for f in data["features"])
+    view = clt.layer_view(0)
+    x = torch.randn(8, clt.layer_in)
+    torch.testing.assert_close(view.encode(x), clt.encode_layer(x, 0))
+    assert main(["inspect", str(tmp_path / "clt"), "--layer", "2", "--out", str(tmp_path / "p2"), "--no-progress"]) == 2
+    assert "--layer must be in [0, 1]" in capsys.readouterr().err
     # an interrupted run resumed ends as the uninterrupted one (the buffer rebuilt, the hooks' scales kept)
     args = ("--architecture", "topk", "--k", "8", "--checkpoint-every", "25",
             "--buffer-mb", "0.25", "--lr-decay-steps", "0")  # one buffer size and lr schedule for both budgets

@@ -185,11 +185,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     check_out_dir(cfg.out, outputs=("index.html", "density.png", "features.png"))
     from saeforge.dictionary.crosslayer import is_clt
 
-    if is_clt(cfg.path):
-        raise UserError(f"{cfg.path} is a cross-layer transcoder: inspect's pages show one dictionary at one hook, "
-                        "and a CLT's features write into several layers (not built yet); `saeforge eval` evaluates it")
     device = pick_device(cfg.device)
-    sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
+    if is_clt(cfg.path):  # one layer's features: what they read there, what they write over every later layer
+        from saeforge.dictionary.io import load
+        from saeforge.sources.language_model import load_model
+
+        sae = load(cfg.path, device=str(device)).layer_view(cfg.layer)
+        spec = cfg.model or sae.metadata.get("model_name")
+        if not spec or not sae.metadata.get("hook_name"):
+            raise UserError(f"{cfg.path} does not record its model and hooks; pass --model and --hook")
+        model, hook = load_model(spec, str(device)), cfg.hook or sae.metadata["hook_name"]
+        sae = sae.to(next(model.parameters()).device)
+    else:
+        sae, model, hook = load_with_model(cfg.path, cfg.model or None, cfg.hook or None, device=str(device))
     dataset = cfg.dataset or sae.metadata.get("dataset_path") or "embedded"
     held = data.contexts(model, dataset, "test", batch=cfg.contexts_per_pass, loop=False)
     rep = collect(model, sae, hook, held, cfg.tokens, features=cfg.features, top_k=cfg.top_k,

@@ -456,6 +456,8 @@ class InspectConfig(HeldOutConfig):
     top_k: int = opt(10, "top-activating contexts per feature", ge=1)
     labels: bool = opt(True, "label each feature with its best Python label by F1 (tokenize / ast) when the "
                        "dataset is Python source; otherwise the browser shows none")
+    layer: int = opt(0, "a cross-layer transcoder: the layer whose features to show (they read that layer and "
+                     "write it and every later one; their token effects are of the sum)", ge=0)
 
     def validate(self) -> None:
         super().validate()

@@ -188,6 +188,27 @@ class CrossLayerTranscoder(SAE):
             w[f"W_dec_{i}"] = w[f"W_dec_{i}"] / t[i:][None, :, None]
         return w
 
+    @torch.no_grad()
+    def layer_view(self, i: int) -> SAE:
+        """Layer i's features as a one-layer transcoder: the same encoder and activation, and as decoder
+        their total write Σ_j W_dec_i[:, j] (every layer's MLP output adds into the residual stream);
+        what inspect shows for a CLT."""
+        if not 0 <= i < self.n_layers:
+            raise UserError(f"--layer must be in [0, {self.n_layers - 1}] for this {self.n_layers}-layer transcoder, "
+                            f"got {i}")
+        view = ARCHITECTURES[self.activation](self.layer_in, self.layer_sae, self.cfg, d_out=self.layer_out,
+                                              device=self.W_enc.device, dtype=self.W_enc.dtype)
+        view.W_enc.copy_(self.W_enc[i])
+        view.b_enc.copy_(self.b_enc[i])
+        view.W_dec.copy_(self.decoders()[i].sum(1))
+        if self.activation == "jumprelu":
+            view.threshold.copy_(self.threshold[i])
+        view.metadata = {k: v for k, v in self.metadata.items() if k not in ("hook_names", "hook_names_out")}
+        hooks, outs = self.metadata.get("hook_names"), self.metadata.get("hook_names_out")
+        if hooks and outs:
+            view.metadata |= {"hook_name": hooks[i], "hook_name_out": f"{outs[i]} … {outs[-1]}"}
+        return view
+
     def extra_repr(self) -> str:
         return (f"layers={self.n_layers}, activation={self.activation}, d_in={self.layer_in}, d_sae={self.layer_sae} "
                 f"per layer, d_out={self.layer_out}")

@@ -52,8 +52,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         eval_src, train_shards = CacheSource(cfg.cache, shards=[n_shards - 1]), list(range(n_shards - 1))
     train_src = CacheSource(cfg.cache)
     if (eval_src.d_in, eval_src.widths) != (train_src.d_in, train_src.widths):  # found now, not after every run trained
-        raise UserError(f"--eval-cache {cfg.eval_cache} holds rows of width {eval_src.d_in}, the training cache "
-                        f"{train_src.d_in}: harvest both at the same model and hooks")
+        raise UserError(f"--eval-cache {cfg.eval_cache} holds activations of width {eval_src.d_in}, the training "
+                        f"cache {train_src.d_in}: harvest both at the same model and hooks")
     device = pick_device(cfg.device)
     make_out_dir(out)
     X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)

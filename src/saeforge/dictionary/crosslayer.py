@@ -81,13 +81,16 @@ class CrossLayerTranscoder(SAE):
         x_BLD = x_BD.reshape(len(x_BD), self.n_layers, self.layer_in)
         return torch.einsum("bld,ldf->blf", x_BLD, self.W_enc) + self.b_enc
 
-    def activate(self, pre_BLF: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def activate(self, pre_BLF: torch.Tensor, train: bool = False, layer: int | None = None) -> torch.Tensor:
+        """The architecture's activation of pre-activations [..., F] of every layer ([B, L, F]) or of one
+        `layer`'s; `train`: JumpReLU through its estimator."""
         if self.activation == "standard":
             return pre_BLF.relu()
         if self.activation == "jumprelu":
+            theta = self.threshold if layer is None else self.threshold[layer]
             if train:
-                return _JumpReLU.apply(pre_BLF, self.threshold, self.cfg.jumprelu_bandwidth)
-            return pre_BLF.relu() * (pre_BLF > self.threshold)
+                return _JumpReLU.apply(pre_BLF, theta, self.cfg.jumprelu_bandwidth)
+            return pre_BLF.relu() * (pre_BLF > theta)
         vals, idx = pre_BLF.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre_BLF).scatter(-1, idx, vals.relu())
 
@@ -106,19 +109,14 @@ class CrossLayerTranscoder(SAE):
 
     def layer_output(self, f_BLF: list[torch.Tensor], j: int) -> torch.Tensor:
         """ŷ_j from the codes of layers 0 … j (each [..., F]): what splicing needs, layer by layer."""
-        out = self.b_dec[j]
+        out, decoders = self.b_dec[j], self.decoders()
         for i in range(j + 1):
-            out = out + f_BLF[i] @ self.decoders()[i][:, j - i]
+            out = out + f_BLF[i] @ decoders[i][:, j - i]
         return out
 
     def encode_layer(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        pre = x @ self.W_enc[i] + self.b_enc[i]
-        if self.activation == "standard":
-            return pre.relu()
-        if self.activation == "jumprelu":
-            return pre.relu() * (pre > self.threshold[i])
-        vals, idx = pre.topk(self.cfg.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        """Layer i's codes from its input x [..., D]."""
+        return self.activate(x @ self.W_enc[i] + self.b_enc[i], layer=i)
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x_BD))

@@ -33,6 +33,9 @@ class RunConfig(Config):
     seed: int = opt(0, "seed for initialization and data order; same seed, same result")
     device: str = opt("auto", "torch device: auto, cpu, cuda, cuda:N")
     progress: bool = opt(True, "show a progress bar on stderr")
+    threads: int = opt(0, "CPU threads (0: as many as the cores other processes leave free, re-checked every "
+                       "second, at most torch's count; a fixed count makes a seed's result the same bits on a busy "
+                       "machine too: docs/performance.md)", ge=0)
 
     def validate(self) -> None:
         super().validate()
@@ -402,7 +405,7 @@ class SweepConfig(RunConfig):
             architecture=self.architecture, **{axis: int(sparsity) if axis == "k" else float(sparsity)},
             batch_size=self.batch_size, lr_warmup_steps=0, l1_warmup_steps=part(self.l1_warmup_fraction),
             lr_decay_steps=part(self.lr_decay_fraction), log_every=steps, checkpoint_every=0, progress=False,
-            device=device))
+            device=device, threads=self.threads))
 
 
 @dataclass(frozen=True)

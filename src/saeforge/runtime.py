@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from saeforge import distributed
+from saeforge import threads as cpu_threads
 from saeforge.errors import UserError
 
 CHECKPOINT = "checkpoint"  # the run directory's resumable state (trainer.py writes it)
@@ -79,7 +80,10 @@ class DeviceClock:
         return self.total
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, threads: int = 0) -> torch.device:
+    """The device a command runs on; `threads` (its --threads) fixes the CPU thread count, 0 leaves it to
+    threads.py, which follows the machine's load."""
+    cpu_threads.governor.fix(threads or None)
     name = distributed.device_for(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

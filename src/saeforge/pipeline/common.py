@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from saeforge import distributed
+from saeforge import distributed, threads
 from saeforge.config import TrainConfig
 from saeforge.dictionary.architectures import create
 from saeforge.dictionary.crosslayer import CrossLayerTranscoder, initialize_clt
@@ -60,7 +60,7 @@ class Run:
 def start(cfg: TrainConfig) -> Run:
     t_start = time.perf_counter()
     distributed.setup(cfg.device)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     out = check_run_dir(cfg.out, cfg.resume) if cfg.out else None  # created by make_trainer, after the checks
     feature_shards.check(cfg)
     world, rank = distributed.world(), distributed.rank()
@@ -191,7 +191,8 @@ def finish(run: Run, trainer: Trainer) -> dict[str, Any]:
             "rare_ratio": cfg.rare_ratio, "encoder_scale": cfg.encoder_scale,
             "unit_norm_decoder": cfg.unit_norm_decoder, "seed": cfg.seed, **cfg.sae.values(),
             "lr": cfg.lr, "lr_decay_steps": cfg.lr_decay_steps, "batch_size": cfg.batch_size,
-            "dead_window": cfg.dead_window, "steps": st.step, "tokens": st.tokens, **trainer.resample_summary()}
+            "dead_window": cfg.dead_window, "steps": st.step, "tokens": st.tokens, **trainer.resample_summary(),
+            "threads": threads.governor.summary()}
 
 
 def context_stream(model, cfg: Any, rank: int, world: int) -> Callable[[int], Any]:

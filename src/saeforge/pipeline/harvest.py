@@ -14,7 +14,7 @@ from saeforge.sources.language_model import default_hook, hook_order, load_model
 
 def run_harvest(cfg: HarvestConfig) -> dict[str, Any]:
     check_out_dir(cfg.out, outputs=("manifest.json",))
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     model = load_model(cfg.model, device, progress=cfg.progress)
     hook = cfg.hook or default_hook(model)
     stop = resolve_hook(model, hook)

@@ -54,7 +54,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
     if (eval_src.d_in, eval_src.widths) != (train_src.d_in, train_src.widths):  # found now, not after every run trained
         raise UserError(f"--eval-cache {cfg.eval_cache} holds activations of width {eval_src.d_in}, the training "
                         f"cache {train_src.d_in}: harvest both at the same model and hooks")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, cfg.threads)
     make_out_dir(out)
     X_eval = eval_src.load_shard(eval_src.mine[0])["activations"][: cfg.eval_rows].to(device, torch.float32)
     results = out / "runs.jsonl"

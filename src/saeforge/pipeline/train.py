@@ -143,7 +143,7 @@ def plan(cfg: ActivationTrainConfig, model, activations) -> Pass:
         specs(cfg, cfg.hook or "default")  # a bad spec is refused before any model or cache is read
         check_root(cfg)
         distributed.setup(cfg.device)
-        first, device = None, pick_device(cfg.device)
+        first, device = None, pick_device(cfg.device, cfg.threads)
     else:
         first = common.start(cfg)
         device = first.device

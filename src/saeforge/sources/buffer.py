@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
+from saeforge import threads
 from saeforge.errors import UserError
 from saeforge.runtime import check_json
 from saeforge.sources.language_model import hook_width
@@ -82,6 +83,7 @@ class ModelSource:
                 parts[hook.name] = rows
             return act
 
+        threads.tick()
         t0 = time.perf_counter()
         self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=[(h, hook_fn) for h in self.hooks],
                                   stop_at_layer=self.stop_at_layer, return_type=None)

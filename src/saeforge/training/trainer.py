@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from saeforge import distributed
+from saeforge import distributed, threads
 from saeforge.config import TrainConfig
 from saeforge.dictionary.io import log_sparsity, save
 from saeforge.dictionary.sae import SAE, StepOutput
@@ -186,6 +186,7 @@ class Trainer:
         """One step on x_BD, then resampling, the callback, logging and checkpointing when due.
         Returns True when the callback asks to stop."""
         cfg, clock, timing = self.cfg, time.perf_counter, self.timing
+        threads.tick()
         t_step, begun = clock(), self.step_clock.start()
         out = self.train_step(x_BD)
         self.step_clock.stop(begun)

@@ -8,7 +8,7 @@ import torch
 
 import saeforge
 from saeforge.cli import main
-from saeforge.dictionary.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
+from saeforge.dictionary.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE, topk
 from saeforge.errors import UserError
 
 D, F, B = 12, 40, 48
@@ -43,6 +43,31 @@ def test_sparse_step_matches_autograd(cls, kw, dead):
     torch.testing.assert_close(out.codes(), ref.f_BF.detach())
     per_row = (out.codes() > 0).sum(1)
     assert per_row.float().mean() <= 5 and (cls is not TopKSAE or (per_row <= 5).all())
+
+
+@pytest.mark.parametrize("cls, kw", [(TopKSAE, {"k": 3}), (BatchTopKSAE, {"k": 3}),
+                                     (MatryoshkaSAE, {"k": 3, "matryoshka_sizes": "50,120"})])
+def test_the_step_over_blocks_of_latents_is_the_whole_step(monkeypatch, cls, kw):
+    """At many latents the encoder product and the selections (AuxK's too) run block by block, never
+    holding [batch, latents]: here blocks of 48 of 200 latents (the last one short) give autograd's
+    loss, gradients and codes over the whole [B, F]."""
+    F_many = 200
+    monkeypatch.setattr(topk, "BLOCK_BYTES", B * 48 * 8)
+    assert topk.latent_blocks(B, F_many, 3, 8) == [(0, 48), (48, 96), (96, 144), (144, 192), (192, 200)]
+    sae = randomized(cls(D, F_many, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dead_F = torch.arange(F_many) % 7 == 0
+    out = sae.step(x, 0.0, dead_F)
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    for p in sae.parameters():
+        p.grad = None
+    ref = sae.loss(x, 0.0, dead_F)
+    ref.total.backward()
+    torch.testing.assert_close(out.loss, ref.total.detach())
+    assert out.sparsity > 0
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, msg=n)
+    torch.testing.assert_close(out.codes(), ref.f_BF.detach())
 
 
 @pytest.mark.parametrize("sparsity", ["step", "tanh"])

@@ -92,12 +92,15 @@ class StepOutput:
     loss: torch.Tensor  # scalar, on device
     mse: torch.Tensor
     sparsity: torch.Tensor
-    f_BF: torch.Tensor | Callable[[], torch.Tensor]  # codes, or how to make them (sparse steps: on logging steps only)
+    f_BF: torch.Tensor | Callable[[], torch.Tensor]  # codes, or how to make them (sparse steps: a CSR matrix, on
+    # logging steps only: never a dense [batch, latents] there)
     err_BD: torch.Tensor  # x̂ − x (for explained variance on logging steps)
     feature_sums_F: torch.Tensor  # Σ_b f_bi: > 0 exactly when feature i fired in the batch
 
-    def codes(self) -> torch.Tensor:
-        return self.f_BF() if callable(self.f_BF) else self.f_BF
+    def codes(self, dense: bool = True) -> torch.Tensor:
+        """The codes [B, F]; dense=False: as the step made them (a sparse step's CSR matrix)."""
+        f = self.f_BF() if callable(self.f_BF) else self.f_BF
+        return f.to_dense() if dense and f.layout != torch.strided else f
 
 
 class SAE(nn.Module):

@@ -49,6 +49,18 @@ def l0(f_BF: torch.Tensor) -> torch.Tensor:
     return (f_BF > 0).sum(dim=-1, dtype=torch.float32).mean()
 
 
+def firing(f_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs each feature fired on [F], L0) of a batch's codes, dense or a CSR matrix (the sparse
+    steps': read from its entries, never densified)."""
+    if f_BF.layout == torch.sparse_csr:
+        vals, cols = f_BF.values(), f_BF.col_indices()
+        on = vals > 0
+        counts_F = torch.bincount(cols[on], minlength=f_BF.shape[1])
+        return counts_F, on.sum(dtype=torch.float32) / f_BF.shape[0]
+    fired_BF = f_BF > 0
+    return fired_BF.sum(0), l0(f_BF)
+
+
 def explained_variance(x_BD: torch.Tensor, err_BD: torch.Tensor) -> torch.Tensor:
     """1 − FVU: 1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the batch."""
     total = (x_BD - x_BD.mean(dim=0)).pow(2).sum()

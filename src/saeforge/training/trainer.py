@@ -217,12 +217,10 @@ class Trainer:
     @torch.no_grad()
     def log(self, x_BD: torch.Tensor, out: StepOutput, elapsed: float) -> dict[str, Any]:
         st = self.state
-        f_BF = out.codes()
-        fired_BF = f_BF > 0
+        fired_F, l0 = metrics.firing(out.codes(dense=False))
         shards = self.sae.shards
-        st.firing_counts_F += distributed.all_reduce_sum_(fired_BF.sum(0), None if shards is None else shards.data_group)
+        st.firing_counts_F += distributed.all_reduce_sum_(fired_F, None if shards is None else shards.data_group)
         st.firing_tokens += x_BD.shape[0] * self.data_world
-        l0 = metrics.l0(f_BF)
         l0 = l0 if shards is None else shards.sum(l0)  # a shard counts its own latents only
         dead = metrics.dead_fraction(st.tokens_since_fired_F, self.dead_window).item()
         # means over ranks (equal local batches; a feature group's ranks agree, dead: equal shares)

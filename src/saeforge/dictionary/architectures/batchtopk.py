@@ -44,10 +44,22 @@ class BatchTopKSAE(TopKSAE):
         super().__init__(d_in, d_sae, cfg, **kw)
         self.register_buffer("topk_threshold", torch.zeros((), dtype=self.W_enc.dtype, device=self.W_enc.device))
 
-    def select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        vals, flat = pre_BF.relu().flatten().topk(self.k * len(pre_BF), sorted=False)
-        flat, order = flat.sort()  # CSR order
-        return crow_of(torch.bincount(flat // self.d_sae, minlength=len(pre_BF))), flat % self.d_sae, vals[order]
+    def merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
+        """The batch's k·B largest (ReLU'd) pre-activations so far: (values, rows, latents)."""
+        B, W = pre_Bb.shape
+        vals, flat = pre_Bb.relu().flatten().topk(min(self.k * B, B * W), sorted=False)
+        rows, cols = flat // W, flat % W + f0
+        if kept is not None:
+            vals, rows, cols = (torch.cat([a, b.to(a.dtype)]) for a, b in zip(kept, (vals, rows, cols)))
+            if len(vals) > self.k * B:
+                vals, at = vals.topk(self.k * B, sorted=False)
+                rows, cols = rows[at], cols[at]
+        return vals, rows, cols
+
+    def selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vals, rows, cols = kept
+        flat, order = (rows * self.d_sae + cols).sort()  # CSR order
+        return crow_of(torch.bincount(rows, minlength=B)), flat % self.d_sae, vals[order]
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)

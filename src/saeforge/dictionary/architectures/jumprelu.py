@@ -175,4 +175,4 @@ def sparse_step(sae: JumpReLUSAE, x_BD: torch.Tensor, seen, l0: float, y_BE: tor
     # the JumpReLU passes f's gradient to pre where it fires
     set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec),
                (b_dec, g_b_dec(sae, gx_BD, g_b_enc)), (theta_F, g_theta_F), *skip_grad(sae, x_BD, gx_BD)))
-    return StepOutput(mse + l0 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BD, feature_sums_F)
+    return StepOutput(mse + l0 * sparsity, mse, sparsity, lambda: A, err_BD, feature_sums_F)

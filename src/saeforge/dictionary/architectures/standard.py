@@ -167,4 +167,4 @@ def sparse_relu_step(sae: StandardSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, 
     g_W_dec = T.matmul(vals, gx_BE).addcmul_(W_dec, (feature_sums_F * (l1 / B) / norms_F.clamp_min(1e-12))[:, None])
     set_grads(((W_enc, T.matmul(g_N, xc_BD).t()), (b_enc, g_b_enc), (W_dec, g_W_dec),
                (b_dec, g_b_dec(sae, gx_BE, g_b_enc)), *skip_grad(sae, x_BD, gx_BE)))
-    return StepOutput(mse + l1 * sparsity, mse, sparsity, lambda: A.to_dense(), err_BE, feature_sums_F)
+    return StepOutput(mse + l1 * sparsity, mse, sparsity, lambda: A, err_BE, feature_sums_F)

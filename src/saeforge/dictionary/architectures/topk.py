@@ -14,7 +14,10 @@ Saved as SAELens's `topk` (rescale_acts_by_decoder_norm false).
 The fast step keeps the codes as a CSR matrix: only the encoder product is dense ([B, D] × [D, F]);
 the decoder, the codes' gradient (a sampled product) and both weight gradients are sparse products
 that touch only the k active latents of each input (O(B·k·D) instead of O(B·F·D)). BatchTopK and
-Matryoshka reuse it.
+Matryoshka reuse it. At many latents the encoder product and the selection run block by block over
+the latents (`latent_blocks`: at most BLOCK_BYTES of pre-activations at a time), each block's
+candidates merged into a running selection (`merge`), so no [batch, latents] tensor is made: the
+step's memory grows with the parameters and Adam's state, plus batch × k.
 """
 
 from __future__ import annotations
@@ -85,8 +88,17 @@ class TopKSAE(SAE):
         if self.shards is not None:  # the global top k over every shard's latents
             rows, cols = self.shards.top_k(pre_BF, self.k)
             return crow_of(torch.bincount(rows, minlength=len(pre_BF))), cols, pre_BF[rows, cols].relu()
-        vals_BK, idx_BK = kernels.top_k(pre_BF, self.k)
-        crow = torch.arange(0, len(pre_BF) * self.k + 1, self.k, device=pre_BF.device)
+        return self.selected(self.merge(None, 0, pre_BF), len(pre_BF))
+
+    def merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
+        """The selection so far (None at first) and one more block of pre-activations, latents f0, f0 + 1, …:
+        here each row's k largest, (values [B, k], latents [B, k])."""
+        return top_k_merge(kept, f0, pre_Bb, self.k)
+
+    def selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`merge`'s final selection as `select` returns it."""
+        vals_BK, idx_BK = kept
+        crow = torch.arange(0, B * idx_BK.shape[1] + 1, idx_BK.shape[1], device=idx_BK.device)
         return crow, idx_BK.reshape(-1), vals_BK.reshape(-1).relu()
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -147,19 +159,60 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
     x_BD = x_BD.to(sae.W_enc.dtype)
     y_BE = sae.target(x_BD, None if y_BE is None else y_BE.to(sae.W_enc.dtype))
     xc_BD = x_BD if sae.transcoder else x_BD - sae.b_dec
-    pre_BF = torch.addmm(sae.b_enc, xc_BD, sae.W_enc)  # the one dense product (bfloat16 under autocast)
+    B, F = len(x_BD), sae.d_sae
+    n_dead = 0 if dead_F is None or not sae.aux_k_coefficient else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
+    dead_idx = torch.nonzero(dead_F).flatten() if n_dead else None  # ascending
+    kept = aux = None
+    for f0, f1 in latent_blocks(B, F, sae.k, x_BD.element_size()):
+        # the one dense product, a block of latents at a time (bfloat16 under autocast)
+        pre_Bb = torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1])
+        with exact(x_BD.device.type):
+            kept = sae.merge(kept, f0, pre_Bb)
+            if n_dead:  # AuxK's candidates: each row's aux_k largest among the dead latents
+                lo, hi = torch.searchsorted(dead_idx, torch.tensor([f0, f1], device=dead_idx.device)).tolist()
+                if hi > lo:
+                    aux = top_k_merge(aux, 0, pre_Bb[:, dead_idx[lo:hi] - f0], min(sae.aux_k, n_dead), dead_idx[lo:hi])
+        del pre_Bb
     with exact(x_BD.device.type):
-        return sparse_rest(sae, x_BD, xc_BD, pre_BF, dead_F, y_BE)
+        return sparse_rest(sae, x_BD, xc_BD, sae.selected(kept, B), aux, n_dead, y_BE)
 
 
-def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: torch.Tensor,
-                dead_F: torch.Tensor | None, y_BE: torch.Tensor) -> StepOutput:
-    """`sparse_step` after the encoder product: selection, sparse products, gradients."""
+BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block)
+
+
+def latent_blocks(B: int, F: int, k: int, itemsize: int) -> list[tuple[int, int]]:
+    """The latent ranges [f0, f1) the encoder product and the selection run over: all of them at once
+    while [B, F] fits BLOCK_BYTES, else blocks as wide as fit (a multiple of 16, the kernels'; at least 16·k)."""
+    if B * F * itemsize <= BLOCK_BYTES:
+        return [(0, F)]
+    width = max(16 * k, BLOCK_BYTES // (B * itemsize) // 16 * 16)
+    return [(f0, min(F, f0 + width)) for f0 in range(0, F, width)]
+
+
+def top_k_merge(kept: tuple[torch.Tensor, torch.Tensor] | None, f0: int, pre_Bb: torch.Tensor, k: int,
+                latents_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k largest over the latents seen so far, (values [B, k], latents [B, k] ascending), after
+    one more block (its latents f0 + column, or `latents_b[column]`)."""
+    vals, idx = kernels.top_k(pre_Bb, min(k, pre_Bb.shape[1]))
+    idx = idx + f0 if latents_b is None else latents_b[idx]
+    if kept is None:
+        return vals, idx
+    vals, idx = torch.cat([kept[0], vals.to(kept[0].dtype)], 1), torch.cat([kept[1], idx], 1)
+    if vals.shape[1] > k:
+        vals, at = vals.topk(k, dim=1, sorted=False)
+        idx = idx.gather(1, at)
+    idx, order = idx.sort(dim=1)
+    return vals.gather(1, order), idx
+
+
+def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, selection: tuple, aux: tuple | None,
+                n_dead: int, y_BE: torch.Tensor) -> StepOutput:
+    """`sparse_step` after the encoder product and the selection: sparse products, gradients."""
     W_enc, W_dec, b_dec = sae.W_enc, sae.W_dec, sae.b_dec
     B, D = x_BD.shape
     E = sae.d_out
     F = sae.d_sae
-    crow, cols, vals = sae.select(pre_BF)
+    crow, cols, vals = selection
     vals = vals.to(x_BD.dtype)
 
     # the active entries split by nested level (one level unless Matryoshka), each a CSR matrix
@@ -195,7 +248,7 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
         enc.append((T_l, j_l, sampled(A_l, S_l, W_dec) * (v_l > 0)))
         g_W_dec += T_l.matmul(v_l, S_l)
 
-    aux = auxk(sae, x_BD, pre_BF, err_BD, dead_F, enc, g_W_dec)
+    aux = auxk(sae, x_BD, aux, n_dead, err_BD, enc, g_W_dec)
     # encoder gradients: [W_enc]ᵀ from the sparse code gradients, b_enc by latent
     g_enc_FD = torch.zeros(F, D, dtype=x_BD.dtype, device=x_BD.device)
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device)
@@ -207,22 +260,20 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, pre_BF: t
     set_grads(((W_enc, g_enc_FD.t()), (sae.b_enc, g_b_enc), (W_dec, g_W_dec), (b_dec, g_b_dec(sae, suffix[0], g_b_enc)),
                *skip_grad(sae, x_BD, suffix[0])))
     sae.after_step(vals)
-    return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)).to_dense(), err_BD,
+    return StepOutput(total + aux, mse, aux, lambda: csr(crow, cols, vals, (B, F)), err_BD,
                       feature_sums_F)
 
 
-def auxk(sae: TopKSAE, x_BD: torch.Tensor, pre_BF: torch.Tensor, err_BD: torch.Tensor, dead_F: torch.Tensor | None,
-         enc: list, g_W_dec: torch.Tensor) -> torch.Tensor:
-    """AuxK's loss: the aux_k largest pre-activations among dead latents reconstruct the residual.
-    Adds its decoder gradient to g_W_dec and its (pattern, latents, code gradients) to `enc`."""
+def auxk(sae: TopKSAE, x_BD: torch.Tensor, aux: tuple[torch.Tensor, torch.Tensor] | None, n_dead: int,
+         err_BD: torch.Tensor, enc: list, g_W_dec: torch.Tensor) -> torch.Tensor:
+    """AuxK's loss: the aux_k largest pre-activations among dead latents (`aux`: their values and
+    latents [B, k_aux], latents ascending) reconstruct the residual. Adds its decoder gradient to
+    g_W_dec and its (pattern, latents, code gradients) to `enc`."""
     B, F = x_BD.shape[0], sae.d_sae
-    n_dead = 0 if dead_F is None else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
-    if not (n_dead and sae.aux_k_coefficient):
+    if aux is None:
         return x_BD.new_zeros(())
-    k_aux = min(sae.aux_k, n_dead)
-    dead_idx = torch.nonzero(dead_F).flatten()  # ascending: the columns' order survives the gather
-    a_vals, a_j = kernels.top_k(pre_BF[:, dead_idx], k_aux)  # [B, n_dead], not a masked [B, F]
-    a_idx = dead_idx[a_j]
+    a_vals, a_idx = aux
+    k_aux = a_idx.shape[1]
     crow_aux, cols_aux = torch.arange(0, B * k_aux + 1, k_aux, device=x_BD.device), a_idx.reshape(-1)
     vals_aux = a_vals.reshape(-1).to(x_BD.dtype)
     A_aux = csr(crow_aux, cols_aux, vals_aux, (B, F))

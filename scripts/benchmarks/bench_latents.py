@@ -1,0 +1,194 @@
+"""The TopK training step as the dictionary grows: time and peak memory per step of saeforge's
+step, SAELens's, and the six dense products one step needs (the floor), at 4,096 / 16,384 /
+65,536 latents; rows in docs/latents.jsonl, the table rendered into docs/performance.md (between
+its `latents` markers).
+
+    python scripts/benchmarks/bench_latents.py [--features 4096 16384 65536] [--rounds 3] [--repeats 5]
+        [--d-in 128 --batch 4096 --k 32 --threads 2] [--render-only]
+
+Each measurement is a fresh process (so that its peak resident memory is its own): it runs the
+contender once at 16·k latents (libraries loaded, kernels compiled), notes its resident memory,
+builds the contender (the SAE and its Adam, or the floor's two
+matrices), runs 2 warm-up steps and times `--repeats` more. Peak memory is the process's peak less
+that mark: what the contender itself took. "Parameters + Adam" is 3 × the weights' bytes (weights,
+exp_avg, exp_avg_sq). The processes run in a fresh random order each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+from saeforge.evaluation.protocol import Results, fmt_interval, ratio_interval, table  # noqa: E402
+
+METHODS = ("saeforge", "SAELens", "dense floor")
+KEY = ("features", "method", "round", "d_in", "batch", "k", "threads")
+START, END = "<!-- latents:start -->", "<!-- latents:end -->"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def build(a, method: str, F: int):
+    """(the contender's step, parameters + Adam bytes) at F latents."""
+    import torch
+
+    from saeforge.dictionary.architectures import TopKSAE
+    from saeforge.dictionary.init import initialize
+
+    D, B = a.d_in, a.batch
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    ours = TopKSAE(D, F, k=a.k)
+    initialize(ours, "orthogonal", seed=0)
+    state = 3 * sum(p.numel() * p.element_size() for p in ours.parameters())
+    if method == "saeforge":
+        opt = torch.optim.Adam(ours.parameters(), lr=1e-5, fused=True)
+
+        def step():
+            ours.step(x, 0.0)
+            opt.step()
+    elif method == "SAELens":
+        from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+        from sae_lens.saes.sae import TrainStepInput
+
+        sl = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=a.k))
+        with torch.no_grad():  # the same weights: the same codes
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(sl, name).copy_(getattr(ours, name))
+        del ours
+        opt = torch.optim.Adam(sl.parameters(), lr=1e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None,
+                                                          n_training_steps=0, is_logging_step=False))
+            out.loss.backward()
+            opt.step()
+    else:
+        W_enc, W_dec = ours.W_enc.detach().clone(), ours.W_dec.detach().clone()
+        del ours
+
+        def step():
+            a_ = x @ W_enc              # encoder forward
+            b_ = a_ @ W_dec             # decoder forward
+            c_ = b_ @ W_dec.T           # grad wrt codes
+            _ = a_.T @ b_               # grad W_dec
+            _ = x.T @ c_                # grad W_enc
+            _ = c_ @ W_enc.T            # grad through x - b_dec
+    return step, state
+
+
+def child(a) -> None:
+    import torch
+
+    from saeforge.runtime import keep_freed_memory
+
+    torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as saeforge's CLI runs
+    warm, _ = build(a, a.child, 16 * a.k)  # libraries loaded, kernels compiled, pools started: not the step's
+    warm()
+    del warm
+    base = rss_mb()
+    step, state = build(a, a.child, a.child_features)
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(a.repeats):
+        step()
+    s = (time.perf_counter() - t0) / a.repeats
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    print(json.dumps({"step_s": s, "tokens_per_s": a.batch / s, "peak_mb": peak, "state_mb": state / 2**20}))
+
+
+def measure(a, results: Results) -> None:
+    common = dict(d_in=a.d_in, batch=a.batch, k=a.k, threads=a.threads)
+    for rnd in range(a.rounds):
+        todo = [(F, m) for F in a.features for m in METHODS]
+        random.Random(rnd).shuffle(todo)
+        for F, m in todo:
+            key = dict(features=F, method=m, round=rnd, **common)
+            if results.get(**key):
+                continue
+            cmd = [sys.executable, __file__, "--child", m, "--child-features", str(F), "--repeats", str(a.repeats),
+                   "--d-in", str(a.d_in), "--batch", str(a.batch), "--k", str(a.k), "--threads", str(a.threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            row = results.add({**key, **json.loads(out)})
+            print(json.dumps({k: row[k] for k in ("features", "method", "round", "step_s", "peak_mb")}), flush=True)
+
+
+def render(rows: list[dict], cmd: str) -> str:
+    feats = sorted({r["features"] for r in rows})
+    by = {}
+    for r in rows:
+        by.setdefault((r["features"], r["method"]), {})[r["round"]] = r
+    body = []
+    for F in feats:
+        med = {m: statistics.median(r["step_s"] for r in by[F, m].values()) for m in METHODS if (F, m) in by}
+        peak = {m: statistics.median(r["peak_mb"] for r in by[F, m].values()) for m in METHODS if (F, m) in by}
+        state = next(iter(by[F, "saeforge"].values()))["state_mb"]
+
+        def ratio(m):
+            rounds = sorted(by[F, m].keys() & by[F, "saeforge"].keys())
+            return fmt_interval(*ratio_interval([by[F, m][i]["step_s"] for i in rounds],
+                                                [by[F, "saeforge"][i]["step_s"] for i in rounds]), spec=".2f") + "×"
+
+        body.append([f"{F:,}", f"{1e3 * med['saeforge']:.0f}", f"{1e3 * med['dense floor']:.0f}",
+                     f"{1e3 * med['SAELens']:.0f}", ratio("dense floor"), ratio("SAELens"),
+                     f"{peak['saeforge']:.0f}", f"{peak['SAELens']:.0f}", f"{peak['dense floor']:.0f}", f"{state:.0f}",
+                     f"{peak['saeforge'] / state:.2f}×"])
+    r0 = rows[0]
+    L = [START, "", f"Generated by `{cmd}` from [latents.jsonl](latents.jsonl): TopK k {r0['k']}, d_in {r0['d_in']}, "
+         f"batch {r0['batch']}, {r0['threads']} threads; medians over rounds, each measurement a fresh process in a "
+         "fresh random order (the script's docstring). \"saeforge / X\": how many times faster saeforge's step is, "
+         "bootstrap 95% interval over rounds. Peak: the process's peak resident memory less its mark before the "
+         "contender was built.", ""]
+    L += table(["latents", "saeforge ms", "dense floor ms", "SAELens ms", "saeforge / floor", "saeforge / SAELens",
+                "saeforge peak MB", "SAELens peak MB", "floor peak MB", "parameters + Adam MB",
+                "saeforge peak / (parameters + Adam)"], body)
+    return "\n".join(L + ["", END])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--features", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--d-in", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--child-features", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        return child(a)
+    docs = Path(a.docs)
+    results = Results(docs / "latents.jsonl", KEY)
+    if not a.render_only:
+        measure(a, results)
+    cmd = (f"python scripts/benchmarks/bench_latents.py --features {' '.join(map(str, a.features))} --rounds {a.rounds} "
+           f"--repeats {a.repeats} --d-in {a.d_in} --batch {a.batch} --k {a.k} --threads {a.threads}")
+    block = render([r for r in results.rows if r["features"] in a.features], cmd)
+    perf = docs / "performance.md"
+    text = perf.read_text()
+    head, _, rest = text.partition(START)
+    tail = rest.partition(END)[2] if rest else "\n"
+    perf.write_text(head + block + tail)
+    print(f"wrote the latents table into {perf}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ import saeforge
 SRC = Path(saeforge.__file__).parent
 # Lowest first: a module may import only modules of a lower layer or of its own layer listed before it.
 LAYERS = [
-    ["errors", "distributed", "runtime", "options", "evaluation.metrics", "evaluation.labels", "evaluation.probing",
+    ["errors", "distributed", "threads", "runtime", "options", "evaluation.metrics", "evaluation.labels", "evaluation.probing",
      "evaluation.protocol", "dictionary.kernels", "dictionary.sparse",
      "sources.fast_attention", "training.feature_shards"],
     ["dictionary.sae"],

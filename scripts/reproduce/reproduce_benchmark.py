@@ -14,7 +14,8 @@ magnitudes 1 ± 0.2, a bias of norm 1; true L0 ≈ 16.6.
 Methods, each at --steps × 1,024 samples, batch 1,024, Adam, the lr decayed linearly to 0 over the
 second half (the same schedule for both libraries):
 - **saeforge**: `saeforge toy --synthetic-model DIR` with its defaults (init mod; AuxK where the
-  architecture has it, no resampling: methods-synthetic.md), only --lr and the sparsity knob set;
+  architecture has it, no resampling; a free decoder norm for ReLU + L1 and JumpReLU, a unit-norm one
+  for the k-architectures: methods-synthetic.md), only --lr and the sparsity knob set;
 - **SAELens**: SAELens's `train_toy_sae` on the model's own generator (its defaults otherwise);
 - **SAELens+mod**: the same SAELens trainer started from saeforge's informed init (mod, computed
   on fresh samples of the model): the init's effect apart from the trainer's.

@@ -160,7 +160,7 @@ class TrainConfig(ResampleConfig, RunConfig):
         cfg = replace(
             self, steps=steps, dict_size=d_sae, sae=sae,
             lr=sae.default_lr if self.lr is None else self.lr,
-            unit_norm_decoder=sae.default_unit_norm_decoder if self.unit_norm_decoder is None else self.unit_norm_decoder,
+            unit_norm_decoder=self.auto_unit_norm_decoder(sae) if self.unit_norm_decoder is None else self.unit_norm_decoder,
             encoder_scale=sae.default_encoder_scale if self.encoder_scale is None else self.encoder_scale,
             lr_decay_steps=steps // 2 if self.lr_decay_steps is None else self.lr_decay_steps,
             dead_window=self.dead_window or 10 * self.batch_size,
@@ -177,6 +177,10 @@ class TrainConfig(ResampleConfig, RunConfig):
     def auto_resamples(self) -> bool:
         """Whether `--resample auto` may turn resampling on for this command's data (a command overrides)."""
         return True
+
+    def auto_unit_norm_decoder(self, sae: ArchitectureConfig) -> bool:
+        """`--unit-norm-decoder auto`: the architecture's (a command overrides)."""
+        return sae.default_unit_norm_decoder
 
     @staticmethod
     def shardable_architectures() -> list[str]:
@@ -196,8 +200,8 @@ class TrainConfig(ResampleConfig, RunConfig):
 class ToyConfig(TrainConfig):
     """`saeforge toy`: train on fresh toy data with known features until MMCS >= target.
 
-    Toy inputs have E‖x‖² ≈ 1.7, not d_in, and ground-truth recovery wants the unit-norm
-    decoder; docs/toy.md and docs/toy-notes.md say how the other toy defaults were found."""
+    Toy inputs have E‖x‖² ≈ 1.7, not d_in, and ground-truth recovery on the seed's data wants the
+    unit-norm decoder; docs/toy.md and docs/toy-notes.md say how the other toy defaults were found."""
 
     SAE_DEFAULTS: ClassVar[dict[str, Any]] = {"l1_coefficient": 0.3}
 
@@ -221,7 +225,10 @@ class ToyConfig(TrainConfig):
     beta2: float = inherit(TrainConfig, "beta2", 0.95)
     adam_eps: float = inherit(TrainConfig, "adam_eps", 1e-5)
     batch_size: int = inherit(TrainConfig, "batch_size", 2048)
-    unit_norm_decoder: bool = inherit(TrainConfig, "unit_norm_decoder", True)
+    unit_norm_decoder: bool | None = inherit(TrainConfig, "unit_norm_decoder", None, help=(
+        "keep decoder rows at unit norm (tangent gradient + renormalize; auto: on, except on synthetic data for the "
+        "architectures trained with a sparsity penalty, standard and jumprelu, whose F1 a free norm raised at every "
+        "L0 under the protocol: docs/methods-synthetic.md)"))
     checkpoint_every: int = inherit(TrainConfig, "checkpoint_every", 0)
     d_model: int = opt(128, "dimension the ground-truth features are superposed into", ge=1)
     n_features: int = opt(512, "number of ground-truth features", ge=1)
@@ -256,6 +263,11 @@ class ToyConfig(TrainConfig):
         """`--resample auto` is off on synthetic data (--data synthetic or a SAELens synthetic model):
         there it lowered F1 and never raised MCC (docs/methods-synthetic.md)."""
         return not (self.data == "synthetic" or self.synthetic_model)
+
+    def auto_unit_norm_decoder(self, sae: ArchitectureConfig) -> bool:
+        """Unit norm on the seed's toy data (ground-truth recovery wants it: docs/toy.md); free on synthetic
+        data where a penalty weighs each latent by its decoder norm (docs/methods-synthetic.md)."""
+        return sae.coefficient is None or self.auto_resamples()
 
     def validate(self) -> None:
         super().validate()

@@ -10,7 +10,7 @@ import torch
 
 import saeforge
 from saeforge.cli import build_parser, main
-from saeforge.config import ActivationTrainConfig, ToyConfig
+from saeforge.config import ActivationTrainConfig, ToyConfig, TrainConfig
 from saeforge.dictionary.architectures import ARCHITECTURES, CONFIGS
 from saeforge.errors import UserError
 from saeforge.options import build_config
@@ -67,6 +67,17 @@ def test_the_run_config_is_resolved_once_frozen_and_complete():
         ActivationTrainConfig(out="o", dict_size=32, sae=CONFIGS["topk"](k=33)).resolved(10, 16)
 
 
+def test_the_toy_decoder_norm_is_free_for_the_penalty_architectures_on_synthetic_data_only():
+    def unit(arch, data):
+        return ToyConfig.from_values({"out": "o", "architecture": arch, "data": data}).resolved(10, 16).unit_norm_decoder
+
+    assert [unit(a, "synthetic") for a in ("standard", "jumprelu", "topk", "batchtopk", "matryoshka")] == \
+        [False, False, True, True, True]
+    assert all(unit(a, "seed") for a in ("standard", "jumprelu", "topk", "batchtopk", "matryoshka"))
+    assert ToyConfig.from_values({"out": "o", "architecture": "standard", "data": "synthetic",
+                                  "unit_norm_decoder": True}).resolved(10, 16).unit_norm_decoder
+
+
 def test_the_summary_and_cfg_json_record_the_settings_the_run_used(tmp_path):
     assert main([*TOY, "--architecture", "topk", "--k", "3", "--out", str(tmp_path / "k")]) == 0
     s = json.loads((tmp_path / "k" / "summary.json").read_text())
@@ -94,3 +105,21 @@ def test_every_architecture_builds_from_its_config_alone():
         sae = cls(8, 32, cls.Config())
         assert sae.cfg == cls.Config().resolved(8, 32) and sae.saved_config()["architecture"] in ("standard", "topk",
                                                                                                      "jumprelu")
+
+
+def test_max_grad_norm_clips_what_adam_sees():
+    from saeforge.sources.toy import ToyData
+
+    data = ToyData(16, 32, n_active=3, seed=0)
+    x = data.batch(0, 64)[0]
+    norms = {}
+    for clip in (0.0, 1e-3):
+        sae = saeforge.SparseAutoencoder(16, 32)
+        cfg = TrainConfig.from_values(dict(out="o", dict_size=32, batch_size=64, lr=1e-3, max_grad_norm=clip,
+                                           lr_warmup_steps=0, l1_warmup_steps=0, lr_decay_steps=0)).resolved(10, 16)
+        tr = Trainer(sae, cfg)
+        tr.train_step(x)
+        norms[clip] = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in sae.parameters()])))
+    assert norms[0.0] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-4)
+    with pytest.raises(UserError, match="max.grad.norm"):
+        saeforge.train(out="o", model="embedded", feature_shards=2, max_grad_norm=1.0)

@@ -252,8 +252,9 @@ class SAE(nn.Module):
     def remove_parallel_grad_(self) -> None:
         """Keep only the gradient tangent to each (unit) decoder row, so Adam moves along the sphere."""
         g_FD, w_FD = self.W_dec.grad, self.W_dec
-        if g_FD is not None:
-            g_FD.sub_((g_FD * w_FD).sum(-1, keepdim=True) * w_FD)
+        if g_FD is not None:  # g − (g·w) w in place, a block of rows at a time: no [F, D] temporary
+            for g, w in zip(g_FD.split(16384), w_FD.split(16384)):
+                g.addcmul_((g * w).sum(-1, keepdim=True), w, value=-1)
 
     def extra_repr(self) -> str:
         out = f"architecture={self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}"

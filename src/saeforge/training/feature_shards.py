@@ -150,3 +150,6 @@ def check(cfg: Any) -> None:
                         f"(its selection needs every latent); use one of {', '.join(cfg.shardable_architectures())}")
     if cfg.resample not in ("none", "auto"):
         raise UserError("--feature-shards trains without dead-feature resampling; give --resample none")
+    if cfg.max_grad_norm:
+        raise UserError("--feature-shards: --max-grad-norm needs the norm over every shard's gradient, not yet "
+                        "computed; give --max-grad-norm 0")

@@ -106,6 +106,7 @@ class Trainer:
         sae, st = self.sae, self.state
         x_BD, y_BE = sae.split(batch)
         dead_F = st.tokens_since_fired_F >= self.dead_window if sae.uses_dead_mask else None
+        self.opt.zero_grad(set_to_none=True)  # the last step's gradients freed before this one's are made
         with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
             if sae.shards is None:
                 out = sae.step(x_BD, self.coefficient_now(), dead_F, y_BE)
@@ -116,6 +117,8 @@ class Trainer:
                                         group=None if sae.shards is None else sae.shards.data_group)
         if self.cfg.unit_norm_decoder:
             sae.remove_parallel_grad_()
+        if self.cfg.max_grad_norm:  # on the device, no host sync
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.max_grad_norm, foreach=True)
         if self.cfg.lr_warmup_steps or self.cfg.lr_decay_steps:
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_now()

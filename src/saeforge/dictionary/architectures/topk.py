@@ -177,7 +177,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
         return sparse_rest(sae, x_BD, xc_BD, sae.selected(kept, B), aux, n_dead, y_BE)
 
 
-BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block)
+BLOCK_BYTES = 16 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block)
 
 
 def latent_blocks(B: int, F: int, k: int, itemsize: int) -> list[tuple[int, int]]:
@@ -241,19 +241,23 @@ def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, selection
         suffix[i] = suffix[i] + suffix[i - 1]
     suffix = suffix[::-1]
 
-    g_W_dec = torch.zeros_like(W_dec)
+    g_W_dec = None  # sums of [F, D] products, started from the first (no zeros, no second [F, D] at once)
     enc = []  # (latent-major order of a pattern, its latents, gradient at its entries) for the encoder
     for A_l, (c_l, j_l, v_l), S_l in zip(A, parts, suffix):
         T_l = Transposed(row_of(c_l, len(j_l)), j_l, F)
         enc.append((T_l, j_l, sampled(A_l, S_l, W_dec) * (v_l > 0)))
-        g_W_dec += T_l.matmul(v_l, S_l)
+        part = T_l.matmul(v_l, S_l)
+        g_W_dec = part if g_W_dec is None else g_W_dec.add_(part)
+        del part
 
     aux = auxk(sae, x_BD, aux, n_dead, err_BD, enc, g_W_dec)
     # encoder gradients: [W_enc]ᵀ from the sparse code gradients, b_enc by latent
-    g_enc_FD = torch.zeros(F, D, dtype=x_BD.dtype, device=x_BD.device)
+    g_enc_FD = None
     g_b_enc = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device)
     for T, cols_N, g in enc:
-        g_enc_FD += T.matmul(g, xc_BD)
+        part = T.matmul(g, xc_BD)
+        g_enc_FD = part if g_enc_FD is None else g_enc_FD.add_(part)
+        del part
         g_b_enc.index_add_(0, cols_N, g)
     feature_sums_F = torch.zeros(F, dtype=x_BD.dtype, device=x_BD.device).index_add_(0, cols, vals)
 

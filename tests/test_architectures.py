@@ -10,6 +10,7 @@ import saeforge
 from saeforge.cli import main
 from saeforge.dictionary.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE, topk
 from saeforge.errors import UserError
+from saeforge.evaluation import metrics
 
 D, F, B = 12, 40, 48
 
@@ -68,6 +69,15 @@ def test_the_step_over_blocks_of_latents_is_the_whole_step(monkeypatch, cls, kw)
     for n, p in sae.named_parameters():
         torch.testing.assert_close(fast[n], p.grad, msg=n)
     torch.testing.assert_close(out.codes(), ref.f_BF.detach())
+    # inference on the same blocks: the codes as a CSR matrix (no [B, F]), decoded as the dense ones are
+    with torch.no_grad():
+        sae.b_enc.sub_(2.0)  # BatchTopK infers with its threshold (0 here): fewer than all latents fire
+        wide = sae.codes_of(x)
+        assert wide.layout == torch.sparse_csr
+        torch.testing.assert_close(wide.to_dense(), sae.encode(x))
+        torch.testing.assert_close(sae(x[None]), sae.decode(sae.encode(x), x)[None])
+        for got, want in zip(metrics.firing(wide), metrics.firing(sae.encode(x))):
+            torch.testing.assert_close(got, want, check_dtype=False)
 
 
 @pytest.mark.parametrize("sparsity", ["step", "tanh"])

@@ -37,14 +37,18 @@ class Governor:
         self.history: list[tuple[float, int]] = []  # (other processes' cores, threads chosen): for the summary
 
     def fix(self, n: int | None) -> None:
-        """A fixed count (`--threads`), or None to follow the load again."""
+        """A fixed count (`--threads`; applied at the next `tick`), or None to follow the load again."""
         self.fixed = n
-        if n is not None:
-            torch.set_num_threads(n)
 
     def tick(self) -> None:
         now = time.monotonic()
-        if self.fixed is not None or now < self.due:
+        if self.fixed is not None:
+            # set at the first tick, not at `fix`: set before the model was loaded, one thread ran the main
+            # job's step 3.5x slower under load than set here (5.4-6.1 s against 1.5-1.6 s; docs/performance.md)
+            if torch.get_num_threads() != self.fixed:
+                torch.set_num_threads(self.fixed)
+            return
+        if now < self.due:
             return
         sample = self._sample(now)
         if sample is None:

@@ -20,6 +20,8 @@ import os
 import numpy as np
 import torch
 
+from saeforge import threads
+
 # numba's thread pool is as wide as NUMBA_NUM_THREADS when it starts (default: every core), and
 # its idle OpenMP workers spin even where set_num_threads narrows the work: with torch at 1 thread
 # (OMP_NUM_THREADS=1, as torchrun sets for each rank) a second thread burned ~40% more CPU.
@@ -48,6 +50,12 @@ def _split(pre_BF: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _threads() -> None:
+    from numba.np.ufunc import parallel
+
+    if not parallel._is_initialized and threads.governor.fixed is not None:
+        # a count fixed before the pool starts (--threads): start it that wide, as OMP_NUM_THREADS would.
+        # A wider pool's idle worker took CPU from a 1-thread run under load (docs/performance.md, section 4)
+        numba.config.NUMBA_NUM_THREADS = min(threads.governor.fixed, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 

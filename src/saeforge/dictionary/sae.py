@@ -210,7 +210,13 @@ class SAE(nn.Module):
         return out
 
     def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x_BD), x_BD)
+        x2_BD = x_BD.reshape(-1, self.d_in)  # any leading dimensions (e.g. [batch, pos, d_in])
+        return self.decode(self.codes_of(x2_BD), x2_BD).reshape(*x_BD.shape[:-1], self.d_out)
+
+    def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """`encode`, or where a dense [inputs, latents] would be too large, the same codes as a CSR matrix
+        (the k-architectures, block by block over the latents): what `forward` and the evals decode."""
+        return self.encode(x_BD)
 
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
              y_BE: torch.Tensor | None = None) -> StepOutput:

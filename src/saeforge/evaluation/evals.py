@@ -86,7 +86,7 @@ def evaluate_splices(model, splices: list[tuple[SAE, str, str | None]], contexts
         for i, (sae, _, _) in enumerate(splices):
             x = seen[i, "x"].reshape(-1, sae.d_in)
             y = seen[i, "y"].reshape(-1, sae.d_out)
-            f = sae.encode(x)
+            f = sae.codes_of(x)
             recs[i].add(y, f, sae.decode(f, x) - y)
         bar.update(x.shape[0])
     bar.close()

@@ -89,9 +89,9 @@ class Reconstruction:
         self.sq_err += err_BD.pow(2).sum().item()
         self.sum_x_D = self.sum_x_D + x_BD.sum(0).double()
         self.sum_x2 += x_BD.double().pow(2).sum().item()
-        active_BF = f_BF > 0
-        self.l0_sum += active_BF.sum().item()
-        self.fired_F += active_BF.sum(0)
+        fired_F, _ = firing(f_BF)  # dense codes, or a wide dictionary's CSR (SAE.codes_of)
+        self.l0_sum += int(fired_F.sum())
+        self.fired_F += fired_F
         if sparsity_B is not None:
             self.sparsity_sum += sparsity_B.sum().item()
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from saeforge import distributed
+from saeforge.dictionary import kernels
 from saeforge.dictionary.architectures.topk import TopKConfig, TopKSAE
 from saeforge.dictionary.sparse import crow_of
 
@@ -60,6 +61,16 @@ class BatchTopKSAE(TopKSAE):
         vals, rows, cols = kept
         flat, order = (rows * self.d_sae + cols).sort()  # CSR order
         return crow_of(torch.bincount(rows, minlength=B)), flat % self.d_sae, vals[order]
+
+    def infer_merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
+        """The entries above the learned threshold (rows, latents, values), block after block."""
+        rows, cols, vals = kernels.firing(pre_Bb.contiguous(), self.topk_threshold.clamp_min(0).expand(pre_Bb.shape[1]))
+        return [*(kept or []), (rows, cols + f0, vals)]
+
+    def infer_selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, cols, vals = (torch.cat(parts) for parts in zip(*kept))
+        order = torch.argsort(rows, stable=True)  # blocks came in latent order: row-major, latents ascending
+        return crow_of(torch.bincount(rows, minlength=B)), cols[order], vals[order]
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)

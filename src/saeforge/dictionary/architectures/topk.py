@@ -105,6 +105,22 @@ class TopKSAE(SAE):
         pre_BF = self.pre(x_BD.reshape(-1, self.d_in))  # any leading dimensions (e.g. [batch, pos, d_in])
         return csr(*self.select(pre_BF), pre_BF.shape).to_dense().reshape(*x_BD.shape[:-1], self.d_sae)
 
+    def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
+        blocks = latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size())
+        if len(blocks) == 1 or self.shards is not None or x_BD.dim() != 2:
+            return self.encode(x_BD)
+        xc_BD, kept = self.centered(x_BD), None
+        for f0, f1 in blocks:
+            kept = self.infer_merge(kept, f0, torch.addmm(self.b_enc[f0:f1], xc_BD, self.W_enc[:, f0:f1]))
+        return csr(*self.infer_selected(kept, len(x_BD)), (len(x_BD), self.d_sae))
+
+    def infer_merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
+        """`merge` at inference (BatchTopK's differs: a threshold, not the batch's top k·B)."""
+        return self.merge(kept, f0, pre_Bb)
+
+    def infer_selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.selected(kept, B)
+
     def after_step(self, vals_N: torch.Tensor) -> None:
         """Called by the fast step with the batch's active values (BatchTopK learns its threshold here)."""
 

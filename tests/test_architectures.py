@@ -54,6 +54,7 @@ def test_the_step_over_blocks_of_latents_is_the_whole_step(monkeypatch, cls, kw)
     loss, gradients and codes over the whole [B, F]."""
     F_many = 200
     monkeypatch.setattr(topk, "BLOCK_BYTES", B * 48 * 8)
+    monkeypatch.setattr(topk.RowTopK, "FOLD", 2)  # the candidates folded along the way, not only at the end
     assert topk.latent_blocks(B, F_many, 3, 8) == [(0, 48), (48, 96), (96, 144), (144, 192), (192, 200)]
     sae = randomized(cls(D, F_many, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

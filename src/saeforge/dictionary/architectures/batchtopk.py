@@ -21,7 +21,7 @@ import torch
 
 from saeforge import distributed
 from saeforge.dictionary import kernels
-from saeforge.dictionary.architectures.topk import TopKConfig, TopKSAE
+from saeforge.dictionary.architectures.topk import RowTopK, TopKConfig, TopKSAE
 from saeforge.dictionary.sparse import crow_of
 
 THRESHOLD_RATE = 0.01
@@ -49,16 +49,19 @@ class BatchTopKSAE(TopKSAE):
         """The batch's k·B largest (ReLU'd) pre-activations so far: (values, rows, latents)."""
         B, W = pre_Bb.shape
         vals, flat = pre_Bb.relu().flatten().topk(min(self.k * B, B * W), sorted=False)
-        rows, cols = flat // W, flat % W + f0
-        if kept is not None:
-            vals, rows, cols = (torch.cat([a, b.to(a.dtype)]) for a, b in zip(kept, (vals, rows, cols)))
-            if len(vals) > self.k * B:
-                vals, at = vals.topk(self.k * B, sorted=False)
-                rows, cols = rows[at], cols[at]
+        kept = [*(kept or []), (vals, flat // W, flat % W + f0)]
+        return [self.fold(kept, B)] if len(kept) >= RowTopK.FOLD else kept
+
+    def fold(self, kept: list, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Blocks' candidates folded into the batch's k·B largest of them."""
+        vals, rows, cols = (torch.cat([p[i].to(kept[0][i].dtype) for p in kept]) for i in range(3))
+        if len(vals) > self.k * B:
+            vals, at = vals.topk(self.k * B, sorted=False)
+            rows, cols = rows[at], cols[at]
         return vals, rows, cols
 
     def selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        vals, rows, cols = kept
+        vals, rows, cols = self.fold(kept, B)
         flat, order = (rows * self.d_sae + cols).sort()  # CSR order
         return crow_of(torch.bincount(rows, minlength=B)), flat % self.d_sae, vals[order]
 

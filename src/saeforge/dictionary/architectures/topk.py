@@ -92,12 +92,15 @@ class TopKSAE(SAE):
 
     def merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
         """The selection so far (None at first) and one more block of pre-activations, latents f0, f0 + 1, …:
-        here each row's k largest, (values [B, k], latents [B, k])."""
-        return top_k_merge(kept, f0, pre_Bb, self.k)
+        here each row's k largest (a `RowTopK`)."""
+        kept = kept or RowTopK(self.k)
+        vals, idx = kernels.top_k(pre_Bb, min(self.k, pre_Bb.shape[1]))
+        kept.add(vals, idx + f0)
+        return kept
 
     def selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`merge`'s final selection as `select` returns it."""
-        vals_BK, idx_BK = kept
+        vals_BK, idx_BK = kept.result()
         crow = torch.arange(0, B * idx_BK.shape[1] + 1, idx_BK.shape[1], device=idx_BK.device)
         return crow, idx_BK.reshape(-1), vals_BK.reshape(-1).relu()
 
@@ -187,13 +190,15 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
             if n_dead:  # AuxK's candidates: each row's aux_k largest among the dead latents
                 lo, hi = torch.searchsorted(dead_idx, torch.tensor([f0, f1], device=dead_idx.device)).tolist()
                 if hi > lo:
-                    aux = top_k_merge(aux, 0, pre_Bb[:, dead_idx[lo:hi] - f0], min(sae.aux_k, n_dead), dead_idx[lo:hi])
+                    aux = aux or RowTopK(min(sae.aux_k, n_dead))
+                    vals, j = kernels.top_k(pre_Bb[:, dead_idx[lo:hi] - f0], min(aux.k, hi - lo))
+                    aux.add(vals, dead_idx[lo:hi][j])
         del pre_Bb
     with exact(x_BD.device.type):
-        return sparse_rest(sae, x_BD, xc_BD, sae.selected(kept, B), aux, n_dead, y_BE)
+        return sparse_rest(sae, x_BD, xc_BD, sae.selected(kept, B), aux and aux.result(), n_dead, y_BE)
 
 
-BLOCK_BYTES = 16 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block)
+BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block)
 
 
 def latent_blocks(B: int, F: int, k: int, itemsize: int) -> list[tuple[int, int]]:
@@ -205,20 +210,36 @@ def latent_blocks(B: int, F: int, k: int, itemsize: int) -> list[tuple[int, int]
     return [(f0, min(F, f0 + width)) for f0 in range(0, F, width)]
 
 
-def top_k_merge(kept: tuple[torch.Tensor, torch.Tensor] | None, f0: int, pre_Bb: torch.Tensor, k: int,
-                latents_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's k largest over the latents seen so far, (values [B, k], latents [B, k] ascending), after
-    one more block (its latents f0 + column, or `latents_b[column]`)."""
-    vals, idx = kernels.top_k(pre_Bb, min(k, pre_Bb.shape[1]))
-    idx = idx + f0 if latents_b is None else latents_b[idx]
-    if kept is None:
-        return vals, idx
-    vals, idx = torch.cat([kept[0], vals.to(kept[0].dtype)], 1), torch.cat([kept[1], idx], 1)
-    if vals.shape[1] > k:
-        vals, at = vals.topk(k, dim=1, sorted=False)
-        idx = idx.gather(1, at)
-    idx, order = idx.sort(dim=1)
-    return vals.gather(1, order), idx
+class RowTopK:
+    """Each row's k largest over blocks of latents: every block's own k largest are kept, and folded into
+    one set (one `topk` and one sort) every FOLD blocks and at the end, not at every block."""
+
+    FOLD = 16
+
+    def __init__(self, k: int):
+        self.k, self.vals, self.idx = k, [], []
+
+    def add(self, vals_Bk: torch.Tensor, idx_Bk: torch.Tensor) -> None:
+        """A block's candidates: values and latents [B, ≤ k], latents ascending."""
+        self.vals.append(vals_Bk.to(self.vals[0].dtype) if self.vals else vals_Bk)
+        self.idx.append(idx_Bk)
+        if len(self.vals) >= self.FOLD:
+            self.fold()
+
+    def fold(self) -> None:
+        if len(self.vals) == 1 and self.vals[0].shape[1] <= self.k:
+            return
+        vals, idx = torch.cat(self.vals, 1), torch.cat(self.idx, 1)
+        if vals.shape[1] > self.k:
+            vals, at = vals.topk(self.k, dim=1, sorted=False)
+            idx = idx.gather(1, at)
+        idx, order = idx.sort(dim=1)
+        self.vals, self.idx = [vals.gather(1, order)], [idx]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values [B, k], latents [B, k] ascending)."""
+        self.fold()
+        return self.vals[0], self.idx[0]
 
 
 def sparse_rest(sae: TopKSAE, x_BD: torch.Tensor, xc_BD: torch.Tensor, selection: tuple, aux: tuple | None,

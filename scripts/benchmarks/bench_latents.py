@@ -55,7 +55,8 @@ def build(a, method: str, F: int):
     if method == "saeforge":
         opt = torch.optim.Adam(ours.parameters(), lr=1e-5, fused=True)
 
-        def step():
+        def step():  # as the trainer runs it: the last step's gradients freed first
+            opt.zero_grad(set_to_none=True)
             ours.step(x, 0.0)
             opt.step()
     elif method == "SAELens":
@@ -156,6 +157,18 @@ def render(rows: list[dict], cmd: str) -> str:
     L += table(["latents", "saeforge ms", "dense floor ms", "SAELens ms", "saeforge / floor", "saeforge / SAELens",
                 "saeforge peak MB", "SAELens peak MB", "floor peak MB", "parameters + Adam MB",
                 "saeforge peak / (parameters + Adam)"], body)
+    med = {(r["features"], r["method"]): statistics.median(x["step_s"] for x in by[r["features"], r["method"]].values())
+           for r in rows}
+    aims = []
+    if (16384, "saeforge") in med and (16384, "dense floor") in med:
+        x = med[16384, "dense floor"] / med[16384, "saeforge"]
+        aims.append(f"at 16,384 latents saeforge's step ran {x:.2f}× the dense floor (aim ≥ 3: {'met' if x >= 3 else 'not met'})")
+    if (65536, "saeforge") in by:
+        rs = list(by[65536, "saeforge"].values())
+        x = statistics.median(r["peak_mb"] for r in rs) / rs[0]["state_mb"]
+        aims.append(f"at 65,536 its peak memory was {x:.2f}× parameters + Adam (aim ≤ 1.5: {'met' if x <= 1.5 else 'not met'})")
+    if aims:
+        L += ["", "Against the aims: " + "; ".join(aims) + "."]
     return "\n".join(L + ["", END])
 
 

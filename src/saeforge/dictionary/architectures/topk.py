@@ -182,9 +182,17 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
     n_dead = 0 if dead_F is None or not sae.aux_k_coefficient else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     dead_idx = torch.nonzero(dead_F).flatten() if n_dead else None  # ascending
     kept = aux = None
-    for f0, f1 in latent_blocks(B, F, sae.k, x_BD.element_size()):
+    blocks = latent_blocks(B, F, sae.k, x_BD.element_size())
+    # several blocks: each written into one buffer (fresh blocks fragment a heap that keeps freed memory,
+    # runtime.keep_freed_memory: 16 blocks of 64 MB grew the process by 1 GB); under autocast torch allocates
+    buf = (torch.empty(B * (blocks[0][1] - blocks[0][0]), dtype=x_BD.dtype, device=x_BD.device)
+           if len(blocks) > 1 and not torch.is_autocast_enabled(x_BD.device.type) else None)
+    for f0, f1 in blocks:
         # the one dense product, a block of latents at a time (bfloat16 under autocast)
-        pre_Bb = torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1])
+        if buf is None:
+            pre_Bb = torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1])
+        else:
+            pre_Bb = torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1], out=buf[:B * (f1 - f0)].view(B, f1 - f0))
         with exact(x_BD.device.type):
             kept = sae.merge(kept, f0, pre_Bb)
             if n_dead:  # AuxK's candidates: each row's aux_k largest among the dead latents

@@ -138,3 +138,25 @@ def test_missing_key_and_wrong_dtype(tmp_path):
 def test_not_a_directory(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         saeforge.load(tmp_path / "nope")
+
+
+def test_tensors_are_written_as_safetensors_reads_them(tmp_path):
+    """runtime.atomic_save_tensors writes the format itself (from the tensors' memory, no copy of the
+    whole state): safetensors reads back every dtype and shape, the metadata too."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from saeforge.runtime import atomic_save_tensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(5, 3, generator=g), "b16": torch.randn(7, generator=g).bfloat16(),
+               "i": torch.arange(6).reshape(2, 3), "mask": torch.rand(4, generator=g) > 0.5,
+               "scalar": torch.tensor(2.5, dtype=torch.float64), "empty": torch.zeros(0, 4),
+               "strided": torch.randn(4, 6, generator=g).t()}
+    atomic_save_tensors(tmp_path / "t.safetensors", tensors, metadata={"id": "x"})
+    back = load_file(tmp_path / "t.safetensors")
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    with safe_open(tmp_path / "t.safetensors", "pt") as f:
+        assert f.metadata() == {"id": "x"}

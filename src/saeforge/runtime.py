@@ -210,9 +210,37 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    with _replacing(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    """A safetensors file, written tensor by tensor from the tensors' own memory: safetensors' `save_file`
+    first copies every tensor into Python bytes, which doubled the peak memory of a 1M-latent run's
+    checkpoint (3.2 GB of weights and Adam state). The format: an 8-byte little-endian header length,
+    the JSON header (padded with spaces to a multiple of 8), the tensors' bytes in header order."""
+    if any(v.dtype not in _DTYPES for v in tensors.values()):
+        with _replacing(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        return
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for k, v in tensors.items():
+        n = v.numel() * v.element_size()
+        header[k] = {"dtype": _DTYPES[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with _replacing(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(len(head).to_bytes(8, "little"))
+        fh.write(head)
+        for v in tensors.values():
+            t = v.detach().cpu().contiguous().reshape(-1)
+            if t.numel():
+                fh.write(memoryview(t.view(torch.uint8).numpy()))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_json(file: Path, fix: str) -> Any:

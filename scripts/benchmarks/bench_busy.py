@@ -61,6 +61,24 @@ def run_saelens(tokens: int, out: Path) -> dict:
     return {"wall_s": wall, "runner_s": json.loads((out / "wall.json").read_text())["runner_s"]}
 
 
+def run_pair(method: str, tokens: int, out: Path) -> dict:
+    """Two runs of `method` started together (a sweep's runs side by side): the wall until both ended."""
+    cmds = []
+    for i in range(2):
+        o = out / f"run{i}"
+        if method == "SAELens":
+            cmds.append([sys.executable, __file__, "--saelens-child", str(o), "--tokens", str(tokens)])
+        else:
+            cmds.append([sys.executable, "-m", "saeforge", "train", "--out", str(o), "--tokens", str(tokens),
+                         "--eval-tokens", "0", "--no-progress", "--checkpoint-every", "0", *method.split()[1:]])
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in cmds]
+    if any(p.wait() for p in procs):
+        sys.exit(f"a side-by-side run of {method} failed")
+    return {"wall_s": time.perf_counter() - t0}
+
+
 def saelens_child(out: Path, tokens: int) -> None:
     """SAELens's runner as bench_end_to_end.py runs it (TopK k 32, 1,024 latents), in this process."""
     from bench_end_to_end import saelens_run
@@ -100,6 +118,15 @@ def measure(a, results: Results, tmp: Path) -> None:
                 for h in hogs:
                     h.kill()
                     h.wait()
+        if a.pairs:  # two runs side by side on the quiet machine, each method's pair in a fresh order
+            order = list(METHODS[:2]) + ["SAELens"]
+            random.Random(rnd).shuffle(order)
+            for m in order:
+                key = dict(tokens=a.tokens, load=0, method=f"2 × {m}", round=rnd)
+                if results.get(**key) is None:
+                    row = results.add({**key, **run_pair(m, a.tokens, tmp / f"pair-{m.replace(' ', '_')}-{rnd}"),
+                                       "load_avg_1min": os.getloadavg()[0]})
+                    print(json.dumps({k: row[k] for k in ("load", "method", "round", "wall_s")}), flush=True)
 
 
 def render(rows: list[dict], tokens: int, cmd: str) -> str:
@@ -149,6 +176,19 @@ def render(rows: list[dict], tokens: int, cmd: str) -> str:
             if (load, base) in walls and (load, other) in walls:
                 cmp_rows.append([load, what, ratio((load, base), (load, other))])
     L += table(["other busy processes", "wall ratio", "value"], cmp_rows)
+    pairs = [m for m in ("saeforge", "saeforge --threads 2", "SAELens") if (0, f"2 × {m}") in walls]
+    if pairs:
+        L += ["", "Two runs of the same command started together on the quiet machine (a sweep's runs side by side): "
+              "the wall until both ended, against one run alone.", ""]
+        L += table(["method", "rounds", "two runs: wall s (median)", "against one run alone"],
+                   [[m, len(series(0, f"2 × {m}")), f"{statistics.median(series(0, f'2 × {m}')):.1f}",
+                     ratio((0, f"2 × {m}"), (0, m))] for m in pairs])
+    if all((load, m) in walls for load in (0, 1) for m in ("saeforge", "SAELens")):
+        quiet = statistics.median(series(1, "saeforge")) / statistics.median(series(0, "saeforge"))
+        versus = statistics.median(series(1, "saeforge")) / statistics.median(series(1, "SAELens"))
+        L += ["", f"Against the aims, beside one busy process: saeforge's default took {quiet:.2f}× its quiet time "
+              f"(aim ≤ 1.6: {'met' if quiet <= 1.6 else 'not met'}) and {versus:.2f}× SAELens's wall on the same load "
+              f"(aim ≤ 0.6: {'met' if versus <= 0.6 else 'not met'})."]
     return "\n".join(L + ["", END])
 
 
@@ -157,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=200_000)
     ap.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pairs", action="store_true", help="also two runs of each method side by side (quiet)")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--saelens-child", default="", help=argparse.SUPPRESS)
@@ -169,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             measure(a, results, Path(tmp))
     cmd = (f"python scripts/benchmarks/bench_busy.py --tokens {a.tokens} --loads {' '.join(map(str, a.loads))} "
-           f"--rounds {a.rounds}")
+           f"--rounds {a.rounds}" + (" --pairs" if a.pairs else ""))
     block = render(results.rows, a.tokens, cmd)
     perf = docs / "performance.md"
     text = perf.read_text()

@@ -163,6 +163,7 @@ class TrainConfig(ResampleConfig, RunConfig):
             self, steps=steps, dict_size=d_sae, sae=sae,
             lr=sae.default_lr if self.lr is None else self.lr,
             unit_norm_decoder=self.auto_unit_norm_decoder(sae) if self.unit_norm_decoder is None else self.unit_norm_decoder,
+            max_grad_norm=self.auto_max_grad_norm() if self.max_grad_norm is None else self.max_grad_norm,
             encoder_scale=sae.default_encoder_scale if self.encoder_scale is None else self.encoder_scale,
             lr_decay_steps=steps // 2 if self.lr_decay_steps is None else self.lr_decay_steps,
             dead_window=self.dead_window or 10 * self.batch_size,
@@ -183,6 +184,10 @@ class TrainConfig(ResampleConfig, RunConfig):
     def auto_unit_norm_decoder(self, sae: ArchitectureConfig) -> bool:
         """`--unit-norm-decoder auto`: the architecture's (a command overrides)."""
         return sae.default_unit_norm_decoder
+
+    def auto_max_grad_norm(self) -> float:
+        """`--max-grad-norm auto` (a command that has it overrides)."""
+        return 0.0
 
     @staticmethod
     def shardable_architectures() -> list[str]:
@@ -227,6 +232,9 @@ class ToyConfig(TrainConfig):
     beta2: float = inherit(TrainConfig, "beta2", 0.95)
     adam_eps: float = inherit(TrainConfig, "adam_eps", 1e-5)
     batch_size: int = inherit(TrainConfig, "batch_size", 2048)
+    max_grad_norm: float | None = inherit(TrainConfig, "max_grad_norm", None, help=(
+        "clip the gradient's global norm to this before each Adam step (auto: 1.0 for jumprelu on synthetic data, "
+        "where it raised MCC and F1 at every L0: docs/methods-synthetic.md; else 0, no clipping)"))
     unit_norm_decoder: bool | None = inherit(TrainConfig, "unit_norm_decoder", None, help=(
         "keep decoder rows at unit norm (tangent gradient + renormalize; auto: on, except on synthetic data for the "
         "architectures trained with a sparsity penalty, standard and jumprelu, whose F1 a free norm raised at every "
@@ -270,6 +278,11 @@ class ToyConfig(TrainConfig):
         """Unit norm on the seed's toy data (ground-truth recovery wants it: docs/toy.md); free on synthetic
         data where a penalty weighs each latent by its decoder norm (docs/methods-synthetic.md)."""
         return sae.coefficient is None or self.auto_resamples()
+
+    def auto_max_grad_norm(self) -> float:
+        """1.0 for JumpReLU on synthetic data, where SAELens's clipping raised MCC and F1 at every L0 (with
+        the free decoder norm; docs/methods-synthetic.md); else none."""
+        return 1.0 if self.architecture == "jumprelu" and not self.auto_resamples() else 0.0
 
     def validate(self) -> None:
         super().validate()

@@ -35,18 +35,22 @@ def test_a_busy_process_on_one_of_two_cores_leaves_one_thread(restore_threads):
     torch.set_num_threads(2)
     gov = threads.Governor()
     gov.cores = two  # this process's view: two cores, one of which the other process takes
+    watch(gov, 1.5)
+    before = min(o for o, _ in gov.history)
+    if before > 0.6:
+        pytest.skip(f"the machine is busy already ({before:.2f} cores taken): a second load cannot be told apart")
     hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{two[0]}}})\nwhile True: pass"])
     try:
         time.sleep(0.5)
         watch(gov, 2.5)
         other, n = gov.history[-1]
-        assert other > 0.6 and n == 1 and torch.get_num_threads() == 1
+        assert other > before + 0.6 and n == 1 and torch.get_num_threads() == 1
     finally:
         hog.kill()
         hog.wait()
     watch(gov, 2.5)
     assert gov.history[-1][0] < other - 0.5  # it saw the load go
-    assert gov.summary()["min"] == 1 and gov.summary()["checks"] >= 3
+    assert gov.summary()["min"] == 1 and gov.summary()["checks"] >= 4
 
 
 def test_threads_fixes_the_count_and_the_governor_leaves_it(restore_threads):

@@ -75,7 +75,7 @@ class TrainConfig(ResampleConfig, RunConfig):
     beta1: float = opt(0.9, "Adam β1", ge=0, lt=1)
     beta2: float = opt(0.999, "Adam β2", ge=0, lt=1)
     adam_eps: float = opt(1e-8, "Adam ε (larger: parameters with tiny, rare gradients move less)", gt=0)
-    max_grad_norm: float = opt(0.0, "clip the gradient's global norm to this before each Adam step, as SAELens's "
+    max_grad_norm: float | None = opt(0.0, "clip the gradient's global norm to this before each Adam step, as SAELens's "
                                "trainer does at 1.0 (0: no clipping)", ge=0)
     batch_size: int = opt(512, "activations per training step (the global batch under torchrun)", ge=1)
     unit_norm_decoder: bool | None = opt(False, "keep decoder rows at unit norm (tangent gradient + renormalize; "

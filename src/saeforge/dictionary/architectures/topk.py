@@ -187,6 +187,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
     # runtime.keep_freed_memory: 16 blocks of 64 MB grew the process by 1 GB); under autocast torch allocates
     buf = (torch.empty(B * (blocks[0][1] - blocks[0][0]), dtype=x_BD.dtype, device=x_BD.device)
            if len(blocks) > 1 and not torch.is_autocast_enabled(x_BD.device.type) else None)
+    dead_buf = torch.empty_like(buf) if buf is not None and n_dead else None  # AuxK's gathered columns, likewise
     for f0, f1 in blocks:
         # the one dense product, a block of latents at a time (bfloat16 under autocast)
         if buf is None:
@@ -199,7 +200,10 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
                 lo, hi = torch.searchsorted(dead_idx, torch.tensor([f0, f1], device=dead_idx.device)).tolist()
                 if hi > lo:
                     aux = aux or RowTopK(min(sae.aux_k, n_dead))
-                    vals, j = kernels.top_k(pre_Bb[:, dead_idx[lo:hi] - f0], min(aux.k, hi - lo))
+                    cols = dead_idx[lo:hi] - f0
+                    dead_Bd = (pre_Bb[:, cols] if dead_buf is None else
+                               torch.index_select(pre_Bb, 1, cols, out=dead_buf[:B * (hi - lo)].view(B, hi - lo)))
+                    vals, j = kernels.top_k(dead_Bd, min(aux.k, hi - lo))
                     aux.add(vals, dead_idx[lo:hi][j])
         del pre_Bb
     with exact(x_BD.device.type):

@@ -23,13 +23,8 @@ def randomized(sae, seed=0):
     return sae
 
 
-@pytest.mark.parametrize("cls, kw", [(TopKSAE, {"k": 5}), (BatchTopKSAE, {"k": 5}),
-                                     (MatryoshkaSAE, {"k": 5, "matryoshka_sizes": "4,16"})])
-@pytest.mark.parametrize("dead", [False, True])
-def test_sparse_step_matches_autograd(cls, kw, dead):
-    sae = randomized(cls(D, F, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
-    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    dead_F = (torch.arange(F) % 3 == 0) if dead else torch.zeros(F, dtype=torch.bool)
+def step_is_autograd(sae, x, dead_F):
+    """The fast step's loss, mse, gradients and codes are autograd's on `loss`; returns the step's output."""
     out = sae.step(x, 0.0, dead_F)
     fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
@@ -38,10 +33,21 @@ def test_sparse_step_matches_autograd(cls, kw, dead):
     ref.total.backward()
     torch.testing.assert_close(out.loss, ref.total.detach())
     torch.testing.assert_close(out.mse, ref.mse.detach())
-    assert (out.sparsity > 0) == dead
     for n, p in sae.named_parameters():
         torch.testing.assert_close(fast[n], p.grad, msg=n)
     torch.testing.assert_close(out.codes(), ref.f_BF.detach())
+    return out
+
+
+@pytest.mark.parametrize("cls, kw", [(TopKSAE, {"k": 5}), (BatchTopKSAE, {"k": 5}),
+                                     (MatryoshkaSAE, {"k": 5, "matryoshka_sizes": "4,16"})])
+@pytest.mark.parametrize("dead", [False, True])
+def test_sparse_step_matches_autograd(cls, kw, dead):
+    sae = randomized(cls(D, F, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dead_F = (torch.arange(F) % 3 == 0) if dead else torch.zeros(F, dtype=torch.bool)
+    out = step_is_autograd(sae, x, dead_F)
+    assert (out.sparsity > 0) == dead
     per_row = (out.codes() > 0).sum(1)
     assert per_row.float().mean() <= 5 and (cls is not TopKSAE or (per_row <= 5).all())
 
@@ -59,17 +65,7 @@ def test_the_step_over_blocks_of_latents_is_the_whole_step(monkeypatch, cls, kw)
     sae = randomized(cls(D, F_many, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     dead_F = torch.arange(F_many) % 7 == 0
-    out = sae.step(x, 0.0, dead_F)
-    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
-    for p in sae.parameters():
-        p.grad = None
-    ref = sae.loss(x, 0.0, dead_F)
-    ref.total.backward()
-    torch.testing.assert_close(out.loss, ref.total.detach())
-    assert out.sparsity > 0
-    for n, p in sae.named_parameters():
-        torch.testing.assert_close(fast[n], p.grad, msg=n)
-    torch.testing.assert_close(out.codes(), ref.f_BF.detach())
+    assert step_is_autograd(sae, x, dead_F).sparsity > 0
     # inference on the same blocks: the codes as a CSR matrix (no [B, F]), decoded as the dense ones are
     with torch.no_grad():
         sae.b_enc.sub_(2.0)  # BatchTopK infers with its threshold (0 here): fewer than all latents fire

@@ -45,6 +45,16 @@ def timed(fn, warmup: int, repeats: int) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def dense_floor(x, W_enc, W_dec) -> None:
+    """The six dense matrix products one autograd step of an SAE needs (the "floor")."""
+    a_ = x @ W_enc              # encoder forward
+    b_ = a_ @ W_dec             # decoder forward
+    c_ = b_ @ W_dec.T           # grad wrt codes
+    _ = a_.T @ b_               # grad W_dec
+    _ = x.T @ c_                # grad W_enc
+    _ = c_ @ W_enc.T            # grad through x - b_dec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--d-in", type=int, default=128)
@@ -119,12 +129,7 @@ def main() -> None:
     W_enc, W_dec = ours.W_enc.detach().clone(), ours.W_dec.detach().clone()
 
     def floor():
-        a_ = x @ W_enc              # encoder forward
-        b_ = a_ @ W_dec             # decoder forward
-        c_ = b_ @ W_dec.T           # grad wrt codes
-        _ = a_.T @ b_               # grad W_dec
-        _ = x.T @ c_                # grad W_enc
-        _ = c_ @ W_enc.T            # grad through x - b_dec
+        dense_floor(x, W_enc, W_dec)
 
     def bf16(step):
         def run():

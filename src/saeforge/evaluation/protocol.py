@@ -201,6 +201,15 @@ def fmt_interval(m: float, lo: float, hi: float, spec: str = ".3f") -> str:
     return f"{format(m, spec)} [{format(lo, spec)}, {format(hi, spec)}]"
 
 
+def write_section(doc: Path, name: str, lines: list[str]) -> None:
+    """Generated lines between `<!-- name:start -->` and `<!-- name:end -->` of a document whose other text
+    is written by hand (appended at its end if the markers are not there yet)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, _, rest = doc.read_text().partition(start)
+    tail = rest.partition(end)[2] if rest else "\n"
+    doc.write_text(head + "\n".join([start, *lines, end]) + tail)
+
+
 def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     """A markdown table as lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),

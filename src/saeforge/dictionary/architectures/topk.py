@@ -109,12 +109,12 @@ class TopKSAE(SAE):
         return csr(*self.select(pre_BF), pre_BF.shape).to_dense().reshape(*x_BD.shape[:-1], self.d_sae)
 
     def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
-        blocks = latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size())
-        if len(blocks) == 1 or self.shards is not None or x_BD.dim() != 2:
+        if (x_BD.dim() != 2 or self.shards is not None
+                or len(latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size())) == 1):
             return self.encode(x_BD)
-        xc_BD, kept = self.centered(x_BD), None
-        for f0, f1 in blocks:
-            kept = self.infer_merge(kept, f0, torch.addmm(self.b_enc[f0:f1], xc_BD, self.W_enc[:, f0:f1]))
+        kept = None
+        for f0, pre_Bb in encoder_blocks(self, self.centered(x_BD)):
+            kept = self.infer_merge(kept, f0, pre_Bb)
         return csr(*self.infer_selected(kept, len(x_BD)), (len(x_BD), self.d_sae))
 
     def infer_merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
@@ -181,19 +181,9 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
     B, F = len(x_BD), sae.d_sae
     n_dead = 0 if dead_F is None or not sae.aux_k_coefficient else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     dead_idx = torch.nonzero(dead_F).flatten() if n_dead else None  # ascending
-    kept = aux = None
-    blocks = latent_blocks(B, F, sae.k, x_BD.element_size())
-    # several blocks: each written into one buffer (fresh blocks fragment a heap that keeps freed memory,
-    # runtime.keep_freed_memory: 16 blocks of 64 MB grew the process by 1 GB); under autocast torch allocates
-    buf = (torch.empty(B * (blocks[0][1] - blocks[0][0]), dtype=x_BD.dtype, device=x_BD.device)
-           if len(blocks) > 1 and not torch.is_autocast_enabled(x_BD.device.type) else None)
-    dead_buf = torch.empty_like(buf) if buf is not None and n_dead else None  # AuxK's gathered columns, likewise
-    for f0, f1 in blocks:
-        # the one dense product, a block of latents at a time (bfloat16 under autocast)
-        if buf is None:
-            pre_Bb = torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1])
-        else:
-            pre_Bb = torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1], out=buf[:B * (f1 - f0)].view(B, f1 - f0))
+    kept = aux = dead_buf = None
+    for f0, pre_Bb in encoder_blocks(sae, xc_BD):  # the one dense product (bfloat16 under autocast)
+        f1 = f0 + pre_Bb.shape[1]
         with exact(x_BD.device.type):
             kept = sae.merge(kept, f0, pre_Bb)
             if n_dead:  # AuxK's candidates: each row's aux_k largest among the dead latents
@@ -201,8 +191,12 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
                 if hi > lo:
                     aux = aux or RowTopK(min(sae.aux_k, n_dead))
                     cols = dead_idx[lo:hi] - f0
-                    dead_Bd = (pre_Bb[:, cols] if dead_buf is None else
-                               torch.index_select(pre_Bb, 1, cols, out=dead_buf[:B * (hi - lo)].view(B, hi - lo)))
+                    if f1 - f0 < F:  # several blocks: every block's gather into one buffer, as encoder_blocks
+                        if dead_buf is None:
+                            dead_buf = torch.empty(pre_Bb.numel(), dtype=pre_Bb.dtype, device=pre_Bb.device)
+                        dead_Bd = torch.index_select(pre_Bb, 1, cols, out=dead_buf[:B * (hi - lo)].view(B, hi - lo))
+                    else:
+                        dead_Bd = pre_Bb[:, cols]
                     vals, j = kernels.top_k(dead_Bd, min(aux.k, hi - lo))
                     aux.add(vals, dead_idx[lo:hi][j])
         del pre_Bb
@@ -220,6 +214,21 @@ def latent_blocks(B: int, F: int, k: int, itemsize: int) -> list[tuple[int, int]
         return [(0, F)]
     width = max(16 * k, BLOCK_BYTES // (B * itemsize) // 16 * 16)
     return [(f0, min(F, f0 + width)) for f0 in range(0, F, width)]
+
+
+def encoder_blocks(sae: TopKSAE, xc_BD: torch.Tensor):
+    """(f0, pre-activations [B, f1 − f0]) of each block of latents (`latent_blocks`). With several blocks
+    each is written into one buffer, reused: fresh blocks fragment a heap that keeps freed memory
+    (runtime.keep_freed_memory: 16 blocks of 64 MB grew the process by 1 GB). Under autocast or autograd
+    torch allocates each block (`out=` supports neither)."""
+    B = len(xc_BD)
+    blocks = latent_blocks(B, sae.d_sae, sae.k, xc_BD.element_size())
+    buf = (torch.empty(B * (blocks[0][1] - blocks[0][0]), dtype=xc_BD.dtype, device=xc_BD.device)
+           if len(blocks) > 1 and not torch.is_autocast_enabled(xc_BD.device.type) and not torch.is_grad_enabled()
+           else None)
+    for f0, f1 in blocks:
+        out = None if buf is None else buf[:B * (f1 - f0)].view(B, f1 - f0)
+        yield f0, torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1], out=out)
 
 
 class RowTopK:

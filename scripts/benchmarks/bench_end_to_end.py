@@ -100,7 +100,7 @@ def saelens_run(a, model, hook: str, out: Path, n_ctx: int) -> tuple[dict, float
         n_batches_in_buffer=32, lr=LR[a.architecture], lr_warm_up_steps=200, lr_decay_steps=400,
         lr_scheduler_name="constant", adam_beta1=0.9, adam_beta2=0.999, dead_feature_window=10,
         n_batches_for_norm_estimate=128,
-        device="cpu", seed=a.seed, logger=LoggingConfig(log_to_wandb=False), output_path=str(out),
+        device=getattr(a, "device", "cpu"), seed=a.seed, logger=LoggingConfig(log_to_wandb=False), output_path=str(out),
         checkpoint_path=str(out / "checkpoints"), n_checkpoints=0, verbose=False)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):

@@ -60,9 +60,9 @@ def check(dev: torch.device) -> list[dict]:
     rows = []
     for cls, kw in ((TopKSAE, {"k": 8}), (BatchTopKSAE, {"k": 8}), (MatryoshkaSAE, {"k": 8, "matryoshka_sizes": "100,300"})):
         for blocked in (False, True):
-            saved = topk.BLOCK_BYTES
+            saved = topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES
             if blocked:
-                topk.BLOCK_BYTES = B * 128 * 4  # blocks of 128 latents, the last one short
+                topk.BLOCK_BYTES = topk.GPU_BLOCK_BYTES = B * 128 * 4  # blocks of 128 latents, the last one short
             try:
                 g = torch.Generator().manual_seed(0)
                 sae = cls(D, F, aux_k=16, aux_k_coefficient=0.25, **kw)
@@ -87,7 +87,7 @@ def check(dev: torch.device) -> list[dict]:
                 traceback.print_exc()
                 rows.append({"name": f"{cls.__name__} {'blocked' if blocked else 'whole'}", "ok": False, **error_row(e)})
             finally:
-                topk.BLOCK_BYTES = saved
+                topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES = saved
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -111,19 +111,20 @@ def step_fns(a, F: int, dev: torch.device) -> tuple[dict, float]:
 
     def saeforge_step(bf16: bool, block_bytes: int | None = None):
         def run():
-            saved = topk.BLOCK_BYTES
-            topk.BLOCK_BYTES = block_bytes or saved
+            saved = topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES
+            topk.BLOCK_BYTES = topk.GPU_BLOCK_BYTES = block_bytes or saved[dev.type != "cpu"]
             try:
                 opt.zero_grad(set_to_none=True)  # as the trainer does
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     ours.step(x, 0.0)
                 opt.step()
             finally:
-                topk.BLOCK_BYTES = saved
+                topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES = saved
         return run
 
     fns = {"saeforge": saeforge_step(False), "saeforge bf16": saeforge_step(True),
-           "saeforge 1 GiB blocks": saeforge_step(False, 2**30)}
+           "saeforge 64 MB blocks": saeforge_step(False, 64 * 2**20),
+           "saeforge 4 GiB blocks": saeforge_step(False, 4 * 2**30)}
     try:
         from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
         from sae_lens.saes.sae import TrainStepInput
@@ -156,24 +157,26 @@ def step_fns(a, F: int, dev: torch.device) -> tuple[dict, float]:
     return fns, state
 
 
-def timed(fn, repeats: int, dev: torch.device) -> tuple[float, float]:
-    """(seconds per step, peak GiB allocated; NaN off CUDA)."""
+def timed(fn, repeats: int, dev: torch.device) -> tuple[float, float, float]:
+    """(seconds per step, GiB allocated when the timing starts (every contender's parameters, optimizer
+    state and last gradients), peak GiB allocated during it; NaN off CUDA)."""
     for _ in range(3):
         fn()
     if dev.type != "cuda":
         t0 = time.perf_counter()
         for _ in range(repeats):
             fn()
-        return (time.perf_counter() - t0) / repeats, float("nan")
+        return (time.perf_counter() - t0) / repeats, float("nan"), float("nan")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    resident = torch.cuda.memory_allocated() / 2**30
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(repeats):
         fn()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) / 1000 / repeats, torch.cuda.max_memory_allocated() / 2**30
+    return start.elapsed_time(end) / 1000 / repeats, resident, torch.cuda.max_memory_allocated() / 2**30
 
 
 def bench_steps(a, dev: torch.device, results: Results, device_name: str) -> None:
@@ -190,8 +193,8 @@ def bench_steps(a, dev: torch.device, results: Results, device_name: str) -> Non
                 row = {"part": "step", "name": name, "features": F, "round": rnd, "device": device_name,
                        "batch": a.batch, "d_in": a.d_in, "k": a.k, "repeats": a.repeats, "state_gib": state, "cmd": a.cmd}
                 try:
-                    s, peak = timed(fns[name], a.repeats, dev)
-                    row.update(step_s=s, peak_gib=peak)
+                    s, resident, peak = timed(fns[name], a.repeats, dev)
+                    row.update(step_s=s, resident_gib=resident, peak_gib=peak, transient_gib=peak - resident)
                 except Exception as e:  # noqa: BLE001 - out of memory or an error: a row, and the rest go on
                     row.update(error_row(e))
                 finally:
@@ -199,7 +202,7 @@ def bench_steps(a, dev: torch.device, results: Results, device_name: str) -> Non
                         torch.cuda.synchronize()
                         torch.cuda.empty_cache()
                 results.add(row)
-                print(json.dumps({k: row.get(k) for k in ("name", "features", "round", "step_s", "peak_gib", "error")}),
+                print(json.dumps({k: row.get(k) for k in ("name", "features", "round", "step_s", "transient_gib", "error")}),
                       flush=True)
         del fns
         if dev.type == "cuda":
@@ -236,7 +239,9 @@ def bench_run(a, dev: torch.device, results: Results, device_name: str) -> None:
                     row["error"] = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1][:300]
                 elif name == "saeforge":
                     summary = json.loads((out / "summary.json").read_text())
-                    row["timing"] = summary.get("timing")
+                    row.update({k: summary.get(k) for k in ("time_breakdown", "init_s", "train_s", "steps", "batch_size",
+                                                            "train_explained_variance", "train_l0")},
+                               inner_wall_s=summary.get("wall_s"))  # its own wall, after imports
                 results.add(row)
                 print(json.dumps({k: row.get(k) for k in ("name", "round", "wall_s", "error")}), flush=True)
 
@@ -285,21 +290,24 @@ def render(rows: list[dict], cmd: str) -> list[str]:
                 return f"{1e3 * m:.2f}"
 
             def gib(name):
-                m = med(name, "peak_gib")
+                m = med(name, "transient_gib")
                 return "—" if m is None else f"{m:.2f}"
 
             state = next(iter(by[F, "saeforge"].values()))["state_gib"] if (F, "saeforge") in by else float("nan")
-            body.append([f"{F:,}", ms("saeforge"), ms("saeforge bf16"), ms("saeforge 1 GiB blocks"), ms("SAELens"),
-                         ms("SAELens bf16"), ms("dense floor"), ratio("SAELens", "saeforge"),
-                         ratio("SAELens bf16", "saeforge bf16"), ratio("dense floor", "saeforge"), gib("saeforge"),
-                         gib("saeforge 1 GiB blocks"), gib("SAELens"), f"{state:.2f}"])
+            body.append([f"{F:,}", ms("saeforge"), ms("saeforge bf16"), ms("saeforge 64 MB blocks"),
+                         ms("saeforge 4 GiB blocks"), ms("SAELens"), ms("SAELens bf16"), ms("dense floor"),
+                         ratio("SAELens", "saeforge"), ratio("SAELens bf16", "saeforge bf16"),
+                         ratio("dense floor", "saeforge"), f"{state:.2f}", gib("saeforge"), gib("SAELens")])
         L += [f"The TopK step (k {r0['k']}, d_in {r0['d_in']}, batch {r0['batch']}): median ms per step over rounds "
-              f"(CUDA events over {r0['repeats']} steps each); \"saeforge / X\": how many times faster saeforge's step "
-              "is, bootstrap 95% interval over rounds; peak GiB by `torch.cuda.max_memory_allocated`.", ""]
-        L += table(["latents", "saeforge ms", "saeforge bf16 ms", "saeforge, 1 GiB blocks ms", "SAELens ms",
-                    "SAELens bf16 ms", "dense floor ms", "saeforge / SAELens", "bf16: saeforge / SAELens",
-                    "saeforge / floor", "saeforge peak GiB", "saeforge, 1 GiB blocks peak GiB", "SAELens peak GiB",
-                    "parameters + Adam GiB"], body)
+              f"(CUDA events over {r0['repeats']} steps each, after 3 warm-up steps); saeforge's blocks of latents are "
+              "1 GiB of pre-activations on a GPU (`topk.GPU_BLOCK_BYTES`), 64 MB and 4 GiB beside it; \"saeforge / X\": "
+              "how many times faster saeforge's step is, bootstrap 95% interval over rounds. Working memory: the "
+              "step's peak allocation (`torch.cuda.max_memory_allocated`) above what was allocated when its timing "
+              "began (parameters, Adam's state and the last gradients of every contender), float32.", ""]
+        L += table(["latents", "saeforge ms", "saeforge bf16 ms", "saeforge, 64 MB blocks ms",
+                    "saeforge, 4 GiB blocks ms", "SAELens ms", "SAELens bf16 ms", "dense floor ms",
+                    "saeforge / SAELens", "bf16: saeforge / SAELens", "saeforge / floor", "parameters + Adam GiB",
+                    "saeforge working GiB", "SAELens working GiB"], body)
         L += [""]
     runs = [r for r in rows if r["part"] == "run"]
     if runs:

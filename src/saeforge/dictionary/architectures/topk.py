@@ -15,7 +15,7 @@ The fast step keeps the codes as a CSR matrix: only the encoder product is dense
 the decoder, the codes' gradient (a sampled product) and both weight gradients are sparse products
 that touch only the k active latents of each input (O(B·k·D) instead of O(B·F·D)). BatchTopK and
 Matryoshka reuse it. At many latents the encoder product and the selection run block by block over
-the latents (`latent_blocks`: at most BLOCK_BYTES of pre-activations at a time), each block's
+the latents (`latent_blocks`: at most BLOCK_BYTES of pre-activations at a time, GPU_BLOCK_BYTES on a GPU), each block's
 candidates merged into a running selection (`merge`), so no [batch, latents] tensor is made: the
 step's memory grows with the parameters and Adam's state, plus batch × k.
 """
@@ -110,7 +110,7 @@ class TopKSAE(SAE):
 
     def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
         if (x_BD.dim() != 2 or self.shards is not None
-                or len(latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size())) == 1):
+                or len(latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size(), x_BD.device.type)) == 1):
             return self.encode(x_BD)
         kept = None
         for f0, pre_Bb in encoder_blocks(self, self.centered(x_BD)):
@@ -204,15 +204,20 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
         return sparse_rest(sae, x_BD, xc_BD, sae.selected(kept, B), aux and aux.result(), n_dead, y_BE)
 
 
-BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block)
+BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block) on the CPU
+# On a GPU wider blocks keep the device busy: on an H200 the 1,048,576-latent step took 84 ms in 1 GiB
+# blocks against 128 ms in 64 MB ones, 6.0 against 8.8 ms at 65,536 (docs/performance.md, bench_gpu.py).
+GPU_BLOCK_BYTES = 2**30
 
 
-def latent_blocks(B: int, F: int, k: int, itemsize: int) -> list[tuple[int, int]]:
+def latent_blocks(B: int, F: int, k: int, itemsize: int, device_type: str = "cpu") -> list[tuple[int, int]]:
     """The latent ranges [f0, f1) the encoder product and the selection run over: all of them at once
-    while [B, F] fits BLOCK_BYTES, else blocks as wide as fit (a multiple of 16, the kernels'; at least 16·k)."""
-    if B * F * itemsize <= BLOCK_BYTES:
+    while [B, F] fits the block budget (BLOCK_BYTES, GPU_BLOCK_BYTES off the CPU), else blocks as wide as
+    fit (a multiple of 16, the kernels'; at least 16·k)."""
+    budget = BLOCK_BYTES if device_type == "cpu" else GPU_BLOCK_BYTES
+    if B * F * itemsize <= budget:
         return [(0, F)]
-    width = max(16 * k, BLOCK_BYTES // (B * itemsize) // 16 * 16)
+    width = max(16 * k, budget // (B * itemsize) // 16 * 16)
     return [(f0, min(F, f0 + width)) for f0 in range(0, F, width)]
 
 
@@ -222,7 +227,7 @@ def encoder_blocks(sae: TopKSAE, xc_BD: torch.Tensor):
     (runtime.keep_freed_memory: 16 blocks of 64 MB grew the process by 1 GB). Under autocast or autograd
     torch allocates each block (`out=` supports neither)."""
     B = len(xc_BD)
-    blocks = latent_blocks(B, sae.d_sae, sae.k, xc_BD.element_size())
+    blocks = latent_blocks(B, sae.d_sae, sae.k, xc_BD.element_size(), xc_BD.device.type)
     buf = (torch.empty(B * (blocks[0][1] - blocks[0][0]), dtype=xc_BD.dtype, device=xc_BD.device)
            if len(blocks) > 1 and not torch.is_autocast_enabled(xc_BD.device.type) and not torch.is_grad_enabled()
            else None)

@@ -4,7 +4,7 @@ memory, ratios; rows in docs/gpu.jsonl, the tables rendered into docs/performanc
 of the script itself, timed by the wall clock, no memory figure).
 
     python scripts/benchmarks/bench_gpu.py [--features 16384 65536 1048576] [--batch 4096] [--d-in 128]
-        [--k 32] [--repeats 20] [--rounds 3] [--run-tokens 1000000] [--run-rounds 3] [--rows docs/gpu.jsonl]
+        [--k 32] [--repeats 20] [--rounds 3] [--run-tokens 1000000] [--run-rounds 3] [--rows FILE]
         [--render-only]
 
 0. The check: on the device, saeforge's TopK, BatchTopK and Matryoshka steps (AuxK on, a third of the
@@ -308,6 +308,12 @@ def render(rows: list[dict], cmd: str) -> list[str]:
                     "saeforge, 4 GiB blocks ms", "SAELens ms", "SAELens bf16 ms", "dense floor ms",
                     "saeforge / SAELens", "bf16: saeforge / SAELens", "saeforge / floor", "parameters + Adam GiB",
                     "saeforge working GiB", "SAELens working GiB"], body)
+        reading = []
+        for F in sorted({r["features"] for r in steps}):
+            if (F, "saeforge 64 MB blocks") in by and (F, "saeforge") in by:
+                reading.append(f"{F:,} latents {ratio('saeforge 64 MB blocks', 'saeforge')}")
+        if reading:
+            L += ["", "1 GiB blocks against the CPU's 64 MB (how many times faster): " + "; ".join(reading) + "."]
         L += [""]
     runs = [r for r in rows if r["part"] == "run"]
     if runs:
@@ -322,6 +328,20 @@ def render(rows: list[dict], cmd: str) -> list[str]:
             L += [f"The whole main job ({runs[0]['tokens']:,} tokens, TopK k 32, 1,024 latents, no evals), each a fresh "
                   f"process, {len(rounds)} interleaved rounds: saeforge {m['saeforge']:.1f} s, SAELens's runner "
                   f"{m['SAELens']:.1f} s (median walls, imports and model load included): saeforge {x}× faster."]
+            ours = [r for r in runs if r["name"] == "saeforge" and "error" not in r and r.get("time_breakdown")]
+            if ours:
+                def mid(f):
+                    return statistics.median(f(r) for r in ours)
+                tb = lambda r: r["time_breakdown"]  # noqa: E731
+                L += ["", f"Where saeforge's {mid(lambda r: r['wall_s']):.1f} s go (medians of its summary.json): "
+                      f"{mid(lambda r: r['wall_s'] - r['inner_wall_s']):.1f} s before its `train` starts (Python, "
+                      f"imports), {mid(lambda r: r['inner_wall_s'] - r['train_s']):.1f} s inside `train` but outside "
+                      "its training loop (model load, CUDA start-up, init, saving: not broken down further), "
+                      f"{mid(lambda r: r['train_s']):.1f} s training: "
+                      f"{mid(lambda r: tb(r)['step_s']):.1f} s in {ours[0]['steps']:,} steps of "
+                      f"{ours[0]['batch_size']} tokens ({1e3 * mid(lambda r: tb(r)['step_s'] / r['steps']):.1f} ms "
+                      f"each), {mid(lambda r: tb(r)['model_forward_s'] + tb(r)['first_fill_s']):.1f} s in the "
+                      f"model's forward passes. Training EV {mid(lambda r: r['train_explained_variance']):.3f}."]
         if errs:
             L += ["", "Failed runs: " + "; ".join(errs) + "."]
         L += [""]
@@ -339,11 +359,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--run-tokens", type=int, default=1_000_000, help="0 skips the whole-run comparison")
     ap.add_argument("--run-rounds", type=int, default=3)
-    ap.add_argument("--rows", default=str(ROOT / "docs" / "gpu.jsonl"))
+    ap.add_argument("--rows", default=None, help="the rows file (default: DOCS/gpu.jsonl)")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--render-only", action="store_true")
     a = ap.parse_args(argv)
-    results = Results(a.rows, KEY)
+    results = Results(a.rows or Path(a.docs) / "gpu.jsonl", KEY)
     cmd = (f"python scripts/benchmarks/bench_gpu.py --features {' '.join(map(str, a.features))} --batch {a.batch} "
            f"--d-in {a.d_in} --k {a.k} --repeats {a.repeats} --rounds {a.rounds} --run-tokens {a.run_tokens} "
            f"--run-rounds {a.run_rounds}")

@@ -8,7 +8,8 @@ import torch
 
 import saeforge
 from saeforge.cli import main
-from saeforge.dictionary.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE, topk
+from saeforge.dictionary import blocks
+from saeforge.dictionary.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, StandardSAE, TopKSAE, topk
 from saeforge.errors import UserError
 from saeforge.evaluation import metrics
 
@@ -59,9 +60,9 @@ def test_the_step_over_blocks_of_latents_is_the_whole_step(monkeypatch, cls, kw)
     holding [batch, latents]: here blocks of 48 of 200 latents (the last one short) give autograd's
     loss, gradients and codes over the whole [B, F]."""
     F_many = 200
-    monkeypatch.setattr(topk, "BLOCK_BYTES", B * 48 * 8)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", B * 48 * 8)
     monkeypatch.setattr(topk.RowTopK, "FOLD", 2)  # the candidates folded along the way, not only at the end
-    assert topk.latent_blocks(B, F_many, 3, 8) == [(0, 48), (48, 96), (96, 144), (144, 192), (192, 200)]
+    assert blocks.latent_blocks(B, F_many, 3, 8) == [(0, 48), (48, 96), (96, 144), (144, 192), (192, 200)]
     sae = randomized(cls(D, F_many, dtype=torch.float64, aux_k=6, aux_k_coefficient=0.25, **kw))
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     dead_F = torch.arange(F_many) % 7 == 0
@@ -75,6 +76,38 @@ def test_the_step_over_blocks_of_latents_is_the_whole_step(monkeypatch, cls, kw)
         torch.testing.assert_close(sae(x[None]), sae.decode(sae.encode(x), x)[None])
         for got, want in zip(metrics.firing(wide), metrics.firing(sae.encode(x))):
             torch.testing.assert_close(got, want, check_dtype=False)
+
+
+@pytest.mark.parametrize("cls, kw", [(StandardSAE, {}), (JumpReLUSAE, {"jumprelu_bandwidth": 0.5}),
+                                     (JumpReLUSAE, {"jumprelu_bandwidth": 0.5, "jumprelu_sparsity": "tanh"})])
+def test_relu_and_jumprelu_steps_over_blocks_of_latents_are_the_whole_step(monkeypatch, cls, kw):
+    """ReLU + L1 and JumpReLU at many latents: the entries that fire (and, for JumpReLU, those in θ's
+    kernel) found block by block, no [B, F] tensor, then the sparse step: autograd's loss, gradients
+    and codes over the whole [B, F]; inference codes as a CSR matrix, as `encode`'s."""
+    F_many = 200
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", B * 48 * 8)  # blocks of 48 latents, the last one short
+    sae = randomized(cls(D, F_many, dtype=torch.float64, **kw))
+    with torch.no_grad():
+        sae.b_enc.sub_(2.0)  # a few codes fire per row, some in θ's kernel
+        if cls is JumpReLUSAE:
+            sae.threshold.copy_(torch.rand(F_many, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert blocks.several(sae, x)
+    out = sae.step(x, 0.7)
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    ref = sae.loss(x, 0.7)
+    ref.total.backward()
+    assert 0 < float((ref.f_BF > 0).float().mean()) < 0.5
+    torch.testing.assert_close(out.loss, ref.total.detach())
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, msg=n)
+    torch.testing.assert_close(out.codes(), ref.f_BF.detach())
+    with torch.no_grad():
+        wide = sae.codes_of(x)
+        assert wide.layout == torch.sparse_csr
+        torch.testing.assert_close(wide.to_dense(), sae.encode(x))
+        torch.testing.assert_close(sae(x[None]), sae.decode(sae.encode(x), x)[None])
 
 
 @pytest.mark.parametrize("sparsity", ["step", "tanh"])

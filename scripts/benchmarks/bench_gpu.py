@@ -54,15 +54,16 @@ def error_row(e: BaseException) -> dict:
 
 def check(dev: torch.device) -> list[dict]:
     """saeforge's sparse steps against autograd on the device (float32), whole and over blocks."""
-    from saeforge.dictionary.architectures import BatchTopKSAE, MatryoshkaSAE, TopKSAE, topk
+    from saeforge.dictionary import blocks
+    from saeforge.dictionary.architectures import BatchTopKSAE, MatryoshkaSAE, TopKSAE
 
     D, F, B = 64, 600, 256
     rows = []
     for cls, kw in ((TopKSAE, {"k": 8}), (BatchTopKSAE, {"k": 8}), (MatryoshkaSAE, {"k": 8, "matryoshka_sizes": "100,300"})):
         for blocked in (False, True):
-            saved = topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES
+            saved = blocks.BLOCK_BYTES, blocks.GPU_BLOCK_BYTES
             if blocked:
-                topk.BLOCK_BYTES = topk.GPU_BLOCK_BYTES = B * 128 * 4  # blocks of 128 latents, the last one short
+                blocks.BLOCK_BYTES = blocks.GPU_BLOCK_BYTES = B * 128 * 4  # blocks of 128 latents, the last one short
             try:
                 g = torch.Generator().manual_seed(0)
                 sae = cls(D, F, aux_k=16, aux_k_coefficient=0.25, **kw)
@@ -87,7 +88,7 @@ def check(dev: torch.device) -> list[dict]:
                 traceback.print_exc()
                 rows.append({"name": f"{cls.__name__} {'blocked' if blocked else 'whole'}", "ok": False, **error_row(e)})
             finally:
-                topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES = saved
+                blocks.BLOCK_BYTES, blocks.GPU_BLOCK_BYTES = saved
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -98,7 +99,8 @@ def step_fns(a, F: int, dev: torch.device) -> tuple[dict, float]:
     """The contenders' steps at F latents, and parameters + Adam in GiB. A contender that cannot be built
     (SAELens not importable, say) is a step that raises, so that it is a row with its error."""
     from bench_train_step import dense_floor
-    from saeforge.dictionary.architectures import TopKSAE, topk
+    from saeforge.dictionary import blocks
+    from saeforge.dictionary.architectures import TopKSAE
     from saeforge.dictionary.init import initialize
 
     x = torch.randn(a.batch, a.d_in, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -111,15 +113,15 @@ def step_fns(a, F: int, dev: torch.device) -> tuple[dict, float]:
 
     def saeforge_step(bf16: bool, block_bytes: int | None = None):
         def run():
-            saved = topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES
-            topk.BLOCK_BYTES = topk.GPU_BLOCK_BYTES = block_bytes or saved[dev.type != "cpu"]
+            saved = blocks.BLOCK_BYTES, blocks.GPU_BLOCK_BYTES
+            blocks.BLOCK_BYTES = blocks.GPU_BLOCK_BYTES = block_bytes or saved[dev.type != "cpu"]
             try:
                 opt.zero_grad(set_to_none=True)  # as the trainer does
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                     ours.step(x, 0.0)
                 opt.step()
             finally:
-                topk.BLOCK_BYTES, topk.GPU_BLOCK_BYTES = saved
+                blocks.BLOCK_BYTES, blocks.GPU_BLOCK_BYTES = saved
         return run
 
     fns = {"saeforge": saeforge_step(False), "saeforge bf16": saeforge_step(True),
@@ -300,7 +302,7 @@ def render(rows: list[dict], cmd: str) -> list[str]:
                          ratio("dense floor", "saeforge"), f"{state:.2f}", gib("saeforge"), gib("SAELens")])
         L += [f"The TopK step (k {r0['k']}, d_in {r0['d_in']}, batch {r0['batch']}): median ms per step over rounds "
               f"(CUDA events over {r0['repeats']} steps each, after 3 warm-up steps); saeforge's blocks of latents are "
-              "1 GiB of pre-activations on a GPU (`topk.GPU_BLOCK_BYTES`), 64 MB and 4 GiB beside it; \"saeforge / X\": "
+              "1 GiB of pre-activations on a GPU (`blocks.GPU_BLOCK_BYTES`), 64 MB and 4 GiB beside it; \"saeforge / X\": "
               "how many times faster saeforge's step is, bootstrap 95% interval over rounds. Working memory: the "
               "step's peak allocation (`torch.cuda.max_memory_allocated`) above what was allocated when its timing "
               "began (parameters, Adam's state and the last gradients of every contender), float32.", ""]

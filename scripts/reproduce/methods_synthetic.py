@@ -77,6 +77,11 @@ TRAINER = {  # variant -> extra flags (standard: where saeforge's F1 trails SAEL
     "saeforge trainer=no resampling": ["--init", "mod", "--resample", "none", "--unit-norm-decoder"],
     "saeforge trainer=free norm + Adam 0.999/1e-8": ["--init", "mod", "--resample", "clustered",
                                                      "--no-unit-norm-decoder", "--beta2", "0.999", "--adam-eps", "1e-8"],
+    # the toy default since (free norm, no resampling on synthetic data), and SAELens's clipping on top of it
+    "saeforge trainer=free norm, no resampling": ["--init", "mod", "--resample", "none", "--no-unit-norm-decoder",
+                                                  "--max-grad-norm", "0"],
+    "saeforge trainer=free norm, no resampling, grad clip 1.0": ["--init", "mod", "--resample", "none",
+                                                                 "--no-unit-norm-decoder", "--max-grad-norm", "1.0"],
 }
 JUMPRELU = {  # variant -> extra flags (jumprelu: where saeforge's MCC trails SAELens's in benchmark.md); SAELens's
     # trainer leaves the decoder norm free and runs Adam β2 0.999 / ε 1e-8
@@ -94,7 +99,8 @@ STUDIES = {"init": (INIT, "saeforge init=orthogonal"), "dead": (DEAD, "saeforge 
 # comparisons besides each variant against the reference: saeforge's init against the field's data-point init, and
 # mean-centring on top of it
 PAIRS = {"init": [("saeforge init=mod", "saeforge init=datapoint centred"), ("saeforge init=mod centred", "saeforge init=mod")],
-         "dead": [], "trainer": [], "jumprelu": []}
+         "dead": [], "jumprelu": [],
+         "trainer": [("saeforge trainer=free norm, no resampling, grad clip 1.0", "saeforge trainer=free norm, no resampling")]}
 METRICS = (("mcc", "MCC", True), ("f1", "F1", True), ("absorption", "absorption", False),
            ("mixture_latents", "mixture latents", False), ("dead_latents", "dead", False),
            ("explained_variance", "EV", True), ("l0", "L0", None), ("init_s", "init s", None),

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from saeforge.dictionary import kernels
+from saeforge.dictionary import blocks, kernels
 from saeforge.dictionary.architectures.standard import sparse_enough
 from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
                                      skip_grad)
@@ -93,6 +93,12 @@ class JumpReLUSAE(SAE):
         pre_BF = self.pre(x_BD)
         return pre_BF.relu() * (pre_BF > self.threshold)
 
+    def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
+        if x_BD.dim() != 2 or not blocks.several(self, x_BD):
+            return self.encode(x_BD)
+        rows, cols, vals = blocks.firing(self, self.centered(x_BD), self.threshold.clamp(min=0.0))
+        return csr_of(rows, cols, vals, (len(x_BD), self.d_sae))
+
     def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
              y_BE: torch.Tensor | None = None) -> Loss:
         pre_BF = self.pre(x_BD)
@@ -112,9 +118,14 @@ class JumpReLUSAE(SAE):
             self.threshold.clamp_(min=0.0)  # θ < 0 would let negative pre-activations through
             if sparse is not False:
                 x_BD = x_BD.to(self.W_enc.dtype)
-                pre_BF = torch.addmm(self.b_enc, self.centered(x_BD), self.W_enc)  # bfloat16 under autocast
                 # the entries that fire or lie in θ's kernel: all the sparse step needs
                 low_F = self.threshold - self.bandwidth / 2
+                if blocks.several(self, x_BD):  # many latents: those entries block by block, no [B, F]
+                    seen = blocks.firing(self, self.centered(x_BD), low_F)
+                    with exact(x_BD.device.type):
+                        y = self.target(x_BD, None if y_BE is None else y_BE.to(self.W_enc.dtype))
+                        return sparse_step(self, x_BD, seen, coefficient, y)
+                pre_BF = torch.addmm(self.b_enc, self.centered(x_BD), self.W_enc)  # bfloat16 under autocast
                 if sparse or sparse_enough(pre_BF, low_F):
                     with exact(x_BD.device.type):  # after the encoder product (bfloat16 under autocast)
                         y = self.target(x_BD, None if y_BE is None else y_BE.to(self.W_enc.dtype))

@@ -6,7 +6,8 @@
 
 `loss` is the autograd reference; `step` is the hand-written backward that tests/test_sae.py
 checks against it gradient for gradient: dense while codes are dense (early in training), and
-past the encoder product sparse once fewer than SPARSE_BELOW of the codes fire (docs/performance.md).
+past the encoder product sparse once fewer than SPARSE_BELOW of the codes fire (docs/performance.md);
+always sparse at many latents, the encoder product run over blocks of latents (blocks.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from saeforge.dictionary import kernels
+from saeforge.dictionary import blocks, kernels
 from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
                                      skip_grad)
 from saeforge.dictionary.sparse import Transposed, csr_of, sampled
@@ -47,6 +48,12 @@ class StandardSAE(SAE):
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.centered(x_BD) @ self.W_enc + self.b_enc)
+
+    def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
+        if x_BD.dim() != 2 or not blocks.several(self, x_BD):
+            return self.encode(x_BD)
+        rows, cols, vals = blocks.firing(self, self.centered(x_BD), torch.zeros_like(self.b_enc))
+        return csr_of(rows, cols, vals, (len(x_BD), self.d_sae))
 
     def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
              y_BE: torch.Tensor | None = None) -> Loss:
@@ -106,8 +113,12 @@ def fast_step(sae: StandardSAE, x_BD: torch.Tensor, l1: float, sparse: bool | No
     xc_BD1[:, D] = 1.0
     xc_BD = xc_BD1[:, :D]
 
-    pre_BF = xc_BD @ W_enc  # the bias joins below: folded into the sparse path's comparison
     norms_F = W_dec.norm(dim=-1)
+    if sparse is not False and blocks.several(sae, xc_BD):  # many latents: no [B, F], the sparse step on
+        seen = blocks.firing(sae, xc_BD, torch.zeros_like(b_enc))  # the entries that fire, block by block
+        with exact(x_BD.device.type):
+            return sparse_relu_step(sae, x_BD, xc_BD, seen, norms_F, l1, y_BE)
+    pre_BF = xc_BD @ W_enc  # the bias joins below: folded into the sparse path's comparison
     if sparse or (sparse is None and sparse_enough(pre_BF, -b_enc)):
         with exact(x_BD.device.type):
             return sparse_relu_step(sae, x_BD, xc_BD, kernels.firing(pre_BF, -b_enc, b_enc), norms_F, l1, y_BE)

@@ -15,7 +15,7 @@ The fast step keeps the codes as a CSR matrix: only the encoder product is dense
 the decoder, the codes' gradient (a sampled product) and both weight gradients are sparse products
 that touch only the k active latents of each input (O(B·k·D) instead of O(B·F·D)). BatchTopK and
 Matryoshka reuse it. At many latents the encoder product and the selection run block by block over
-the latents (`latent_blocks`: at most BLOCK_BYTES of pre-activations at a time, GPU_BLOCK_BYTES on a GPU), each block's
+the latents (blocks.py: at most 64 MB of pre-activations at a time on the CPU, 1 GiB on a GPU), each block's
 candidates merged into a running selection (`merge`), so no [batch, latents] tensor is made: the
 step's memory grows with the parameters and Adam's state, plus batch × k.
 """
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from saeforge.dictionary import kernels
+from saeforge.dictionary.blocks import encoder_blocks, latent_blocks
 from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
                                      skip_grad)
 from saeforge.dictionary.sparse import Transposed, crow_of, csr, row_of, sampled
@@ -113,7 +114,7 @@ class TopKSAE(SAE):
                 or len(latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size(), x_BD.device.type)) == 1):
             return self.encode(x_BD)
         kept = None
-        for f0, pre_Bb in encoder_blocks(self, self.centered(x_BD)):
+        for f0, pre_Bb in encoder_blocks(self, self.centered(x_BD), self.k):
             kept = self.infer_merge(kept, f0, pre_Bb)
         return csr(*self.infer_selected(kept, len(x_BD)), (len(x_BD), self.d_sae))
 
@@ -182,7 +183,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
     n_dead = 0 if dead_F is None or not sae.aux_k_coefficient else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     dead_idx = torch.nonzero(dead_F).flatten() if n_dead else None  # ascending
     kept = aux = dead_buf = None
-    for f0, pre_Bb in encoder_blocks(sae, xc_BD):  # the one dense product (bfloat16 under autocast)
+    for f0, pre_Bb in encoder_blocks(sae, xc_BD, sae.k):  # the one dense product (bfloat16 under autocast)
         f1 = f0 + pre_Bb.shape[1]
         with exact(x_BD.device.type):
             kept = sae.merge(kept, f0, pre_Bb)
@@ -202,38 +203,6 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
         del pre_Bb
     with exact(x_BD.device.type):
         return sparse_rest(sae, x_BD, xc_BD, sae.selected(kept, B), aux and aux.result(), n_dead, y_BE)
-
-
-BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block) on the CPU
-# On a GPU wider blocks keep the device busy: on an H200 the 1,048,576-latent step took 84 ms in 1 GiB
-# blocks against 128 ms in 64 MB ones, 6.0 against 8.8 ms at 65,536 (docs/performance.md, bench_gpu.py).
-GPU_BLOCK_BYTES = 2**30
-
-
-def latent_blocks(B: int, F: int, k: int, itemsize: int, device_type: str = "cpu") -> list[tuple[int, int]]:
-    """The latent ranges [f0, f1) the encoder product and the selection run over: all of them at once
-    while [B, F] fits the block budget (BLOCK_BYTES, GPU_BLOCK_BYTES off the CPU), else blocks as wide as
-    fit (a multiple of 16, the kernels'; at least 16·k)."""
-    budget = BLOCK_BYTES if device_type == "cpu" else GPU_BLOCK_BYTES
-    if B * F * itemsize <= budget:
-        return [(0, F)]
-    width = max(16 * k, budget // (B * itemsize) // 16 * 16)
-    return [(f0, min(F, f0 + width)) for f0 in range(0, F, width)]
-
-
-def encoder_blocks(sae: TopKSAE, xc_BD: torch.Tensor):
-    """(f0, pre-activations [B, f1 − f0]) of each block of latents (`latent_blocks`). With several blocks
-    each is written into one buffer, reused: fresh blocks fragment a heap that keeps freed memory
-    (runtime.keep_freed_memory: 16 blocks of 64 MB grew the process by 1 GB). Under autocast or autograd
-    torch allocates each block (`out=` supports neither)."""
-    B = len(xc_BD)
-    blocks = latent_blocks(B, sae.d_sae, sae.k, xc_BD.element_size(), xc_BD.device.type)
-    buf = (torch.empty(B * (blocks[0][1] - blocks[0][0]), dtype=xc_BD.dtype, device=xc_BD.device)
-           if len(blocks) > 1 and not torch.is_autocast_enabled(xc_BD.device.type) and not torch.is_grad_enabled()
-           else None)
-    for f0, f1 in blocks:
-        out = None if buf is None else buf[:B * (f1 - f0)].view(B, f1 - f0)
-        yield f0, torch.addmm(sae.b_enc[f0:f1], xc_BD, sae.W_enc[:, f0:f1], out=out)
 
 
 class RowTopK:

@@ -1,10 +1,14 @@
-"""The TopK training step as the dictionary grows: time and peak memory per step of saeforge's
-step, SAELens's, and the six dense products one step needs (the floor), at 4,096 / 16,384 /
-65,536 latents; rows in docs/latents.jsonl, the table rendered into docs/performance.md (between
-its `latents` markers).
+"""The training step as the dictionary grows: time and peak memory per step of saeforge's step,
+SAELens's, and the six dense products one step needs (the floor), at 4,096 / 16,384 / 65,536
+latents; rows in docs/latents.jsonl, the table rendered into docs/performance.md (between its
+`latents` markers for TopK, `latents-standard` / `latents-jumprelu` for the others).
 
     python scripts/benchmarks/bench_latents.py [--features 4096 16384 65536] [--rounds 3] [--repeats 5]
-        [--d-in 128 --batch 4096 --k 32 --threads 2] [--render-only]
+        [--d-in 128 --batch 4096 --k 32 --threads 2] [--architecture topk|standard|jumprelu] [--render-only]
+
+ReLU + L1 and JumpReLU start with encoder biases such that about k latents fire per input (a trained
+dictionary's sparsity; `sparse_biases`): their steps then run the sparse path, block by block over
+the latents where [batch, latents] would pass 64 MB (dictionary/blocks.py).
 
 Each measurement is a fresh process (so that its peak resident memory is its own): it runs the
 contender once at 16·k latents (libraries loaded, kernels compiled), notes its resident memory,
@@ -32,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saeforge.evaluation.protocol import Results, fmt_interval, ratio_interval, table, write_section  # noqa: E402
 
 METHODS = ("saeforge", "SAELens", "dense floor")
-KEY = ("features", "method", "round", "d_in", "batch", "k", "threads")
+KEY = ("architecture", "features", "method", "round", "d_in", "batch", "k", "threads")
 
 
 def rss_mb() -> float:
@@ -40,40 +44,61 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
+def sparse_biases(sae, x, L0: int) -> None:
+    """ReLU + L1, JumpReLU: encoder biases such that about L0 latents fire per input (as a trained
+    dictionary's), from 512 rows, 4,096 latents at a time (no [rows, latents] tensor)."""
+    import torch
+
+    rows = x[:512]
+    q = int(len(rows) * (1 - L0 / sae.d_sae))
+    theta = sae.threshold if hasattr(sae, "threshold") else torch.zeros(sae.d_sae)
+    with torch.no_grad():
+        for f0 in range(0, sae.d_sae, 4096):
+            pre = (rows - sae.b_dec) @ sae.W_enc[:, f0:f0 + 4096] + sae.b_enc[f0:f0 + 4096]
+            sae.b_enc[f0:f0 + 4096] -= pre.kthvalue(max(q, 1), dim=0).values - theta[f0:f0 + 4096]
+
+
 def build(a, method: str, F: int):
     """(the contender's step, parameters + Adam bytes) at F latents."""
     import torch
 
-    from saeforge.dictionary.architectures import TopKSAE
+    from saeforge.dictionary.architectures import JumpReLUSAE, StandardSAE, TopKSAE
     from saeforge.dictionary.init import initialize
 
     D, B = a.d_in, a.batch
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
-    ours = TopKSAE(D, F, k=a.k)
+    ours = {"topk": lambda: TopKSAE(D, F, k=a.k), "standard": lambda: StandardSAE(D, F),
+            "jumprelu": lambda: JumpReLUSAE(D, F)}[a.architecture]()
     initialize(ours, "orthogonal", seed=0)
+    if a.architecture != "topk":
+        sparse_biases(ours, x, a.k)
     state = 3 * sum(p.numel() * p.element_size() for p in ours.parameters())
     if method == "saeforge":
         opt = torch.optim.Adam(ours.parameters(), lr=1e-5, fused=True)
 
         def step():  # as the trainer runs it: the last step's gradients freed first
             opt.zero_grad(set_to_none=True)
-            ours.step(x, 0.0)
+            ours.step(x, 5.0 if a.architecture != "topk" else 0.0)
             opt.step()
     elif method == "SAELens":
-        from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+        import sae_lens
         from sae_lens.saes.sae import TrainStepInput
 
-        sl = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=a.k))
+        name, kw = {"topk": ("TopK", {"k": a.k}), "standard": ("Standard", {"l1_coefficient": 5.0}),
+                    "jumprelu": ("JumpReLU", {"l0_coefficient": 5.0})}[a.architecture]
+        cfg = getattr(sae_lens, f"{name}TrainingSAEConfig")(d_in=D, d_sae=F, **kw)
+        sl = getattr(sae_lens, f"{name}TrainingSAE")(cfg)
         with torch.no_grad():  # the same weights: the same codes
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-                getattr(sl, name).copy_(getattr(ours, name))
+            for p in ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if a.architecture == "jumprelu" else ()):
+                getattr(sl, p).copy_(getattr(ours, p))
         del ours
         opt = torch.optim.Adam(sl.parameters(), lr=1e-5)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None,
-                                                          n_training_steps=0, is_logging_step=False))
+            out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0, "l0": 5.0},
+                                                          dead_neuron_mask=None, n_training_steps=0,
+                                                          is_logging_step=False))
             out.loss.backward()
             opt.step()
     else:
@@ -110,7 +135,7 @@ def child(a) -> None:
 
 
 def measure(a, results: Results) -> None:
-    common = dict(d_in=a.d_in, batch=a.batch, k=a.k, threads=a.threads)
+    common = dict(architecture=a.architecture, d_in=a.d_in, batch=a.batch, k=a.k, threads=a.threads)
     for rnd in range(a.rounds):
         todo = [(F, m) for F in a.features for m in METHODS]
         random.Random(rnd).shuffle(todo)
@@ -119,7 +144,8 @@ def measure(a, results: Results) -> None:
             if results.get(**key):
                 continue
             cmd = [sys.executable, __file__, "--child", m, "--child-features", str(F), "--repeats", str(a.repeats),
-                   "--d-in", str(a.d_in), "--batch", str(a.batch), "--k", str(a.k), "--threads", str(a.threads)]
+                   "--d-in", str(a.d_in), "--batch", str(a.batch), "--k", str(a.k), "--threads", str(a.threads),
+                   "--architecture", a.architecture]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             row = results.add({**key, **json.loads(out)})
             print(json.dumps({k: row[k] for k in ("features", "method", "round", "step_s", "peak_mb")}), flush=True)
@@ -146,7 +172,9 @@ def render(rows: list[dict], cmd: str) -> list[str]:
                      f"{peak['saeforge']:.0f}", f"{peak['SAELens']:.0f}", f"{peak['dense floor']:.0f}", f"{state:.0f}",
                      f"{peak['saeforge'] / state:.2f}×"])
     r0 = rows[0]
-    L = ["", f"Generated by `{cmd}` from [latents.jsonl](latents.jsonl): TopK k {r0['k']}, d_in {r0['d_in']}, "
+    what = {"topk": f"TopK k {r0['k']}", "standard": f"ReLU + L1 with about {r0['k']} latents firing per input",
+            "jumprelu": f"JumpReLU with about {r0['k']} latents firing per input"}[r0["architecture"]]
+    L = ["", f"Generated by `{cmd}` from [latents.jsonl](latents.jsonl): {what}, d_in {r0['d_in']}, "
          f"batch {r0['batch']}, {r0['threads']} threads; medians over rounds, each measurement a fresh process in a "
          "fresh random order (the script's docstring). \"saeforge / X\": how many times faster saeforge's step is, "
          "bootstrap 95% interval over rounds. Peak: the process's peak resident memory less its mark before the "
@@ -176,8 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--d-in", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--k", type=int, default=32, help="TopK's k; ReLU + L1 and JumpReLU: biases such that about k "
+                    "latents fire per input")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--architecture", choices=("topk", "standard", "jumprelu"), default="topk")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -190,10 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     if not a.render_only:
         measure(a, results)
     cmd = (f"python scripts/benchmarks/bench_latents.py --features {' '.join(map(str, a.features))} --rounds {a.rounds} "
-           f"--repeats {a.repeats} --d-in {a.d_in} --batch {a.batch} --k {a.k} --threads {a.threads}")
-    block = render([r for r in results.rows if r["features"] in a.features], cmd)
+           f"--repeats {a.repeats} --d-in {a.d_in} --batch {a.batch} --k {a.k} --threads {a.threads}"
+           + ("" if a.architecture == "topk" else f" --architecture {a.architecture}"))
+    block = render([r for r in results.rows if r["features"] in a.features and r["architecture"] == a.architecture], cmd)
     perf = docs / "performance.md"
-    write_section(perf, "latents", block)
+    write_section(perf, "latents" if a.architecture == "topk" else f"latents-{a.architecture}", block)
     print(f"wrote the latents table into {perf}")
 
 

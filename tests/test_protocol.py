@@ -130,3 +130,11 @@ def test_performance_blocks_are_what_their_results_files_render_to(tmp_path, mar
     shutil.copy(ROOT / "docs" / f"{rows}.jsonl", tmp_path / f"{rows}.jsonl")
     _script(script).main([*shlex.split(cmd.group(1)), "--render-only", "--docs", str(tmp_path)])
     assert (tmp_path / "performance.md").read_text() == text
+
+
+def test_architectures_protocol_section_is_what_the_benchmark_and_evals_rows_render_to(tmp_path):
+    """docs/architectures.md's first section is rendered from benchmark.jsonl and evals.jsonl alone."""
+    for name in ("architectures.md", "benchmark.jsonl", "evals.jsonl"):
+        shutil.copy(ROOT / "docs" / name, tmp_path / name)
+    _script("architectures").main(["--docs", str(tmp_path)])
+    assert (tmp_path / "architectures.md").read_text() == (ROOT / "docs" / "architectures.md").read_text()

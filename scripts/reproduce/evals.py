@@ -9,8 +9,9 @@ init × dead-latent handling at matched L0; writes docs/evals.md, docs/evals.jso
    --main-seeds; `saeforge eval --interp` on each (--suite-tokens labelled held-out tokens) and the
    stability (PW-MCC) across them. The spread over seeds says which differences mean something.
 2. **Grid.** Each architecture (standard, topk, batchtopk, jumprelu, matryoshka) × init
-   (orthogonal, mod: the informed default of `saeforge toy`, data) × dead-latent handling (AuxK
-   for the k-architectures or none for the others, against clustered resampling), trained on
+   (orthogonal, mod: the informed default of `saeforge toy`, data, datapoint: the field's blend of
+   centred data points, p 0.8) × dead-latent handling (AuxK for the k-architectures or none for the
+   others, against clustered resampling; datapoint with the default alone), trained on
    --grid-tokens of the embedded corpus with every other setting at its default. L0 is matched at
    32: k = 32 for the k-architectures; the L1 / L0 coefficient of standard and JumpReLU is
    calibrated once per architecture × init (seed 0, no resampling) by a multiplicative search to L0
@@ -34,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 ARCHS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka")
 K_ARCHS = ("topk", "batchtopk", "matryoshka")
-INITS = ("orthogonal", "mod", "data")
+INITS = ("orthogonal", "mod", "data", "datapoint")  # datapoint: the field's (Anthropic's, saev's) blend
 COEF = {"standard": "l1_coefficient", "jumprelu": "l0_coefficient"}
 TARGET_L0 = 32
 REUSE_ONLY = False
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid-seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--grid-tokens", type=int, default=1_000_000)
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--clustered-inits", nargs="*", default=["orthogonal", "mod", "data"],
+                    help="the inits whose cells are also trained with clustered resampling (the others: AuxK / none)")
     ap.add_argument("--suite-tokens", type=int, default=32768, help="labelled tokens for the main job's suite")
     ap.add_argument("--grid-suite-tokens", type=int, default=32768, help="labelled tokens for each grid cell's suite")
     ap.add_argument("--out", default="runs/evals")
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     rows += [{"part": "calibration", "architecture": arch, "init": init, "coefficient": c} for (arch, init), c in coef.items()]
     for arch in a.archs:
         for init in INITS:
-            for dead in (("auxk" if arch in K_ARCHS else "none"), "clustered"):
+            for dead in (("auxk" if arch in K_ARCHS else "none"),) + (("clustered",) if init in a.clustered_inits else ()):
                 for seed in a.grid_seeds:
                     run = out / f"{arch}-{init}-{dead}-seed{seed}"
                     s = train(run, [*grid_args(arch, init, dead, coef), "--tokens", str(a.grid_tokens),
@@ -251,9 +254,13 @@ def findings(grid: list[dict], main_rows: list[dict], cell_stab: dict | None = N
          "mean over the cell pairs that differ only in it, per seed, then its mean over seeds with the 95% t-interval "
          "[in brackets]; it helps or hurts only when that interval excludes 0 (for absorption, less is better). The "
          "k-architectures are matched at L0 32 by k; standard and JumpReLU by their calibrated coefficient.", ""]
-    for init in ("mod", "data"):
+    for init in INITS[1:]:
         pairs = [((a, "orthogonal", d), (a, i, d)) for (a, i, d) in cell if i == init and (a, "orthogonal", d) in cell]
-        L.append(compare(pairs, f"{init} init against orthogonal"))
+        if pairs:
+            L.append(compare(pairs, f"{init} init against orthogonal"))
+    pairs = [((a, "datapoint", d), (a, "mod", d)) for (a, i, d) in cell if i == "datapoint" and (a, "mod", d) in cell]
+    if pairs:
+        L.append(compare(pairs, "mod init (saeforge's) against datapoint (the field's blend)"))
     pairs = [((a, i, d), (a, i, "clustered")) for (a, i, d) in cell if d != "clustered" and (a, i, "clustered") in cell]
     acted = sum(any(r.get("resampled", 0) > 0 for r in cell[b].values()) for _, b in pairs)
     L.append(compare(pairs, "clustered resampling against AuxK / none") + f" Resampling acted in {acted} of the "
@@ -353,7 +360,7 @@ def write_doc(a, rows: list[dict], docs: Path) -> None:
                     for d, dead in enumerate(("auxk" if arch in K_ARCHS else "none", "clustered")):
                         rs = [r for r in grid if (r["architecture"], r["init"], r["dead"]) == (arch, init, dead)]
                         if rs:
-                            ax.scatter(i + (j - 1) * 0.25, np.mean([r[m] for r in rs]), marker="os"[d],
+                            ax.scatter(i + (j - 1.5) * 0.2, np.mean([r[m] for r in rs]), marker="os"[d],
                                        color=f"C{j}", label=f"{init}, {'clustered' if d else 'AuxK/none'}" if i == 1 else None)
             ax.set_xticks(range(len(ARCHS)), ARCHS, rotation=30, fontsize=7)
             ax.set_title(name, fontsize=9)

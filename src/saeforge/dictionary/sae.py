@@ -270,7 +270,9 @@ class SAE(nn.Module):
 
 
 def set_grads(pairs) -> None:
-    """Write hand-computed gradients into `.grad` (the fast steps): (parameter, gradient) pairs."""
+    """Write hand-computed gradients into `.grad` (the fast steps): (parameter, gradient) pairs. A fresh
+    gradient is made contiguous: torch 2.13's fused Adam on the CPU misreads a transposed one (W_enc's
+    gradient comes as [F, D]ᵀ), updating the wrong entries."""
     for p, g in pairs:
         if p.grad is None:
             p.grad = g.to(p.dtype).contiguous()

@@ -27,6 +27,7 @@ def randomized(sae, seed=0):
 def step_is_autograd(sae, x, dead_F):
     """The fast step's loss, mse, gradients and codes are autograd's on `loss`; returns the step's output."""
     out = sae.step(x, 0.0, dead_F)
+    assert all(p.grad.is_contiguous() for p in sae.parameters())  # fused Adam on the CPU misreads strided ones
     fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = None

@@ -80,8 +80,8 @@ def test_the_toy_decoder_norm_is_free_for_the_penalty_architectures_on_synthetic
     def clip(arch, data):
         return ToyConfig.from_values({"out": "o", "architecture": arch, "data": data}).resolved(10, 16).max_grad_norm
 
-    assert [clip(a, "synthetic") for a in ("standard", "jumprelu", "topk")] == [0.0, 1.0, 0.0]
-    assert clip("jumprelu", "seed") == 0.0
+    assert [clip(a, "synthetic") for a in ("standard", "jumprelu", "topk")] == [1.0, 1.0, 0.0]
+    assert clip("jumprelu", "seed") == clip("standard", "seed") == 0.0
 
 
 def test_the_summary_and_cfg_json_record_the_settings_the_run_used(tmp_path):

@@ -280,9 +280,10 @@ class ToyConfig(TrainConfig):
         return sae.coefficient is None or self.auto_resamples()
 
     def auto_max_grad_norm(self) -> float:
-        """1.0 for JumpReLU on synthetic data, where SAELens's clipping raised MCC and F1 at every L0 (with
-        the free decoder norm; docs/methods-synthetic.md); else none."""
-        return 1.0 if self.architecture == "jumprelu" and not self.auto_resamples() else 0.0
+        """1.0 for the penalty architectures (ReLU + L1, JumpReLU) on synthetic data, where SAELens's clipping
+        on top of the free decoder norm raised F1 at every L0 and MCC at most (docs/methods-synthetic.md);
+        else none."""
+        return 1.0 if self.architecture in ("standard", "jumprelu") and not self.auto_resamples() else 0.0
 
     def validate(self) -> None:
         super().validate()

@@ -15,7 +15,7 @@ Methods, each at --steps × 1,024 samples, batch 1,024, Adam, the lr decayed lin
 second half (the same schedule for both libraries):
 - **saeforge**: `saeforge toy --synthetic-model DIR` with its defaults (init mod; AuxK where the
   architecture has it, no resampling; a free decoder norm for ReLU + L1 and JumpReLU, a unit-norm one
-  for the k-architectures; JumpReLU's gradient norm clipped at 1.0: methods-synthetic.md), only --lr
+  for the k-architectures; ReLU + L1's and JumpReLU's gradient norm clipped at 1.0: methods-synthetic.md), only --lr
   and the sparsity knob set;
 - **SAELens**: SAELens's `train_toy_sae` on the model's own generator (its defaults otherwise);
 - **SAELens+mod**: the same SAELens trainer started from saeforge's informed init (mod, computed

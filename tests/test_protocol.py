@@ -118,7 +118,9 @@ def test_documents_tables_are_what_their_results_file_renders_to(tmp_path, doc, 
 
 
 @pytest.mark.parametrize("marker, script, rows", [("busy", "bench_busy", "busy"), ("latents", "bench_latents", "latents"),
-                                                  ("million", "bench_million", "million"), ("gpu", "bench_gpu", "gpu")])
+                                                  ("million", "bench_million", "million"), ("gpu", "bench_gpu", "gpu"),
+                                                  ("latents-standard", "bench_latents", "latents"),
+                                                  ("latents-jumprelu", "bench_latents", "latents")])
 def test_performance_blocks_are_what_their_results_files_render_to(tmp_path, marker, script, rows):
     """docs/performance.md's generated sections (between `<!-- marker:start/end -->`) are what their
     scripts render from the committed rows."""

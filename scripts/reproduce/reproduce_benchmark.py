@@ -270,9 +270,18 @@ def render(rows: list[dict], protocol: Protocol, steps: int, cmd: str) -> str:
             tally.append(f"{name}: ahead in {sum(r[5] == 'saeforge ahead' for r in rs)}, behind in "
                          f"{sum(r[5] == 'saeforge behind' for r in rs)}, no difference in "
                          f"{sum(r[5] == 'no difference' for r in rs)} of {len(rs)}")
+        # where saeforge's absorption is behind, is it the init? (SAELens's own trainer from saeforge's init)
+        behind = [(r[0], r[1]) for r in ours if r[2] == "absorption" and r[5] == "saeforge behind"]
+        init_verdict = {(r[0].split(":")[0], r[1], r[2]): r[5] for r in summary if r[0].endswith("SAELens+mod − SAELens")}
+        also = [c for c in behind if init_verdict.get((*c, "absorption")) == "the init hurts"]
+        mcc = sum(init_verdict.get((*c, "MCC")) == "the init helps" for c in also)
+        why = (f" In {len(also)} of the {len(behind)} cells where saeforge's absorption is behind, SAELens's own trainer "
+               "started from saeforge's init is behind its default start on absorption too, and in "
+               f"{mcc} of those {len(also)} the same init raises SAELens's MCC: the informed init trades absorption for "
+               "recovery." if behind and any((*c, "absorption") in init_verdict for c in behind) else "")
         L = L[:6] + ["## saeforge − SAELens, paired by seed", "",
                      "Over the (architecture, target L0) cells measured, saeforge against SAELens — " + "; ".join(tally)
-                     + ".", "",
+                     + "." + why, "",
                      "Each row is a difference paired by seed, B − A, with its 95% t-interval: saeforge − SAELens "
                      "(both tuned alike), and SAELens's own trainer started from saeforge's informed init − SAELens "
                      "(the init's effect apart from the trainer). Positive is B ahead, except for absorption, where "

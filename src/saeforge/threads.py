@@ -44,7 +44,8 @@ class Governor:
         now = time.monotonic()
         if self.fixed is not None:
             # set at the first tick, not at `fix`: set before the model was loaded, one thread ran the main
-            # job's step 3.5x slower under load than set here (5.4-6.1 s against 1.5-1.6 s; docs/performance.md)
+            # job's step 3.5x slower under load than set here (5.4-6.1 s against 1.5-1.6 s); torch's call again
+            # here restores it where OpenMP's, MKL's or numba's count alone does not (docs/performance.md, 4)
             if torch.get_num_threads() != self.fixed:
                 torch.set_num_threads(self.fixed)
             return

@@ -12,7 +12,7 @@ SRC = Path(saeforge.__file__).parent
 # Lowest first: a module may import only modules of a lower layer or of its own layer listed before it.
 LAYERS = [
     ["errors", "distributed", "threads", "runtime", "options", "evaluation.metrics", "evaluation.labels", "evaluation.probing",
-     "evaluation.protocol", "dictionary.kernels", "dictionary.blocks", "dictionary.sparse",
+     "evaluation.protocol", "dictionary.kernels", "dictionary.sparse", "dictionary.blocks",
      "sources.fast_attention", "training.feature_shards"],
     ["dictionary.sae"],
     ["dictionary.architectures.topk", "dictionary.architectures.standard", "dictionary.architectures.batchtopk",

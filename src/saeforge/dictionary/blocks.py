@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from saeforge.dictionary import kernels
+from saeforge.dictionary.sparse import csr_of
 
 BLOCK_BYTES = 64 * 2**20  # the most pre-activations a step holds at once (a [B, latents] block) on the CPU
 # On a GPU wider blocks keep the device busy: on an H200 the 1,048,576-latent step took 84 ms in 1 GiB
@@ -33,6 +34,12 @@ def latent_blocks(B: int, F: int, k: int, itemsize: int, device_type: str = "cpu
 def several(sae, x_BD: torch.Tensor, k: int = 1) -> bool:
     """Whether the encoder product over x_BD runs in more than one block."""
     return len(latent_blocks(len(x_BD), sae.d_sae, k, x_BD.element_size(), x_BD.device.type)) > 1
+
+
+def inference_in_blocks(sae, x_BD: torch.Tensor, k: int = 1) -> bool:
+    """Whether `codes_of` goes block by block: a [inputs, d_in] batch on a whole dictionary (a feature
+    shard encodes as before) whose encoder product takes more than one block."""
+    return x_BD.dim() == 2 and sae.shards is None and several(sae, x_BD, k)
 
 
 def encoder_blocks(sae, xc_BD: torch.Tensor, k: int = 1):
@@ -64,3 +71,10 @@ def firing(sae, xc_BD: torch.Tensor, low_F: torch.Tensor) -> tuple[torch.Tensor,
         order = torch.argsort(rows, stable=True)  # blocks ascend in latents: a stable sort by row is CSR order
         rows, cols, vals = rows[order], cols[order], vals[order]
     return rows, cols, vals
+
+
+def firing_codes(sae, x_BD: torch.Tensor, low_F: torch.Tensor) -> torch.Tensor:
+    """The codes of the entries with pre > low as a CSR matrix [inputs, latents], block by block (the
+    codes of ReLU + L1, JumpReLU and BatchTopK at inference, with their thresholds)."""
+    rows, cols, vals = firing(sae, sae.centered(x_BD), low_F)
+    return csr_of(rows, cols, vals, (len(x_BD), sae.d_sae))

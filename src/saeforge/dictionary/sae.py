@@ -215,7 +215,7 @@ class SAE(nn.Module):
 
     def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
         """`encode`, or where a dense [inputs, latents] would be too large, the same codes as a CSR matrix
-        (the k-architectures, block by block over the latents): what `forward` and the evals decode."""
+        (every architecture, block by block over the latents: blocks.py): what `forward` and the evals decode."""
         return self.encode(x_BD)
 
     def step(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from saeforge import distributed
-from saeforge.dictionary import kernels
+from saeforge.dictionary import blocks
 from saeforge.dictionary.architectures.topk import RowTopK, TopKConfig, TopKSAE
 from saeforge.dictionary.sparse import crow_of
 
@@ -65,15 +65,11 @@ class BatchTopKSAE(TopKSAE):
         flat, order = (rows * self.d_sae + cols).sort()  # CSR order
         return crow_of(torch.bincount(rows, minlength=B)), flat % self.d_sae, vals[order]
 
-    def infer_merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
-        """The entries above the learned threshold (rows, latents, values), block after block."""
-        rows, cols, vals = kernels.firing(pre_Bb.contiguous(), self.topk_threshold.clamp_min(0).expand(pre_Bb.shape[1]))
-        return [*(kept or []), (rows, cols + f0, vals)]
-
-    def infer_selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows, cols, vals = (torch.cat(parts) for parts in zip(*kept))
-        order = torch.argsort(rows, stable=True)  # blocks came in latent order: row-major, latents ascending
-        return crow_of(torch.bincount(rows, minlength=B)), cols[order], vals[order]
+    def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """At inference the entries above the learned threshold, not the batch's top k·B."""
+        if not blocks.inference_in_blocks(self, x_BD, self.k):
+            return self.encode(x_BD)
+        return blocks.firing_codes(self, x_BD, self.topk_threshold.clamp_min(0).expand(self.d_sae))
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre_BF = self.pre(x_BD)

@@ -94,10 +94,9 @@ class JumpReLUSAE(SAE):
         return pre_BF.relu() * (pre_BF > self.threshold)
 
     def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
-        if x_BD.dim() != 2 or self.shards is not None or not blocks.several(self, x_BD):
+        if not blocks.inference_in_blocks(self, x_BD):
             return self.encode(x_BD)
-        rows, cols, vals = blocks.firing(self, self.centered(x_BD), self.threshold.clamp(min=0.0))
-        return csr_of(rows, cols, vals, (len(x_BD), self.d_sae))
+        return blocks.firing_codes(self, x_BD, self.threshold.clamp(min=0.0))
 
     def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
              y_BE: torch.Tensor | None = None) -> Loss:

@@ -50,10 +50,9 @@ class StandardSAE(SAE):
         return torch.relu(self.centered(x_BD) @ self.W_enc + self.b_enc)
 
     def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
-        if x_BD.dim() != 2 or self.shards is not None or not blocks.several(self, x_BD):
+        if not blocks.inference_in_blocks(self, x_BD):
             return self.encode(x_BD)
-        rows, cols, vals = blocks.firing(self, self.centered(x_BD), torch.zeros_like(self.b_enc))
-        return csr_of(rows, cols, vals, (len(x_BD), self.d_sae))
+        return blocks.firing_codes(self, x_BD, torch.zeros_like(self.b_enc))
 
     def loss(self, x_BD: torch.Tensor, coefficient: float, dead_F: torch.Tensor | None = None,
              y_BE: torch.Tensor | None = None) -> Loss:

@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from saeforge.dictionary import kernels
-from saeforge.dictionary.blocks import encoder_blocks, latent_blocks
+from saeforge.dictionary import blocks, kernels
 from saeforge.dictionary.sae import (SAE, ArchitectureConfig, Loss, StepOutput, exact, g_b_dec, output, set_grads,
                                      skip_grad)
 from saeforge.dictionary.sparse import Transposed, crow_of, csr, row_of, sampled
@@ -110,20 +109,12 @@ class TopKSAE(SAE):
         return csr(*self.select(pre_BF), pre_BF.shape).to_dense().reshape(*x_BD.shape[:-1], self.d_sae)
 
     def codes_of(self, x_BD: torch.Tensor) -> torch.Tensor:
-        if (x_BD.dim() != 2 or self.shards is not None
-                or len(latent_blocks(len(x_BD), self.d_sae, self.k, x_BD.element_size(), x_BD.device.type)) == 1):
+        if not blocks.inference_in_blocks(self, x_BD, self.k):
             return self.encode(x_BD)
         kept = None
-        for f0, pre_Bb in encoder_blocks(self, self.centered(x_BD), self.k):
-            kept = self.infer_merge(kept, f0, pre_Bb)
-        return csr(*self.infer_selected(kept, len(x_BD)), (len(x_BD), self.d_sae))
-
-    def infer_merge(self, kept: Any, f0: int, pre_Bb: torch.Tensor) -> Any:
-        """`merge` at inference (BatchTopK's differs: a threshold, not the batch's top k·B)."""
-        return self.merge(kept, f0, pre_Bb)
-
-    def infer_selected(self, kept: Any, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.selected(kept, B)
+        for f0, pre_Bb in blocks.encoder_blocks(self, self.centered(x_BD), self.k):
+            kept = self.merge(kept, f0, pre_Bb)
+        return csr(*self.selected(kept, len(x_BD)), (len(x_BD), self.d_sae))
 
     def after_step(self, vals_N: torch.Tensor) -> None:
         """Called by the fast step with the batch's active values (BatchTopK learns its threshold here)."""
@@ -183,7 +174,7 @@ def sparse_step(sae: TopKSAE, x_BD: torch.Tensor, dead_F: torch.Tensor | None, y
     n_dead = 0 if dead_F is None or not sae.aux_k_coefficient else int(dead_F.sum())  # one host sync, as SAELens; AuxK only
     dead_idx = torch.nonzero(dead_F).flatten() if n_dead else None  # ascending
     kept = aux = dead_buf = None
-    for f0, pre_Bb in encoder_blocks(sae, xc_BD, sae.k):  # the one dense product (bfloat16 under autocast)
+    for f0, pre_Bb in blocks.encoder_blocks(sae, xc_BD, sae.k):  # the one dense product (bfloat16 under autocast)
         f1 = f0 + pre_Bb.shape[1]
         with exact(x_BD.device.type):
             kept = sae.merge(kept, f0, pre_Bb)
